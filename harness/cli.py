@@ -1,0 +1,130 @@
+"""`harness`: run, sweep, list, leaderboard, data.
+
+  harness run method=kd task=synthetic              one run (Hydra-style overrides)
+  harness run -m method=student,kd seed=0,1,2       a sweep (cartesian product), resumable
+  harness list                                      registered methods and tasks
+  harness leaderboard                               leaderboard.md + leaderboard.csv from results/
+  harness data mimic task=biovid out=DIR            write a mimic dataset in the real on-disk format
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.config import Composer, ConfigError, expand
+from harness.registry import METHODS, TASKS, UnknownNameError
+
+USAGE_EXIT = 2
+
+
+def _fail(msg: str) -> int:
+    print(f"harness: error: {msg}", file=sys.stderr)
+    return USAGE_EXIT
+
+
+def cmd_run(args) -> int:
+    from omegaconf import OmegaConf
+
+    from harness.launch import PlannedRun, launch
+
+    combos = expand(args.overrides, multirun=args.multirun)
+    with Composer() as composer:
+        runs = [PlannedRun(o, composer.compose(o)) for o in combos]
+    if args.cfg:
+        print(OmegaConf.to_yaml(runs[0].cfg))
+        return 0
+    # Name errors surface before anything trains.
+    for r in runs:
+        METHODS.get(r.cfg.method.name)
+        TASKS.get(r.cfg.task.name)
+    records = launch(runs, runs[0].cfg.launcher)
+    if not args.multirun and len(runs) == 1:
+        from harness.records import read_record, run_dir
+        rec = records[0] if records else read_record(run_dir(runs[0].cfg))
+        if not records:
+            print("this run already has a record (overwrite=true recomputes it):")
+        print_run(rec, run_dir(runs[0].cfg))
+        return 0 if rec["status"] == "ok" else 1
+    failed = [r for r in records if r.get("status") != "ok"]
+    print(f"sweep: {len(runs)} runs, {len(records)} launched, {len(failed)} failed"
+          + ("" if not failed else " (their records carry the error)"))
+    return 1 if failed else 0
+
+
+def print_run(rec: dict, folder: Path) -> None:
+    head = (f"{rec['method']} on {rec['task']}" + (f" ({rec.get('task_variant')})" if rec.get("task_variant") else "")
+            + f" — {rec.get('data_source', '?')} data — fold {rec['fold']}, seed {rec['seed']}")
+    if rec.get("bound") == "upper_bound":
+        head += " — UPPER BOUND: uses privileged modalities at test"
+    print(head)
+    if rec["status"] != "ok":
+        print(f"FAILED: {rec.get('error')}")
+    else:
+        print(tabulate([(k, f"{v:.4f}") for k, v in rec["metrics"].items()], headers=["metric", "value"],
+                       tablefmt="simple"))
+    print(f"record: {folder / 'record.json'}")
+
+
+def cmd_list(args) -> int:
+    rows = [("method", n, c.description + (f" [{c.bound.replace('_', ' ')}]" if c.bound else "")) for n, c in METHODS.items()]
+    rows += [("task", n, c.description) for n, c in TASKS.items()]
+    print(tabulate(rows, headers=["kind", "name", "description"], tablefmt="simple"))
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from harness.leaderboard import write_leaderboard
+    text, summary = write_leaderboard(args.results, args.out, args.csv)
+    print(text if args.print else f"wrote {args.out} and {args.csv} from {args.results}/ ({len(summary)} summary rows)")
+    return 0
+
+
+def cmd_data(args) -> int:
+    if args.action != "mimic":
+        return _fail(f"unknown data action '{args.action}' (known: mimic)")
+    kv = dict(o.split("=", 1) for o in args.overrides if "=" in o)
+    if "task" not in kv or "out" not in kv:
+        return _fail("usage: harness data mimic task=NAME out=DIR [task.key=value ...]")
+    with Composer() as composer:
+        cfg = composer.compose([f"task={kv['task']}"] + [o for o in args.overrides if o.startswith("task.")])
+    root = TASKS.get(cfg.task.name).write_mimic(Path(kv["out"]), cfg.task)
+    print(f"wrote a mimic {cfg.task.name} dataset (real on-disk format, not real data) to {root}")
+    print(f"run on it with: harness run task={cfg.task.name} task.data_root={root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="pkd-harness: privileged multimodal KD benchmarks",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run one config, or a sweep with -m")
+    r.add_argument("-m", "--multirun", action="store_true", help="sweep: cartesian product of comma-separated values")
+    r.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    r.add_argument("overrides", nargs="*", help="Hydra-style key=value overrides")
+    r.set_defaults(fn=cmd_run)
+    sub.add_parser("list", help="registered methods and tasks").set_defaults(fn=cmd_list)
+    lb = sub.add_parser("leaderboard", help="write leaderboard.md/.csv from the records")
+    lb.add_argument("--results", default="results")
+    lb.add_argument("--out", default="leaderboard.md")
+    lb.add_argument("--csv", default="leaderboard.csv")
+    lb.add_argument("--print", action="store_true", help="also print the markdown")
+    lb.set_defaults(fn=cmd_leaderboard)
+    d = sub.add_parser("data", help="dataset utilities: `harness data mimic task=NAME out=DIR`")
+    d.add_argument("action")
+    d.add_argument("overrides", nargs="*")
+    d.set_defaults(fn=cmd_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, UnknownNameError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,126 @@
+"""Hydra composition behind the CLI: validated overrides, one config per run, sweep expansion.
+
+We compose with Hydra's compose API instead of `@hydra.main`, so the CLI controls what happens
+around it: every override is checked first (unknown group options and keys fail with one line
+and a "did you mean"), runs whose record exists are skipped before anything is launched, and the
+launcher (in-process, submitit local, SLURM) is our own config group `launcher`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from importlib import resources
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from harness.registry import unknown_name_message
+
+CONFIG_MODULE = "harness.conf"
+GROUPS = ("method", "task", "launcher")
+# Hydra's own launcher group spelling is accepted as an alias of ours.
+ALIASES = {"hydra/launcher": "launcher"}
+
+
+class ConfigError(ValueError):
+    """A bad command line: the message is one line saying what to change."""
+
+
+def group_options(group: str) -> list[str]:
+    folder = resources.files(CONFIG_MODULE) / group
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _normalise(overrides: list[str]) -> list[str]:
+    out = []
+    for o in overrides:
+        for alias, real in ALIASES.items():
+            if o.startswith(alias + "="):
+                o = real + o[len(alias):]
+        out.append(o)
+    return out
+
+
+def _flat_keys(node, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys += _flat_keys(node._get_node(k), full + ".")  # type: ignore[attr-defined]
+    return keys
+
+
+def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The runs a command line asks for: the cartesian product of sweep overrides (seed=0,1,2)."""
+    overrides = _normalise(overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(f"cannot parse overrides {overrides}: {str(e).splitlines()[0]}") from None
+    axes = []
+    for o in parsed:
+        if o.is_sweep_override():
+            if not multirun:
+                raise ConfigError(f"'{o.input_line}' sweeps several values: add -m (harness run -m ...) to run them all")
+            key = o.get_key_element()
+            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            axes.append([o.input_line])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def check_groups(overrides: list[str]) -> None:
+    for o in overrides:
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if key in GROUPS:
+            options = group_options(key)
+            if value not in options:
+                raise ConfigError(unknown_name_message(key, value, options))
+
+
+class Composer:
+    """Compose run configs; holds Hydra's global state for the duration of a `with` block."""
+
+    def __enter__(self) -> "Composer":
+        GlobalHydra.instance().clear()
+        self._ctx = initialize_config_module(config_module=CONFIG_MODULE, version_base=None)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._ctx.__exit__(*exc)
+
+    def compose(self, overrides: list[str]) -> DictConfig:
+        overrides = _normalise(overrides)
+        check_groups(overrides)
+        try:
+            cfg = compose(config_name="config", overrides=overrides)
+        except HydraException as e:
+            raise ConfigError(self._explain(e, overrides)) from None
+        OmegaConf.resolve(cfg)
+        return cfg
+
+    def _explain(self, error: Exception, overrides: list[str]) -> str:
+        groups_only = [o for o in overrides if o.partition("=")[0].lstrip("+~") in GROUPS]
+        try:
+            known = _flat_keys(compose(config_name="config", overrides=groups_only))
+        except HydraException:
+            known = []
+        for o in overrides:
+            key = o.partition("=")[0].lstrip("+~")
+            if key not in GROUPS and key not in known:
+                close = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
+                hint = f" did you mean {' or '.join(close)}?" if close else " (see `harness run --cfg` for all keys)"
+                return f"unknown config key '{key}';{hint}"
+        return str(error).splitlines()[0]
+
+
+def compose_one(overrides: list[str]) -> DictConfig:
+    with Composer() as c:
+        return c.compose(overrides)

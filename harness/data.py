@@ -1,0 +1,140 @@
+"""Data contracts shared by every task and method.
+
+A task turns its files (or a generator) into `FoldData`: train / val / test `Split`s of float32
+arrays keyed by modality. Methods only ever see `Split`s; the runner strips privileged modalities
+from the test split before a student predicts (see `Split.restrict`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What is predicted.
+
+    kind="regression": targets float32 [N, K] (or [N, T, K] when per_step), K = len(dims), one named
+    output per dim (e.g. valence, arousal).
+    kind="classification": targets int64 [N, K] (or [N, T, K]), K = len(dims) independent heads
+    (usually one, e.g. "pain"; IEMOCAP MulT-style has four binary heads), each over n_classes classes.
+    per_step: one target per time step (Aff-Wild2 frames); invalid steps are masked by Split.target_mask.
+    """
+
+    kind: Literal["regression", "classification"]
+    dims: tuple[str, ...]
+    n_classes: int = 0
+    per_step: bool = False
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in ("regression", "classification"):
+            raise ValueError(f"TargetSpec.kind must be regression or classification, got {self.kind!r}")
+        if self.kind == "classification" and self.n_classes < 2:
+            raise ValueError("a classification target needs n_classes >= 2")
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of a network's output layer for this target."""
+        return len(self.dims) * (self.n_classes if self.kind == "classification" else 1)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Modalities (name -> feature dim), which ones the student keeps at test, and the target."""
+
+    modalities: dict[str, int]
+    student_modalities: tuple[str, ...]
+    target: TargetSpec
+    metrics: tuple[str, ...]  # primary first
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
+
+    def __post_init__(self):
+        missing = [m for m in self.student_modalities if m not in self.modalities]
+        if missing:
+            raise ValueError(f"student modalities {missing} are not among the task's {list(self.modalities)}")
+
+    @property
+    def privileged_modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in self.modalities if m not in self.student_modalities)
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metrics[0]
+
+    def better(self, metric: str) -> bool:
+        return self.higher_is_better.get(metric, True)
+
+
+@dataclass
+class Split:
+    """One split of one fold. Every array has the same first dimension N.
+
+    inputs: modality -> float32 [N, T, D] (sequences, padded) or [N, D].
+    lengths: modality -> int [N] valid length of each padded sequence (absent = full length).
+    targets: see TargetSpec. target_mask: bool [N, T] valid steps, only for per-step targets.
+    step_index: int [N, T] frame number of each step (per-step targets), used in prediction ids.
+    """
+
+    ids: np.ndarray
+    groups: np.ndarray
+    inputs: dict[str, np.ndarray]
+    targets: np.ndarray
+    lengths: dict[str, np.ndarray] = field(default_factory=dict)
+    target_mask: np.ndarray | None = None
+    step_index: np.ndarray | None = None
+
+    def __post_init__(self):
+        n = len(self.ids)
+        for name, arr in [("groups", self.groups), ("targets", self.targets),
+                          *[(f"inputs[{k}]", v) for k, v in self.inputs.items()],
+                          *[(f"lengths[{k}]", v) for k, v in self.lengths.items()]]:
+            if len(arr) != n:
+                raise ValueError(f"Split field {name} has {len(arr)} rows, ids has {n}")
+        for k, v in self.inputs.items():
+            if v.dtype != np.float32:
+                raise TypeError(f"Split input {k} must be float32, got {v.dtype}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.inputs)
+
+    def restrict(self, keep: tuple[str, ...] | list[str]) -> "Split":
+        """A view with only the modalities in `keep`: the privileged firewall."""
+        return replace(self, inputs={k: v for k, v in self.inputs.items() if k in keep},
+                       lengths={k: v for k, v in self.lengths.items() if k in keep})
+
+    def subset(self, index: np.ndarray) -> "Split":
+        opt = lambda a: None if a is None else a[index]  # noqa: E731
+        return Split(ids=self.ids[index], groups=self.groups[index],
+                     inputs={k: v[index] for k, v in self.inputs.items()}, targets=self.targets[index],
+                     lengths={k: v[index] for k, v in self.lengths.items()},
+                     target_mask=opt(self.target_mask), step_index=opt(self.step_index))
+
+
+@dataclass
+class FoldData:
+    """train / val / test of one fold, plus what the loader wants recorded (cleaning counts, audits)."""
+
+    train: Split
+    val: Split
+    test: Split
+    info: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """Hash of ids, targets and a sample of the inputs: identifies the data a run saw."""
+        h = hashlib.sha256()
+        for split in (self.train, self.val, self.test):
+            h.update("|".join(map(str, split.ids)).encode())
+            h.update(np.ascontiguousarray(split.targets).tobytes())
+            for k in sorted(split.inputs):
+                h.update(k.encode())
+                h.update(np.ascontiguousarray(split.inputs[k][:: max(1, len(split) // 64)]).tobytes())
+        return h.hexdigest()[:16]

@@ -1,0 +1,64 @@
+"""The Method contract and the context a run hands to it.
+
+A method is registered with `@register_method`, has a Hydra config `harness/conf/method/<name>.yaml`
+(its `method.*` keys, the typed defaults) and lives in `methods/<name>.py`. It trains whatever it
+needs in `fit` (teachers come from `ctx.teachers`, trained once per (task, fold, seed, teacher
+config)) and predicts from the student's modalities only: the runner hands `predict` a test split
+without the privileged modalities unless the method is an upper bound (`uses_privileged_at_test`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from harness.data import Split
+
+if TYPE_CHECKING:
+    from harness.task import Task
+    from harness.teachers import TeacherStore
+
+
+@dataclass
+class RunContext:
+    cfg: DictConfig  # the whole resolved run config
+    task: "Task"
+    fold: int
+    seed: int
+    device: torch.device
+    teachers: "TeacherStore"
+    run_dir: Path
+    progress: bool = True
+    # per-epoch logs of everything trained in this run, by model name ("teacher", "student", ...)
+    logs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # free-form facts a method wants in its record (teacher choice counts, edge weights...)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec(self):
+        return self.task.spec
+
+
+class Method:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    # True only for the multimodal teacher: the upper bound, scored with every modality at test.
+    uses_privileged_at_test: ClassVar[bool] = False
+    # Role in the leaderboard: "lower_bound", "upper_bound" or "" for distillation methods.
+    bound: ClassVar[str] = ""
+
+    def __init__(self, cfg: DictConfig, ctx: RunContext):
+        self.cfg = cfg  # this method's own config node (`method.*`)
+        self.ctx = ctx
+
+    def fit(self, train: Split, val: Split) -> None:
+        raise NotImplementedError
+
+    def predict(self, split: Split) -> np.ndarray:
+        """Raw outputs: regression values [N, K] ([N, T, K] per step), class probabilities [N, K, C]."""
+        raise NotImplementedError

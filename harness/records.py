@@ -1,0 +1,130 @@
+"""Run keys, run folders and records: one self-describing, atomically written record per run.
+
+results/<task>/<method>/<run_key>/record.json  (+ predictions.csv). The record is written last,
+by rename, so a folder with a record.json is a finished run and a killed run leaves no record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from harness import RECORD_SCHEMA_VERSION
+from harness.teachers import stable_hash
+
+# Config keys that do not change what a run computes: left out of its key.
+NON_SEMANTIC_KEYS = ("results_dir", "overwrite", "device", "progress", "cache_dir", "launcher", "train.checkpoint",
+                     "task.data_root", "task.mimic_dir", "sweep_name")
+PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf", "submitit",
+            "datasets", "pkd-harness")
+
+
+def _drop(d: dict, dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if rest:
+        if isinstance(d.get(head), dict):
+            _drop(d[head], rest)
+    else:
+        d.pop(head, None)
+
+
+def semantic_config(cfg: DictConfig | dict, also_drop: tuple[str, ...] = ()) -> dict:
+    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))
+    for key in NON_SEMANTIC_KEYS + also_drop:
+        _drop(d, key)
+    return d
+
+
+def run_key(cfg: DictConfig) -> str:
+    """Readable and unique: fold, seed, then a hash of everything that changes the result."""
+    return f"f{cfg.fold}-s{cfg.seed}-{stable_hash(semantic_config(cfg))}"
+
+
+def config_id(cfg: DictConfig) -> str:
+    """Hash of the config without seed and fold: runs sharing it are averaged in one leaderboard row."""
+    return stable_hash(semantic_config(cfg, also_drop=("seed", "fold")), n=8)
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.results_dir) / cfg.task.name / cfg.method.name / run_key(cfg)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_record(folder: Path, record: dict[str, Any], predictions: pd.DataFrame | None) -> Path:
+    if predictions is not None:
+        atomic_write_text(folder / "predictions.csv", predictions.to_csv(index=False, float_format="%.7g"))
+    atomic_write_text(folder / "record.json", json.dumps(record, indent=1, default=_json_default) + "\n")
+    return folder / "record.json"
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def read_record(folder: Path) -> dict | None:
+    path = Path(folder) / "record.json"
+    if not path.exists():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def iter_records(results_dir: Path | str) -> list[dict]:
+    """Every record under results_dir (unreadable files are reported, not fatal)."""
+    out = []
+    for path in sorted(Path(results_dir).glob("*/*/*/record.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"warning: skipping unreadable record {path}: {e}")
+            continue
+        rec["_dir"] = str(path.parent)
+        out.append(rec)
+    return out
+
+
+@lru_cache(maxsize=1)
+def environment() -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"git": git_sha(), "packages": versions, "python": platform.python_version(),
+            "host": socket.gethostname(), "platform": platform.platform()}
+
+
+def git_sha() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -1,0 +1,127 @@
+"""One run: (method, task, fold, seed, overrides) -> trained student -> scored test predictions -> record."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from harness import RECORD_SCHEMA_VERSION, __version__
+from harness.method import RunContext
+from harness.predictions import make_predictions
+from harness.records import config_id, environment, read_record, run_dir, run_key, write_record
+from harness.registry import METHODS, TASKS
+from harness.teachers import TeacherStore
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} was asked for but CUDA is not available here (use device=auto or cpu)")
+    return dev
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed from (seed, task, fold, role): independent streams, reproducible across processes."""
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_task(cfg: DictConfig):
+    return TASKS.get(cfg.task.name)(cfg.task)
+
+
+def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: bool = False) -> dict:
+    """Run one config and write its record; return the record.
+
+    A run whose ok record exists is skipped unless cfg.overwrite. A run that raises writes a failed
+    record carrying the error text (and re-raises only with raise_errors).
+    """
+    folder = run_dir(cfg)
+    existing = read_record(folder)
+    if existing is not None and existing.get("status") == "ok" and not cfg.overwrite:
+        existing["skipped"] = True
+        return existing
+    folder.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    record: dict[str, Any] = {
+        "schema_version": RECORD_SCHEMA_VERSION, "harness_version": __version__,
+        "run_key": run_key(cfg), "config_id": config_id(cfg),
+        "method": cfg.method.name, "task": cfg.task.name, "fold": int(cfg.fold), "seed": int(cfg.seed),
+        "status": "running", "overrides": [o for o in (overrides or []) if not o.startswith(("seed=", "fold="))],
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **environment(),
+    }
+    predictions = None
+    try:
+        device = resolve_device(cfg.device)
+        record["device"] = str(device)
+        t = time.perf_counter()
+        task = build_task(cfg)
+        task.check_fold(int(cfg.fold))
+        data = task.load_fold(int(cfg.fold))
+        timings["load_s"] = time.perf_counter() - t
+        spec = task.spec
+        record.update(task_variant=task.variant(), data_source=task.data_source,
+                      data_fingerprint=data.fingerprint(), data_info=data.info, primary_metric=spec.primary_metric,
+                      modalities=dict(spec.modalities), student_modalities=list(spec.student_modalities),
+                      privileged_modalities=list(spec.privileged_modalities),
+                      n_samples={"train": len(data.train), "val": len(data.val), "test": len(data.test)})
+        method_cls = METHODS.get(cfg.method.name)
+        record["bound"] = method_cls.bound
+        record["uses_privileged_at_test"] = method_cls.uses_privileged_at_test
+        ctx = RunContext(cfg=cfg, task=task, fold=int(cfg.fold), seed=int(cfg.seed), device=device,
+                         teachers=TeacherStore(Path(cfg.cache_dir) / "teachers"), run_dir=folder,
+                         progress=bool(cfg.progress))
+        seed_everything(derive_seed(cfg.seed, cfg.task.name, cfg.fold, cfg.method.name))
+        method = method_cls(cfg.method, ctx)
+        t = time.perf_counter()
+        method.fit(data.train, data.val)
+        timings["fit_s"] = time.perf_counter() - t
+        # The privileged firewall: a student never receives the privileged test modalities.
+        keep = spec.modalities if method_cls.uses_privileged_at_test else spec.student_modalities
+        test = data.test.restrict(tuple(keep))
+        t = time.perf_counter()
+        outputs = method.predict(test)
+        timings["predict_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        predictions = make_predictions(test, outputs, spec.target)
+        record["metrics"] = task.score(predictions)
+        timings["score_s"] = time.perf_counter() - t
+        record["logs"] = ctx.logs
+        record["extra"] = ctx.extra
+        record["status"] = "ok"
+    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
+        record["status"] = "failed"
+        record["error"] = f"{type(e).__name__}: {e}"
+        record["traceback"] = traceback.format_exc()
+        if raise_errors:
+            _finish(record, folder, None, timings, t_start)
+            raise
+    _finish(record, folder, predictions, timings, t_start)
+    return record
+
+
+def _finish(record: dict, folder: Path, predictions, timings: dict, t_start: float) -> None:
+    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t = time.perf_counter()
+    write_record(folder, {**record, "timings": {**timings, "total_s": time.perf_counter() - t_start}}, predictions)
+    timings["write_s"] = time.perf_counter() - t
+    record["timings"] = {**timings, "total_s": time.perf_counter() - t_start}

@@ -1,0 +1,57 @@
+"""Teacher store: a teacher is trained once per (task, fold, seed, teacher config) and reused.
+
+Every distillation run of a sweep asks the store; the first one trains and saves, the others load.
+A file lock makes concurrent runs (several processes, or SLURM array tasks on several nodes sharing
+the store folder) wait for the one that trains instead of training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from filelock import FileLock
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+class TeacherStore:
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def path(self, key: dict) -> Path:
+        return self.root / str(key.get("task", "task")) / stable_hash(key)
+
+    def get_or_train(self, key: dict, build: Callable[[], torch.nn.Module],
+                     train: Callable[[torch.nn.Module], dict], device: torch.device
+                     ) -> tuple[torch.nn.Module, dict]:
+        """Return (module, meta). `train(module)` trains it in place and returns metadata (its epoch log...)."""
+        folder = self.path(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights, meta_file = folder / "teacher.pt", folder / "meta.json"
+        with FileLock(str(folder / ".lock")):
+            module = build().to(device)
+            if weights.exists() and meta_file.exists():
+                module.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+                meta = json.loads(meta_file.read_text())
+                meta["reused"] = True
+            else:
+                meta = {"key": key, **train(module)}
+                tmp = weights.with_suffix(f".tmp{os.getpid()}")
+                torch.save(module.state_dict(), tmp)
+                os.replace(tmp, weights)
+                tmp = meta_file.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps(meta, indent=1, default=str))
+                os.replace(tmp, meta_file)
+                meta["reused"] = False
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        meta["store_path"] = str(folder)
+        return module, meta

@@ -1,0 +1,185 @@
+"""Network blocks every method builds on, so that methods differ only in what they distil.
+
+MultimodalNet = one TemporalEncoder per modality -> GatedFusion of the modality features -> Head.
+Its pieces are exposed (`encode`, `fuse`, `head`) so a method can, e.g., put hallucinated privileged
+features into the fusion slot of a missing modality (PKDOT's T-Net).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.data import TargetSpec
+
+
+def masked_mean(seq: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Mean over time of [N, T, H], counting only the first lengths[n] steps."""
+    if lengths is None:
+        return seq.mean(dim=1)
+    steps = torch.arange(seq.shape[1], device=seq.device)
+    mask = (steps[None, :] < lengths[:, None]).to(seq.dtype)
+    return (seq * mask[..., None]).sum(1) / mask.sum(1).clamp(min=1)[:, None]
+
+
+class TemporalEncoder(nn.Module):
+    """[N, T, D] (or [N, D]) -> per-step features [N, T, H] and a pooled summary [N, H].
+
+    A linear projection, then residual depthwise-separable temporal convolutions (cheap on a CPU,
+    enough receptive field for short windows); mean pooling over the valid steps.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, layers: int = 2, kernel: int = 5, dropout: float = 0.1):
+        super().__init__()
+        self.norm_in = nn.LayerNorm(in_dim)
+        self.proj = nn.Linear(in_dim, hidden)
+        self.convs = nn.ModuleList(
+            nn.Sequential(nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2, groups=hidden),
+                          nn.Conv1d(hidden, hidden, 1), nn.GELU())
+            for _ in range(layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dim() == 2:
+            x = x[:, None, :]
+        h = self.drop(self.proj(self.norm_in(x)))
+        for conv, norm in zip(self.convs, self.norms):
+            h = norm(h + self.drop(conv(h.transpose(1, 2)).transpose(1, 2)))
+        return h, masked_mean(h, lengths)
+
+
+class GatedFusion(nn.Module):
+    """Fuse M modality features [..., H] into one joint feature z [..., H].
+
+    Each modality gets a sigmoid gate from the concatenation (so the net can down-weight an
+    uninformative or hallucinated modality), then a projection of the gated concatenation.
+    Works on pooled [N, H] and per-step [N, T, H] features alike.
+    """
+
+    def __init__(self, slots: tuple[str, ...], hidden: int, dropout: float = 0.1):
+        super().__init__()
+        self.slots = tuple(slots)
+        width = hidden * len(self.slots)
+        self.gate = nn.Linear(width, len(self.slots))
+        self.out = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        missing = [s for s in self.slots if s not in feats]
+        if missing:
+            raise KeyError(f"fusion needs features for {missing}; got {list(feats)}")
+        cat = torch.cat([feats[s] for s in self.slots], dim=-1)
+        g = torch.sigmoid(self.gate(cat))
+        gated = torch.cat([feats[s] * g[..., i:i + 1] for i, s in enumerate(self.slots)], dim=-1)
+        return self.out(gated)
+
+
+class Head(nn.Module):
+    """Joint feature -> outputs: regression values [..., K] or class logits [..., K, C]."""
+
+    def __init__(self, hidden: int, target: TargetSpec):
+        super().__init__()
+        self.target = target
+        self.linear = nn.Linear(hidden, target.n_outputs)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.linear(z)
+        if self.target.kind == "classification":
+            out = out.unflatten(-1, (len(self.target.dims), self.target.n_classes))
+        return out
+
+
+@dataclass
+class NetOutput:
+    out: torch.Tensor  # regression [N, K] / [N, T, K]; logits [N, K, C] / [N, T, K, C]
+    z: torch.Tensor  # pooled joint feature [N, H], what structural distillation compares
+    z_seq: torch.Tensor | None  # per-step joint feature [N, T, H] (per-step targets only)
+    feats: dict[str, torch.Tensor]  # pooled per-modality features [N, H]
+
+
+class MultimodalNet(nn.Module):
+    """Encoders for `modalities`, a fusion over `slots` (defaults to the same modalities), a head.
+
+    Slots without an encoder must be fed by the caller (e.g. hallucinated privileged features).
+    """
+
+    def __init__(self, modalities: dict[str, int], target: TargetSpec, hidden: int = 64, layers: int = 2,
+                 kernel: int = 5, dropout: float = 0.1, slots: tuple[str, ...] | None = None):
+        super().__init__()
+        self.modalities = dict(modalities)
+        self.target = target
+        self.hidden = hidden
+        self.encoders = nn.ModuleDict({m: TemporalEncoder(d, hidden, layers, kernel, dropout)
+                                       for m, d in self.modalities.items()})
+        self.fusion = GatedFusion(tuple(slots or self.modalities), hidden, dropout)
+        self.head = Head(hidden, target)
+
+    def encode(self, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per-step and pooled features of every modality this net has an encoder for."""
+        lengths = lengths or {}
+        seqs, pooled = {}, {}
+        for m, enc in self.encoders.items():
+            if m not in inputs:
+                raise KeyError(f"network expects modality '{m}', batch has {list(inputs)}")
+            seqs[m], pooled[m] = enc(inputs[m], lengths.get(m))
+        return seqs, pooled
+
+    def forward(self, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None = None,
+                injected: dict[str, torch.Tensor] | None = None) -> NetOutput:
+        seqs, pooled = self.encode(inputs, lengths)
+        return self.fuse_and_predict(seqs, pooled, injected, lengths)
+
+    def fuse_and_predict(self, seqs, pooled, injected=None, lengths=None) -> NetOutput:
+        """Fuse pooled features (plus `injected` ones for empty slots) and predict.
+
+        Per-step targets fuse per step (injected features are broadcast over time) and pool z.
+        """
+        injected = injected or {}
+        if self.target.per_step:
+            T = next(iter(seqs.values())).shape[1]
+            step_feats = dict(seqs)
+            for k, v in injected.items():
+                step_feats[k] = v if v.dim() == 3 else v[:, None, :].expand(-1, T, -1)
+            z_seq = self.fusion(step_feats)
+            first_len = (lengths or {}).get(next(iter(seqs)))
+            return NetOutput(self.head(z_seq), masked_mean(z_seq, first_len), z_seq, pooled)
+        z = self.fusion({**pooled, **injected})
+        return NetOutput(self.head(z), z, None, pooled)
+
+
+def task_loss(out: torch.Tensor, targets: torch.Tensor, target: TargetSpec, mask: torch.Tensor | None = None,
+              regression_loss: str = "mse") -> torch.Tensor:
+    """Supervised loss: cross-entropy for classes, MSE (or 1 − CCC) for regression; masked steps ignored."""
+    if target.kind == "classification":
+        logits = out.reshape(-1, target.n_classes)
+        y = targets.reshape(-1).long()
+        if mask is not None:
+            keep = mask.unsqueeze(-1).expand_as(targets).reshape(-1)
+            logits, y = logits[keep], y[keep]
+        return F.cross_entropy(logits, y)
+    pred, y = out, targets
+    if mask is not None:
+        pred, y = pred[mask], y[mask]
+    if regression_loss == "ccc":
+        return 1 - ccc_torch(pred, y).mean()
+    if regression_loss != "mse":
+        raise ValueError(f"regression_loss must be mse or ccc, got {regression_loss!r}")
+    return F.mse_loss(pred, y)
+
+
+def ccc_torch(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CCC per output column of [M, K] tensors (population moments), differentiable."""
+    pm, ym = pred.mean(0), y.mean(0)
+    cov = ((pred - pm) * (y - ym)).mean(0)
+    return 2 * cov / (pred.var(0, unbiased=False) + y.var(0, unbiased=False) + (pm - ym) ** 2 + 1e-8)
+
+
+def outputs_to_numpy(out: torch.Tensor, target: TargetSpec):
+    """Network outputs -> what Method.predict returns (class probabilities for classification)."""
+    if target.kind == "classification":
+        out = out.softmax(dim=-1)
+    return out.detach().float().cpu().numpy()

@@ -1,0 +1,63 @@
+"""Point-to-point privileged KD (Hinton et al. 2015 response matching + FitNets feature matching).
+
+loss = task_weight · task
+     + response_weight · [ T² · KL(softmax(t/T) ‖ softmax(s/T))  (classes) | MSE(s, t) (regression) ]
+     + feature_weight · MSE(P z_S, z_T)      P: a learned linear projection (FitNets' regressor)
+The teacher is the stored multimodal teacher of this (task, fold, seed) (methods/teacher.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.data import Split
+from harness.method import Method
+from harness.registry import register_method
+from harness.training import Batch, fit
+from methods.blocks import task_loss
+from methods.teacher import build_net, get_teacher, predict_split, predictor
+
+
+def response_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, kind: str, temperature: float,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Hinton KD (T²-scaled KL from the teacher's softened distribution) or MSE between predictions."""
+    if mask is not None:
+        student_out, teacher_out = student_out[mask], teacher_out[mask]
+    if kind == "classification":
+        c = student_out.shape[-1]
+        log_p_s = F.log_softmax(student_out.reshape(-1, c) / temperature, dim=-1)
+        log_p_t = F.log_softmax(teacher_out.reshape(-1, c) / temperature, dim=-1)
+        return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * temperature**2
+    return F.mse_loss(student_out, teacher_out)
+
+
+@register_method
+class KD(Method):
+    name = "kd"
+    description = "point-to-point privileged KD: Hinton/MSE response matching + FitNets feature matching"
+
+    def fit(self, train: Split, val: Split) -> None:
+        ctx, cfg = self.ctx, self.cfg
+        teacher, _ = get_teacher(ctx, train, val)
+        self.net = build_net(ctx, ctx.spec.student_modalities)
+        self.proj = nn.Linear(self.net.hidden, teacher.hidden).to(ctx.device)
+        module = nn.ModuleDict({"net": self.net, "proj": self.proj})
+        target = ctx.spec.target
+
+        def loss_fn(batch: Batch):
+            with torch.no_grad():
+                t_out = teacher(batch.inputs, batch.lengths)
+            s_out = self.net(batch.inputs, batch.lengths)
+            l_task = task_loss(s_out.out, batch.targets, target, batch.mask, ctx.cfg.train.regression_loss)
+            l_resp = response_loss(s_out.out, t_out.out, target.kind, cfg.temperature, batch.mask)
+            l_feat = F.mse_loss(self.proj(s_out.z), t_out.z)
+            loss = cfg.task_weight * l_task + cfg.response_weight * l_resp + cfg.feature_weight * l_feat
+            return loss, {"task": float(l_task.detach()), "response": float(l_resp.detach()), "feature": float(l_feat.detach())}
+
+        fit("student", module, loss_fn, predictor(self.net, ctx), train, val, ctx, ctx.cfg.train)
+
+    def predict(self, split: Split) -> np.ndarray:
+        return predict_split(self.net, split, self.ctx)

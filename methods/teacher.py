@@ -1,0 +1,89 @@
+"""The multimodal teacher (all modalities at train and test): the upper bound.
+
+`get_teacher` is what every distillation method calls: it returns the teacher of this run's
+(task, fold, seed, model and training config) from the store, training it only the first time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from harness.data import Split
+from harness.method import Method, RunContext
+from harness.records import semantic_config
+from harness.registry import register_method
+from harness.runner import derive_seed
+from harness.training import Batch, SplitTensors, fit, predict_in_batches
+from methods.blocks import MultimodalNet, outputs_to_numpy, task_loss
+
+
+def build_net(ctx: RunContext, modalities: tuple[str, ...], slots: tuple[str, ...] | None = None) -> MultimodalNet:
+    m = ctx.cfg.model
+    return MultimodalNet({k: ctx.spec.modalities[k] for k in modalities}, ctx.spec.target, hidden=m.hidden,
+                         layers=m.layers, kernel=m.kernel, dropout=m.dropout, slots=slots).to(ctx.device)
+
+
+def supervised_loss(net: MultimodalNet, ctx: RunContext):
+    target, reg = ctx.spec.target, ctx.cfg.train.regression_loss
+
+    def loss_fn(batch: Batch):
+        loss = task_loss(net(batch.inputs, batch.lengths).out, batch.targets, target, batch.mask, reg)
+        return loss, {"task": float(loss.detach())}
+    return loss_fn
+
+
+def predictor(net: MultimodalNet, ctx: RunContext):
+    target = ctx.spec.target
+
+    def predict_fn(batch: Batch) -> torch.Tensor:
+        out = net(batch.inputs, batch.lengths).out
+        return out.softmax(-1) if target.kind == "classification" else out
+    return predict_fn
+
+
+def predict_split(net: MultimodalNet, split: Split, ctx: RunContext) -> np.ndarray:
+    data = SplitTensors(split, ctx.device, ctx.spec.target.kind == "classification")
+    return predict_in_batches(predictor(net, ctx), data, ctx.cfg.train.eval_batch_size)
+
+
+def teacher_key(ctx: RunContext) -> dict:
+    cfg = ctx.cfg
+    return {"role": "teacher", "task": cfg.task.name, "task_cfg": semantic_config(cfg.task),
+            "fold": int(cfg.fold), "seed": int(cfg.seed),
+            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "train": semantic_config(cfg.train, also_drop=("checkpoint",))}
+
+
+def get_teacher(ctx: RunContext, train: Split, val: Split) -> tuple[MultimodalNet, dict]:
+    """The stored teacher for this run's key, trained on `train` (all modalities) the first time."""
+    modalities = tuple(ctx.spec.modalities)
+
+    def build():
+        # Same initial weights whichever method asks first: the seed depends on the key, not the method.
+        torch.manual_seed(derive_seed(ctx.seed, ctx.cfg.task.name, ctx.fold, "teacher"))
+        return build_net(ctx, modalities)
+
+    def train_fn(net):
+        log = fit("teacher", net, supervised_loss(net, ctx), predictor(net, ctx), train, val, ctx, ctx.cfg.train)
+        return {"log": log}
+
+    net, meta = ctx.teachers.get_or_train(teacher_key(ctx), build, train_fn, ctx.device)
+    ctx.logs.setdefault("teacher", meta.get("log", []))
+    ctx.extra["teacher"] = {"store_path": meta["store_path"], "reused": meta["reused"]}
+    return net, meta
+
+
+@register_method
+class Teacher(Method):
+    name = "teacher"
+    description = "multimodal teacher scored WITH privileged modalities at test: the upper bound, not a student"
+    uses_privileged_at_test = True
+    bound = "upper_bound"
+
+    def fit(self, train: Split, val: Split) -> None:
+        self.net, _ = get_teacher(self.ctx, train, val)
+
+    def predict(self, split: Split) -> np.ndarray:
+        return predict_split(self.net, split, self.ctx)

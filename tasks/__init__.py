@@ -1,0 +1,1 @@
+"""Tasks: one file per task (synthetic, biovid, affwild2, ...): loader, mimic writer, splits, metrics."""

@@ -1,0 +1,68 @@
+"""Processed-feature cache on HF `datasets` (Arrow files, memory-mapped on load).
+
+A loader that turns raw files into arrays (signal processing, audio features...) wraps that work in
+`cached_arrays`: the result is stored under `<cache_dir>/features/<name>/<key>/`, keyed by the
+source files (path, size, mtime) and the processing config, so a second run with the same files
+and config skips the processing, and any change to either recomputes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from filelock import FileLock
+
+from harness.teachers import stable_hash
+
+
+def files_signature(paths: Iterable[Path | str]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of each file: cheap, and changes whenever a file is rewritten."""
+    out = []
+    for p in sorted(map(str, paths)):
+        st = os.stat(p)
+        out.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
+    return out
+
+
+def cache_key(name: str, sources: Iterable[Path | str], config: dict) -> str:
+    return stable_hash({"name": name, "files": files_signature(sources), "config": config}, n=16)
+
+
+def cached_arrays(name: str, sources: Iterable[Path | str], config: dict, build: Callable[[], dict[str, object]],
+                  cache_dir: Path | str) -> tuple[dict[str, np.ndarray], bool]:
+    """Return (arrays, hit). `build()` returns {column: array with a first dim N (same N) or list of N arrays}.
+
+    Columns of equal-shaped rows come back as stacked numpy arrays; ragged columns as a list of arrays.
+    """
+    import datasets
+
+    datasets.disable_progress_bars()
+    sources = list(sources)
+    folder = Path(cache_dir) / "features" / name / cache_key(name, sources, config)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not folder.exists():
+            arrays = build()
+            ds = datasets.Dataset.from_dict({k: list(v) if not isinstance(v, list) else v for k, v in arrays.items()})
+            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            ds.save_to_disk(str(tmp))
+            os.replace(tmp, folder)
+            return {k: _as_array(v) for k, v in arrays.items()}, False
+    table = datasets.load_from_disk(str(folder)).with_format("numpy")[:]
+    return {k: _restack(v) for k, v in table.items()}, True
+
+
+def _as_array(v):
+    if isinstance(v, list):
+        return v
+    return np.asarray(v)
+
+
+def _restack(col: np.ndarray):
+    """Arrow gives equal-shaped rows back as one array, ragged rows as an object array: make that a list."""
+    return list(col) if col.dtype == object else col

@@ -101,11 +101,13 @@ from harness.training import Batch, SplitTensors, predict_in_batches
 PAPER_PRIOR_EDGES = {"homo": {("L", "V"), ("L", "A")}, "hetero": {("L", "V"), ("L", "A"), ("V", "A")}}
 ROLE_NAMES = {"text": "L", "vision": "V", "audio": "A"}
 
-# Per-dataset hyper-parameters of the official config (§2.1), applied by `preset: auto` for those tasks.
+# The official config's per-dataset settings (§2.1, §3), applied by `preset: auto` on those tasks: the MOSEI
+# column, and on both the official selection (KeyEval 'Loss': the validation MAE of the fusion head).
 PRESETS = {
+    "mosi": {"training": {"select_on": "loss"}},
     "mosei": {"d": 30, "heads": 6, "kernel_by_modality": {"text": 5, "audio": 1, "vision": 3},
               "attn_dropout": 0.4, "attn_dropout_by_modality": {"audio": 0.0, "vision": 0.0},
-              "embed_dropout": 0.0, "input_dropout_by_modality": {"text": 0.3}},
+              "embed_dropout": 0.0, "input_dropout_by_modality": {"text": 0.3}, "training": {"select_on": "loss"}},
 }
 
 
@@ -113,17 +115,34 @@ PRESETS = {
 # Transformer blocks (§2.3)
 # ----------------------------------------------------------------------------------------------
 
-def keep_mask(shape: torch.Size | tuple, p: float, device, dtype=torch.float32) -> torch.Tensor:
+_PCG = np.random.PCG64(0)  # its state is set from torch's generator at every call (see _random_words)
+
+
+def _random_words(n: int, device: torch.device) -> torch.Tensor:
+    """n random int64 words. On the CPU from numpy's PCG64 (about 4x faster than torch's mt19937 here), its
+    128-bit state drawn from torch's generator at each call: reproducible under torch.manual_seed."""
+    if device.type != "cpu":
+        return torch.randint(-2**63, 2**63 - 1, (n,), dtype=torch.int64, device=device)
+    hi, lo = (w % 2**64 for w in torch.randint(-2**63, 2**63 - 1, (2,), dtype=torch.int64).tolist())
+    _PCG.state = {"bit_generator": "PCG64", "state": {"state": (hi << 64) | lo, "inc": 0xDA3E39CB94B95BDB},
+                  "has_uint32": 0, "uinteger": 0}
+    return torch.from_numpy(_PCG.random_raw(n).view(np.int64))
+
+
+def keep_mask(shape: torch.Size | tuple, p, device, dtype=torch.float32) -> torch.Tensor:
     """0/1 dropout mask with P(keep) = 1 - p, from 16-bit random draws (four per 64-bit word).
 
-    p is quantised to 1/65536 (0.3 -> 0.300003). On this CPU it costs about a third of torch.rand and
-    a sixth of F.dropout's bernoulli, which dominate the attention-dropout cost at head dim 5."""
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    p: a float, or a list of one probability per row of the leading axis (stacked encoders, each with its
+    own attention dropout). p is quantised to 1/65536 (0.3 -> 0.300003). On this CPU the mask costs about a
+    fifth of F.dropout's bernoulli, which dominates attention dropout at head dim 5 (the official code
+    spends ~30 % of a step there)."""
+    ps = [float(p)] if isinstance(p, (int, float)) else [float(v) for v in p]
+    if any(not 0.0 <= v < 1.0 for v in ps):
+        raise ValueError(f"dropout probabilities must be in [0, 1), got {ps}")
     n = math.prod(shape)
-    words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
-    bits = words.view(torch.int16)[:n].view(shape)
-    return torch.ge(bits, -32768 + round(p * 65536), out=torch.empty(shape, dtype=dtype, device=device))
+    bits = _random_words((n + 3) // 4, torch.device(device)).view(torch.int16)[:n].view(len(ps), -1)
+    thresholds = torch.tensor([[-32768 + round(v * 65536)] for v in ps], dtype=torch.int16, device=device)
+    return torch.ge(bits, thresholds, out=torch.empty(bits.shape, dtype=dtype, device=device)).view(shape)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool, fast: bool = True) -> torch.Tensor:
@@ -158,113 +177,135 @@ def causal_mask(tq: int, tk: int, device: torch.device) -> torch.Tensor:
     return _causal_mask_cpu(tq, tk).to(device)
 
 
-class Attention(nn.Module):
-    """Multi-head attention with a packed in-projection (MulT layout), xavier init, zero biases."""
+def _stacked(n: int, *shape: int, init: str = "zeros") -> nn.Parameter:
+    """One parameter per member on a leading axis; xavier_uniform per member, as each official layer."""
+    p = torch.zeros(n, *shape) if init == "zeros" else torch.ones(n, *shape)
+    if init == "xavier":
+        for member in p:
+            nn.init.xavier_uniform_(member)
+    return nn.Parameter(p)
 
-    def __init__(self, dim: int, heads: int, attn_dropout: float, fast: bool = True):
+
+def _take(param: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    return param if idx is None else param.index_select(0, idx)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-member linear: x [E, B, T, Din], w [E, Dout, Din], b [E, Dout] -> [E, B, T, Dout]."""
+    e, bsz, t, din = x.shape
+    return torch.baddbmm(b.unsqueeze(1), x.reshape(e, bsz * t, din), w.transpose(1, 2)).view(e, bsz, t, -1)
+
+
+def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    e = x.shape[0]
+    shape = (e,) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+    return torch.addcmul(b.view(shape), F.layer_norm(x, x.shape[-1:]), w.view(shape))
+
+
+class StackedEncoderLayer(nn.Module):
+    """E pre-LN MulT layers, parameters stacked: x + Drop(MHA(LN0 x, LN0 k, LN0 v)); x + Drop(W2 Drop(ReLU(W1 LN1 x))).
+    One LN0 normalises query, key and value (MulT); packed in-projection, xavier init, zero biases."""
+
+    def __init__(self, n: int, dim: int, heads: int):
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by method.heads={heads}")
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
-        self.scale = self.head_dim ** -0.5
-        self.attn_dropout, self.fast = attn_dropout, fast
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
-        self.out_proj = nn.Linear(dim, dim)
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.xavier_uniform_(self.out_proj.weight)
-        nn.init.zeros_(self.out_proj.bias)
+        self.in_w, self.in_b = _stacked(n, 3 * dim, dim, init="xavier"), _stacked(n, 3 * dim)
+        self.out_w, self.out_b = _stacked(n, dim, dim, init="xavier"), _stacked(n, dim)
+        self.ln0_w, self.ln0_b = _stacked(n, dim, init="ones"), _stacked(n, dim)
+        self.ln1_w, self.ln1_b = _stacked(n, dim, init="ones"), _stacked(n, dim)
+        self.fc1_w, self.fc1_b = _stacked(n, 4 * dim, dim, init="xavier"), _stacked(n, 4 * dim)
+        self.fc2_w, self.fc2_b = _stacked(n, dim, 4 * dim, init="xavier"), _stacked(n, dim)
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B*H, T, hd]
-        b, t, _ = x.shape
-        return x.view(b, t, self.heads, self.head_dim).transpose(1, 2).reshape(b * self.heads, t, self.head_dim)
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [E, B, T, D] -> [E*B*H, T, hd]
+        e, b, t, _ = x.shape
+        return x.reshape(e, b, t, self.heads, self.head_dim).transpose(2, 3).reshape(-1, t, self.head_dim)
 
-    def forward(self, q_in: torch.Tensor, k_in: torch.Tensor | None, v_in: torch.Tensor | None,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        D, W, bias = self.dim, self.in_proj_weight, self.in_proj_bias
-        if k_in is None:  # self-attention: one packed projection
-            q, k, v = F.linear(q_in, W, bias).chunk(3, dim=-1)
+    def attention(self, h, kn, vn, mask, idx, p_attn: list[float], plain: bool):
+        D = self.dim
+        w, b = _take(self.in_w, idx), _take(self.in_b, idx)
+        if kn is h:  # self-attention over the same steps: one packed projection
+            q, k, v = _linear(h, w, b).chunk(3, dim=-1)
         else:
-            q = F.linear(q_in, W[:D], bias[:D])
-            if k_in is v_in:
-                k, v = F.linear(k_in, W[D:], bias[D:]).chunk(2, dim=-1)
+            q = _linear(h, w[:, :D], b[:, :D])
+            if kn is vn:
+                k, v = _linear(kn, w[:, D:], b[:, D:]).chunk(2, dim=-1)
             else:
-                k = F.linear(k_in, W[D:2 * D], bias[D:2 * D])
-                v = F.linear(v_in, W[2 * D:], bias[2 * D:])
-        b, tq, _ = q_in.shape
-        q, k, v = self._split(q * self.scale), self._split(k), self._split(v)
-        if self.fast:
-            scores = torch.bmm(q, k.transpose(1, 2)) if mask is None else torch.baddbmm(mask, q, k.transpose(1, 2))
+                k, v = _linear(kn, w[:, D:2 * D], b[:, D:2 * D]), _linear(vn, w[:, 2 * D:], b[:, 2 * D:])
+        e, bsz, tq, _ = h.shape
+        q, k, v = self._heads(q * self.head_dim ** -0.5), self._heads(k), self._heads(v)
+        if plain:  # the official kernels: bmm, mask add, F.dropout
+            scores = torch.bmm(q, k.transpose(1, 2))
+            weights = torch.softmax(scores if mask is None else scores + mask, dim=-1)
+            out = torch.bmm(dropout(weights, p_attn[0], self.training, fast=False), v)
         else:
             scores = torch.bmm(q, k.transpose(1, 2))
-            if mask is not None:
-                scores = scores + mask
-        weights = torch.softmax(scores, dim=-1)
-        p = self.attn_dropout if self.training else 0.0
-        if p > 0 and self.fast:  # mask the weights, apply the 1/(1-p) scale to the 9x smaller output
-            out = torch.bmm(weights * keep_mask(weights.shape, p, weights.device, weights.dtype), v) * (1.0 / (1.0 - p))
-        else:
-            out = torch.bmm(dropout(weights, p, self.training, self.fast), v)
-        out = out.view(b, self.heads, tq, self.head_dim).transpose(1, 2).reshape(b, tq, D)
-        return self.out_proj(out)
-
-
-class EncoderLayer(nn.Module):
-    """Pre-LN layer: x + Drop(MHA(LN0 x, LN0 k, LN0 v)); x + Drop(W2 Drop(ReLU(W1 LN1 x)))."""
-
-    def __init__(self, dim: int, heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float,
-                 fast: bool = True):
-        super().__init__()
-        self.attn = Attention(dim, heads, attn_dropout, fast)
-        self.norm0, self.norm1 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
-        for fc in (self.fc1, self.fc2):
-            nn.init.xavier_uniform_(fc.weight)
-            nn.init.zeros_(fc.bias)
-        self.relu_dropout, self.res_dropout, self.fast = relu_dropout, res_dropout, fast
-
-    def forward(self, x, k=None, v=None, mask=None, last_only: bool = False):
-        """last_only: compute the output of the last step only (keys/values still span every step)."""
-        h = self.norm0(x)
-        if k is None:
-            if last_only:
-                a = self.attn(h[:, -1:], h, h, None if mask is None else mask[-1:])
+            weights = torch.softmax(scores if mask is None else scores.add_(mask), dim=-1)
+            if self.training and max(p_attn) > 0:  # mask the weights, scale the 9x smaller output
+                weights = weights * keep_mask(weights.shape, p_attn, weights.device, weights.dtype)
+                scale = torch.tensor([1.0 / (1.0 - p) for p in p_attn], dtype=weights.dtype, device=weights.device)
+                out = torch.bmm(weights, v).view(e, -1).mul(scale[:, None]).view(-1, tq, self.head_dim)
             else:
-                a = self.attn(h, None, None, mask)
+                out = torch.bmm(weights, v)
+        out = out.view(e, bsz, self.heads, tq, self.head_dim).transpose(2, 3).reshape(e, bsz, tq, D)
+        return _linear(out, _take(self.out_w, idx), _take(self.out_b, idx))
+
+    def forward(self, x, k, v, mask, idx, p_attn, relu_p, res_p, plain, last_only=False):
+        """last_only: compute the last step's output only (keys and values still span every step)."""
+        fast = not plain
+        h = _layer_norm(x, _take(self.ln0_w, idx), _take(self.ln0_b, idx))
+        if k is None:
+            kn = vn = h
         else:
-            kn = self.norm0(k)
-            vn = kn if v is k else self.norm0(v)
-            if last_only:
-                h, mask = h[:, -1:], (None if mask is None else mask[-1:])
-            a = self.attn(h, kn, vn, mask)
+            kn = _layer_norm(k, _take(self.ln0_w, idx), _take(self.ln0_b, idx))
+            vn = kn if v is k else _layer_norm(v, _take(self.ln0_w, idx), _take(self.ln0_b, idx))
         if last_only:
-            x = x[:, -1:]
-        x = x + dropout(a, self.res_dropout, self.training, self.fast)
-        h = dropout(F.relu(self.fc1(self.norm1(x))), self.relu_dropout, self.training, self.fast)
-        return x + dropout(self.fc2(h), self.res_dropout, self.training, self.fast)
+            h, x = h[:, :, -1:], x[:, :, -1:]
+            mask = None if mask is None else mask[-1:]
+        x = x + dropout(self.attention(h, kn, vn, mask, idx, p_attn, plain), res_p, self.training, fast)
+        f = F.relu(_linear(_layer_norm(x, _take(self.ln1_w, idx), _take(self.ln1_b, idx)),
+                           _take(self.fc1_w, idx), _take(self.fc1_b, idx)))
+        f = _linear(dropout(f, relu_p, self.training, fast), _take(self.fc2_w, idx), _take(self.fc2_b, idx))
+        return x + dropout(f, res_p, self.training, fast)
 
 
-class MulTEncoder(nn.Module):
-    """MulT TransformerEncoder on batch-first [B, T, D]: self-attention (source=None) or cross-modal."""
+class MulTEncoderGroup(nn.Module):
+    """E MulT TransformerEncoders of one shape (width, query and key lengths), run as one stacked batch.
 
-    def __init__(self, dim: int, heads: int, layers: int, attn_dropout: float, relu_dropout: float,
+    Input [E, B, T, D] (member e's sequence at e), optional source [E, B, Tk, D] (cross-modal: key = value =
+    source), output [E, B, T, D] or the last step [E, B, D]. Each member has its own parameters and its own
+    attention dropout (MulT: the source modality's). fast=False runs the members one after the other with
+    the official kernels and no pruning: the benchmark's reference, the same function."""
+
+    def __init__(self, n: int, dim: int, heads: int, layers: int, attn_dropouts: list[float], relu_dropout: float,
                  res_dropout: float, embed_dropout: float, causal: bool = True, fast: bool = True):
         super().__init__()
-        self.dim, self.causal, self.embed_dropout, self.fast = dim, causal, embed_dropout, fast
-        self.layers = nn.ModuleList(EncoderLayer(dim, heads, attn_dropout, relu_dropout, res_dropout, fast)
-                                    for _ in range(layers))
-        self.norm = nn.LayerNorm(dim)
+        self.n, self.dim, self.causal, self.fast = n, dim, causal, fast
+        self.attn_dropouts = [float(p) for p in attn_dropouts]
+        self.relu_dropout, self.res_dropout, self.embed_dropout = relu_dropout, res_dropout, embed_dropout
+        self.layers = nn.ModuleList(StackedEncoderLayer(n, dim, heads) for _ in range(layers))
+        self.norm_w, self.norm_b = _stacked(n, dim, init="ones"), _stacked(n, dim)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """sqrt(D)·x + PE, where a step whose first channel is exactly 0 gets no position (padding)."""
-        t = x.shape[1]
-        pe = sinusoidal_table(t + 1, self.dim)[1:].to(x.device, x.dtype)
+        pe = sinusoidal_table(x.shape[-2] + 1, self.dim)[1:].to(x.device, x.dtype)
         return math.sqrt(self.dim) * x + pe * (x[..., :1] != 0).to(x.dtype)
 
-    def forward(self, x: torch.Tensor, source: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
-        """[B, T, D] -> [B, T, D], or [B, D] at the last step when last_only (the fast path then skips the
-        final layer's queries, FFN and norm at every other step: same values, less work)."""
-        drop = functools.partial(dropout, p=self.embed_dropout, training=self.training, fast=self.fast)
+    def forward(self, x: torch.Tensor, source: torch.Tensor | None = None, last_only: bool = False,
+                members: list[int] | None = None) -> torch.Tensor:
+        """members: which encoders of the group x holds (default all, in order)."""
+        members = list(range(self.n)) if members is None else list(members)
+        if self.fast:
+            idx = None if members == list(range(self.n)) else torch.tensor(members, device=x.device)
+            return self._run(x, source, last_only, idx, [self.attn_dropouts[m] for m in members], plain=False)
+        outs = [self._run(x[i:i + 1], None if source is None else source[i:i + 1], last_only,
+                          torch.tensor([m], device=x.device), [self.attn_dropouts[m]], plain=True)
+                for i, m in enumerate(members)]
+        return torch.cat(outs)
+
+    def _run(self, x, source, last_only, idx, p_attn, plain):
+        drop = functools.partial(dropout, p=self.embed_dropout, training=self.training, fast=not plain)
         q = drop(self.embed(x))
         k = v = None
         if source is not None:
@@ -272,13 +313,14 @@ class MulTEncoder(nn.Module):
             # MulT drops key and value with independent masks; without dropout they are one tensor.
             k = drop(src)
             v = k if (not self.training or self.embed_dropout <= 0) else drop(src)
-        mask = causal_mask(x.shape[1], x.shape[1] if source is None else source.shape[1], x.device) \
-            if self.causal else None
-        prune = last_only and self.fast
+        tk = x.shape[-2] if source is None else source.shape[-2]
+        mask = causal_mask(x.shape[-2], tk, x.device) if self.causal else None
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            q = layer(q, k, v, mask, last_only=prune and i == len(self.layers) - 1)
-        out = self.norm(q)
-        return out[:, -1] if last_only else out
+            q = layer(q, k, v, mask, idx, p_attn, self.relu_dropout, self.res_dropout, plain,
+                      last_only=last_only and not plain and i == last)
+        out = _layer_norm(q, _take(self.norm_w, idx), _take(self.norm_b, idx))
+        return out[:, :, -1] if last_only else out
 
 
 class ResidualHead(nn.Module):
@@ -343,9 +385,18 @@ class DMDNet(nn.Module):
         self.input_dropout = {m: float(hp["input_dropout_by_modality"].get(m, 0.0)) for m in self.nodes}
         attn_drop = {m: float(hp["attn_dropout_by_modality"].get(m, hp["attn_dropout"])) for m in self.nodes}
 
-        def encoder(dim, p_attn, n_layers=layers):
-            return MulTEncoder(dim, heads, n_layers, p_attn, float(hp["relu_dropout"]), float(hp["res_dropout"]),
-                               float(hp["embed_dropout"]), bool(hp["causal_mask"]), fast)
+        def encoders(specs, dim, n_layers):
+            """Encoders grouped by shape (query and key lengths) into stacked groups: {key: (group, member)}."""
+            by_shape: dict = {}
+            for key, shape, p in specs:
+                by_shape.setdefault(shape, []).append((key, p))
+            groups, slots = nn.ModuleDict(), {}
+            for g, members in enumerate(by_shape.values()):
+                groups[f"g{g}"] = MulTEncoderGroup(
+                    len(members), dim, heads, n_layers, [p for _, p in members], float(hp["relu_dropout"]),
+                    float(hp["res_dropout"]), float(hp["embed_dropout"]), bool(hp["causal_mask"]), fast)
+                slots.update({key: (f"g{g}", e) for e, (key, _) in enumerate(members)})
+            return groups, slots
 
         conv = functools.partial(nn.Conv1d, padding=0, bias=False)
         self.proj = nn.ModuleDict({m: conv(modalities[m], d, self.kernels[m]) for m in self.nodes})
@@ -355,15 +406,17 @@ class DMDNet(nn.Module):
         self.align = nn.ModuleDict({m: nn.Linear(d * self.steps[m], d) for m in self.nodes})
         self.homo_head = nn.ModuleDict({m: ResidualHead(d * self.steps[m], d, self.n_out, self.output_dropout, fast)
                                         for m in self.nodes})
-        self.self_attn = nn.ModuleDict({m: encoder(d, attn_drop[m]) for m in self.predictors})
+        self.self_attn, self.self_slots = encoders([(m, self.steps[m], attn_drop[m]) for m in self.predictors], d, layers)
         P = len(self.predictors)
         self.homo_fusion = ResidualHead(P * d, P * d, self.n_out, self.output_dropout, fast)
         # Heterogeneous branch: sources per target node (see the module docstring for the privileged rule).
         self.sources = {m: self._sources(m) for m in self.nodes}
-        self.cross = nn.ModuleDict({self._cross_key(m, i): encoder(d, attn_drop[s])
-                                    for m in self.nodes for i, s in enumerate(self.sources[m])})
+        # attention dropout follows the SOURCE modality (MulT's self_type naming)
+        self.cross, self.cross_slots = encoders([((m, i), (self.steps[m], self.steps[s]), attn_drop[s])
+                                                 for m in self.nodes for i, s in enumerate(self.sources[m])], d, layers)
         wide = (M - 1) * d
-        self.memory = nn.ModuleDict({m: encoder(wide, float(hp["attn_dropout"]), max(layers, 3)) for m in self.nodes})
+        self.memory, self.memory_slots = encoders([(m, self.steps[m], float(hp["attn_dropout"])) for m in self.nodes],
+                                                  wide, max(layers, 3))
         self.het_head = nn.ModuleDict({m: ResidualHead(wide, wide, self.n_out, self.output_dropout, fast)
                                        for m in self.nodes})
         self.gate = nn.ModuleDict({m: nn.Linear(wide, wide) for m in self.predictors})
@@ -380,8 +433,21 @@ class DMDNet(nn.Module):
         return others
 
     @staticmethod
-    def _cross_key(m: str, i: int) -> str:
-        return f"{m}__{i}"
+    def run_encoders(groups: nn.ModuleDict, slots: dict, keys, query, source=None, last_only: bool = False) -> dict:
+        """Run the encoders `keys` (stacked by group, only the members asked for); query(key) / source(key)
+        give each encoder's [B, T, D] inputs. Returns {key: output}."""
+        by_group: dict = {}
+        for key in keys:
+            g, e = slots[key]
+            by_group.setdefault(g, []).append((e, key))
+        out = {}
+        for g, members in by_group.items():
+            members.sort(key=lambda t: t[0])
+            x = torch.stack([query(k) for _, k in members])
+            src = None if source is None else torch.stack([source(k) for _, k in members])
+            y = groups[g](x, src, last_only=last_only, members=[e for e, _ in members])
+            out.update({k: y[i] for i, (_, k) in enumerate(members)})
+        return out
 
     # --- per-modality encodings --------------------------------------------------------------
     def _decouple(self, m: str, x: torch.Tensor):
@@ -396,10 +462,13 @@ class DMDNet(nn.Module):
         shared = self.shared_enc(proj)
         return proj, private, shared
 
-    def _hetero(self, m: str, private_seq: dict[str, torch.Tensor]) -> torch.Tensor:
-        parts = [self.cross[self._cross_key(m, i)](private_seq[m], private_seq[s])
-                 for i, s in enumerate(self.sources[m])]
-        return self.memory[m](torch.cat(parts, dim=-1), last_only=True)
+    def _hetero(self, nodes, private_seq: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Last step of each node's memory encoder over its concatenated cross-modal encodings."""
+        keys = [(m, i) for m in nodes for i in range(len(self.sources[m]))]
+        cross = self.run_encoders(self.cross, self.cross_slots, keys, lambda k: private_seq[k[0]],
+                                  lambda k: private_seq[self.sources[k[0]][k[1]]])
+        memory_in = {m: torch.cat([cross[(m, i)] for i in range(len(self.sources[m]))], dim=-1) for m in nodes}
+        return self.run_encoders(self.memory, self.memory_slots, nodes, memory_in.__getitem__, last_only=True)
 
     def _fuse(self, c_last: dict[str, torch.Tensor], h_last: dict[str, torch.Tensor]):
         c = torch.cat([c_last[m] for m in self.predictors], dim=-1)
@@ -421,8 +490,9 @@ class DMDNet(nn.Module):
         for m in (n for n in self.nodes if n in needed):
             proj[m], private[m], shared[m] = self._decouple(m, inputs[m])
         private_seq = {m: v.transpose(1, 2) for m, v in private.items()}  # [B, T', d]
-        c_last = {m: self.self_attn[m](shared[m].transpose(1, 2), last_only=True) for m in self.predictors}
-        h_last = {m: self._hetero(m, private_seq) for m in nodes}
+        c_last = self.run_encoders(self.self_attn, self.self_slots, self.predictors,
+                                   lambda m: shared[m].transpose(1, 2), last_only=True)
+        h_last = self._hetero(nodes, private_seq)
         out, out_c = self._fuse(c_last, h_last)
         if not full:
             return DMDOutput(out=out)
@@ -731,7 +801,8 @@ def resolve_hparams(cfg: DictConfig, task_name: str) -> dict:
     if preset not in ("auto", "none", None) and preset not in PRESETS:
         raise ValueError(f"method.preset={preset!r}: choose auto, none or one of {sorted(PRESETS)}")
     if preset not in ("none", None) and key in PRESETS:
-        hp.update(copy.deepcopy(PRESETS[key]))
+        for k, v in copy.deepcopy(PRESETS[key]).items():
+            hp[k] = {**hp[k], **v} if k == "training" else v
         hp["preset_applied"] = key
     for k in ("kernel_by_modality", "attn_dropout_by_modality", "input_dropout_by_modality"):
         hp[k] = dict(hp.get(k) or {})

@@ -341,6 +341,19 @@ TINY = ["method.d=8", "method.heads=2", "method.layers=1", "method.training.max_
         "task.n_subjects=10", "task.samples_per_subject=8", "task.seq_len=8", "progress=false"]
 
 
+@functools.lru_cache(maxsize=1)
+def _base_run_cfg():
+    return compose_one(["method=dmd", "task=synthetic", *TINY])
+
+
+def run_cfg(tmp_path, **overrides):
+    """The tiny run config (composed once) with results/cache under tmp_path and dotted overrides."""
+    cfg = copy.deepcopy(_base_run_cfg())
+    for key, value in {"results_dir": f"{tmp_path}/r", "cache_dir": f"{tmp_path}/c", **overrides}.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
 class FullSynthetic(Synthetic):
     """The synthetic task with every modality kept at test: DMD's `full` protocol (the paper's model)."""
     name = "dmd_full_synthetic_test"
@@ -372,16 +385,16 @@ def rescore(rec: dict, folder) -> None:
 
 
 def test_privileged_run_firewall_record_and_edge_plot(tmp_path, monkeypatch):
-    seen = []
+    seen, fitted = [], []
     real_predict = DMD.predict
 
     def spy(self, split):
         seen.append(tuple(split.inputs))
+        fitted.append(self)
         return real_predict(self, split)
 
     monkeypatch.setattr(DMD, "predict", spy)
-    cfg = compose_one(["method=dmd", "task=synthetic", "task.privileged=[physio,audio]", f"results_dir={tmp_path}/r",
-                       f"cache_dir={tmp_path}/c", *TINY])
+    cfg = run_cfg(tmp_path, **{"task.privileged": ["physio", "audio"]})
     rec = execute(cfg, raise_errors=True)
     assert rec["status"] == "ok" and seen == [("visual",)]  # the runner strips physio and audio
     folder = tmp_path / "r" / "synthetic" / "dmd" / rec["run_key"]
@@ -397,37 +410,23 @@ def test_privileged_run_firewall_record_and_edge_plot(tmp_path, monkeypatch):
     assert json.loads((folder / "record.json").read_text())["extra"]["dmd_edges"]["edges"] == edges["edges"]
 
     # Changing (or removing) the privileged test inputs cannot change the predictions.
-    task = TASKS.get("synthetic")(cfg.task)
-    fold = task.load_fold(0)
-    method = _fit_direct(cfg, task, fold)
-    base = method.predict(fold.test)
-    noisy = copy.copy(fold.test)
-    noisy.inputs = {**fold.test.inputs, **{m: np.random.default_rng(0).normal(size=fold.test.inputs[m].shape)
-                                            .astype(np.float32) * 100 for m in ("physio", "audio")}}
-    assert np.array_equal(base, method.predict(noisy))
-    assert np.array_equal(base, method.predict(fold.test.restrict(("visual",))))
+    method = fitted[0]
+    test = TASKS.get("synthetic")(cfg.task).load_fold(0).test
+    base = real_predict(method, test)
+    written = pd.read_csv(folder / "predictions.csv")[["y_pred_valence", "y_pred_arousal"]].to_numpy()
+    assert np.allclose(written, base, rtol=1e-6, atol=1e-7)  # the record's predictions are these
+    noisy = copy.copy(test)
+    noisy.inputs = {**test.inputs, **{m: np.random.default_rng(0).normal(size=test.inputs[m].shape)
+                                      .astype(np.float32) * 100 for m in ("physio", "audio")}}
+    assert np.array_equal(base, real_predict(method, noisy))
+    assert np.array_equal(base, real_predict(method, test.restrict(("visual",))))
     with pytest.raises(KeyError, match="visual"):
-        method.predict(fold.test.restrict(("physio", "audio")))
-
-
-def _fit_direct(cfg, task, fold):
-    from harness.method import RunContext
-    from harness.teachers import TeacherStore
-    ctx = RunContext(cfg=cfg, task=task, fold=0, seed=0, device=torch.device("cpu"),
-                     teachers=TeacherStore(cfg.cache_dir), run_dir=__import__("pathlib").Path(cfg.results_dir),
-                     progress=False)
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    method = METHODS.get("dmd")(cfg.method, ctx)
-    method.fit(fold.train, fold.val)
-    return method
+        real_predict(method, test.restrict(("physio", "audio")))
 
 
 def test_full_protocol_run_is_the_paper_model(tmp_path, monkeypatch):
     monkeypatch.setitem(TASKS._items, FullSynthetic.name, FullSynthetic)
-    cfg = compose_one(["method=dmd", "task=synthetic", "task.privileged=[physio,audio]", f"results_dir={tmp_path}/r",
-                       f"cache_dir={tmp_path}/c", *TINY])
-    cfg.task.name = FullSynthetic.name
+    cfg = run_cfg(tmp_path, **{"task.privileged": ["physio", "audio"], "task.name": FullSynthetic.name})
     rec = execute(cfg, raise_errors=True)
     assert rec["status"] == "ok" and rec["privileged_modalities"] == []
     folder = tmp_path / "r" / FullSynthetic.name / "dmd" / rec["run_key"]
@@ -445,11 +444,10 @@ def test_full_protocol_run_is_the_paper_model(tmp_path, monkeypatch):
 
 def test_accumulation_clipping_and_schedule(tmp_path):
     """update_every=2 over 4 batches: 2 optimiser steps an epoch; a trailing odd batch is dropped."""
-    cfg = compose_one(["method=dmd", "task=synthetic", f"results_dir={tmp_path}/r", f"cache_dir={tmp_path}/c", *TINY,
-                       "method.training.max_epochs=1", "method.training.batch_size=12"])
-    task = TASKS.get("synthetic")(cfg.task)
+    task = TASKS.get("synthetic")(_base_run_cfg().task)
     fold = task.load_fold(0)
-    method = _fit_direct(cfg, task, fold)
+    method = fit_hand(task.spec, fold.train, fold.val, tmp_path, {"method.training.max_epochs": 1,
+                                                                  "method.training.batch_size": 12}, task=task)
     n_batches = math.ceil(len(fold.train) / 12)
     entry = method.ctx.logs["student"][0]
     assert entry["optimizer_steps"] == n_batches // 2 and entry["lr"] == pytest.approx(1e-4)
@@ -467,3 +465,111 @@ def test_config_and_presets():
     mosei = resolve_hparams(cfg, "mosei")
     assert (mosei["d"], mosei["heads"], mosei["kernel_by_modality"]) == (30, 6, {"text": 5, "audio": 1, "vision": 3})
     assert resolve_hparams(OmegaConf.merge(cfg, {"preset": "none"}), "mosei")["d"] == 50
+
+
+# ---------------------------------------------------------------------------------------------------
+# Other task shapes: MOSI-style names with several student modalities and IEMOCAP-style classes;
+# per-step (frame) targets; checkpoint resume
+# ---------------------------------------------------------------------------------------------------
+
+class HandTask:
+    """A minimal Task-like object for direct fit/predict: spec, score, metric direction."""
+
+    data_source = "synthetic"
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def score(self, predictions):
+        from harness.metrics import score_columns
+        from harness.predictions import columns_by_dim
+        yt, yp = columns_by_dim(predictions, self.spec.target)
+        return score_columns(yt, yp, self.spec.metrics, self.spec.target.kind)
+
+    def metric_higher_is_better(self, metric):
+        from harness.metrics import higher_is_better
+        return higher_is_better(metric)
+
+
+def hand_split(n, dims, lens, targets, seed, **extra):
+    rng = np.random.default_rng(seed)
+    return Split(ids=np.array([f"s{seed}-{i}" for i in range(n)]), groups=np.array(["g"] * n),
+                 inputs={m: rng.normal(size=(n, lens[m], d)).astype(np.float32) for m, d in dims.items()},
+                 targets=targets, **extra)
+
+
+def fit_hand(spec, train, val, tmp_path, overrides=None, task=None):
+    """fit() called directly with a RunContext (no runner): the tiny config plus dotted overrides."""
+    from harness.method import RunContext
+    from harness.teachers import TeacherStore
+    cfg = run_cfg(tmp_path, **{"task.name": "hand", **(overrides or {})})
+    ctx = RunContext(cfg=cfg, task=task or HandTask(spec), fold=0, seed=0, device=torch.device("cpu"),
+                     teachers=TeacherStore(tmp_path / "c"), run_dir=tmp_path, progress=False)
+    torch.manual_seed(0)
+    method = METHODS.get("dmd")(cfg.method, ctx)
+    method.fit(train, val)
+    return method
+
+
+def test_mosi_names_two_students_and_iemocap_style_classes(tmp_path):
+    """Student audio+vision, text privileged; 4 binary heads. Paper priors by name on the edges into the
+    students; predictions are per-head class probabilities from the students' inputs only."""
+    from harness.data import TaskSpec
+    dims, lens = {"text": 16, "audio": 5, "vision": 6}, {"text": 8, "audio": 12, "vision": 10}
+    target = TargetSpec("classification", ("neutral", "happy", "sad", "angry"), n_classes=2)
+    spec = TaskSpec(modalities=dims, student_modalities=("audio", "vision"), target=target,
+                    metrics=("accuracy_mean", "f1_weighted_mean"))
+    rng = np.random.default_rng(0)
+    train = hand_split(48, dims, lens, rng.integers(0, 2, (48, 4)), 1)
+    val = hand_split(16, dims, lens, rng.integers(0, 2, (16, 4)), 2)
+    test = hand_split(20, dims, lens, rng.integers(0, 2, (20, 4)), 3)
+    method = fit_hand(spec, train, val, tmp_path)
+    edges = method.ctx.extra["dmd_edges"]
+    assert edges["edges"] == ["text->audio", "vision->audio", "text->vision", "audio->vision"]
+    homo = dict(zip(edges["edges"], np.round(edges["homo"]["prior"], 5)))
+    assert homo["text->audio"] == homo["text->vision"] > 0.49  # the paper's L->A, L->V, renormalised over 4 edges
+    assert method.ctx.extra["dmd"]["hetero_sources"]["audio"] == ["vision", "audio"]
+    probs = method.predict(test.restrict(("audio", "vision")))
+    assert probs.shape == (20, 4, 2) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)
+    assert np.array_equal(probs, method.predict(test))  # text present or not: same predictions
+    log = method.ctx.logs["student"]
+    assert "val_accuracy_mean" in log[0] and math.isfinite(log[0]["val_loss"])
+
+
+def test_per_step_targets_are_pooled_and_broadcast(tmp_path):
+    from harness.data import TaskSpec
+    from harness.predictions import make_predictions
+    dims, lens = {"visual": 6, "audio": 4}, {"visual": 8, "audio": 8}
+    target = TargetSpec("regression", ("valence", "arousal"), per_step=True)
+    spec = TaskSpec(modalities=dims, student_modalities=("visual",), target=target, metrics=("ccc_mean",))
+    rng = np.random.default_rng(0)
+
+    def split(n, seed):
+        mask = rng.random((n, 8)) > 0.2
+        mask[:, 0] = True
+        return hand_split(n, dims, lens, rng.normal(size=(n, 8, 2)).astype(np.float32), seed, target_mask=mask,
+                          step_index=np.tile(np.arange(8), (n, 1)))
+
+    train, val, test = split(40, 1), split(16, 2), split(12, 3)
+    method = fit_hand(spec, train, val, tmp_path)
+    out = method.predict(test.restrict(("visual",)))
+    assert out.shape == (12, 8, 2) and np.all(out == out[:, :1])  # one prediction per window, on every step
+    preds = make_predictions(test, out, target)
+    assert len(preds) == test.target_mask.sum()
+
+
+def test_checkpoint_resume(tmp_path):
+    spec = Synthetic(_base_run_cfg().task).spec
+    from harness.data import TaskSpec
+    dims = dict(spec.modalities)
+    spec = TaskSpec(modalities=dims, student_modalities=("visual",), target=spec.target, metrics=spec.metrics)
+    lens = {m: 6 for m in dims}
+    rng = np.random.default_rng(0)
+    train = hand_split(32, dims, lens, rng.normal(size=(32, 2)).astype(np.float32), 1)
+    val = hand_split(16, dims, lens, rng.normal(size=(16, 2)).astype(np.float32), 2)
+    first = fit_hand(spec, train, val, tmp_path, {"train.checkpoint": True, "method.training.max_epochs": 1})
+    assert (tmp_path / "checkpoint_dmd.pt").exists() and len(first.ctx.logs["student"]) == 1
+    second = fit_hand(spec, train, val, tmp_path, {"train.checkpoint": True, "method.training.max_epochs": 2})
+    assert second.ctx.extra["resumed_from_epoch"]["student"] == 1
+    log = second.ctx.logs["student"]
+    assert [e["epoch"] for e in log] == [0, 1] and log[0]["train_loss"] == first.ctx.logs["student"][0]["train_loss"]

@@ -754,6 +754,7 @@ def plot_edges(edges: dict, path) -> None:
         ax.set_title(f"{'Homogeneous' if unit == 'homo' else 'Heterogeneous'} GD: learned edges "
                      f"(final, batch-mean E)", fontsize=11)
         top = final.max() if final.size else 1.0
+        fmt = "{:.3f}" if final.size and final.max() - final.min() < 0.02 else "{:.2f}"  # near-equal: more digits
         for k, (t, s) in enumerate(pairs):
             (x0, y0), (x1, y1) = pos[t], pos[s]
             dominant = final[k] >= 0.5 * top
@@ -764,7 +765,7 @@ def plot_edges(edges: dict, path) -> None:
             ax.add_patch(arrow)
             # label on the arc's midpoint (matplotlib's arc3 bends towards (dy, -dx) by rad/2 of the chord)
             mx, my = (x0 + x1) / 2 + 0.09 * (y1 - y0), (y0 + y1) / 2 - 0.09 * (x1 - x0)
-            ax.text(mx, my, f"{final[k]:.2f}", ha="center", va="center", fontsize=9,
+            ax.text(mx, my, fmt.format(final[k]), ha="center", va="center", fontsize=9,
                     color=colours(k % 10) if dominant else "0.45", zorder=3,
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
         for m, (x, y) in pos.items():
@@ -773,6 +774,9 @@ def plot_edges(edges: dict, path) -> None:
                        edgecolors="0.2", linewidths=1.2)
             ax.text(x, y, m + ("\n(student)" if student and edges["protocol"] == "privileged" else ""),
                     ha="center", va="center", fontsize=10, zorder=4)
+        if len(pairs) == 1:
+            ax.text(0, -1.5, "one edge: the softmax makes E = 1, the unit distils with a fixed weight",
+                    ha="center", va="center", fontsize=9, color="0.3")
         ax.set_xlim(-1.6, 1.6)
         ax.set_ylim(-1.6, 1.6)
         ax.set_aspect("equal")

@@ -197,18 +197,25 @@ def _stacked(n: int, *shape: int, init: str = "zeros") -> nn.Parameter:
     return nn.Parameter(p)
 
 
-def _take(param: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-    return param if idx is None else param.index_select(0, idx)
+def _take(param: torch.Tensor, idx: torch.Tensor | slice | None) -> torch.Tensor:
+    """The members `idx` of a stacked parameter: all (None), a view (slice) or a gathered copy (index)."""
+    if idx is None:
+        return param
+    return param[idx] if isinstance(idx, slice) else param.index_select(0, idx)
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-member linear: x [E, B, T, Din], w [E, Dout, Din], b [E, Dout] -> [E, B, T, Dout]."""
     e, bsz, t, din = x.shape
+    if e == 1:  # a lone encoder: the plain kernel
+        return F.linear(x[0], w[0], b[0]).unsqueeze(0)
     return torch.baddbmm(b.unsqueeze(1), x.reshape(e, bsz * t, din), w.transpose(1, 2)).view(e, bsz, t, -1)
 
 
 def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     e = x.shape[0]
+    if e == 1:  # a lone encoder: the fused kernel with its affine
+        return F.layer_norm(x, x.shape[-1:], w[0], b[0])
     shape = (e,) + (1,) * (x.dim() - 2) + (x.shape[-1],)
     return torch.addcmul(b.view(shape), F.layer_norm(x, x.shape[-1:]), w.view(shape))
 
@@ -308,10 +315,11 @@ class MulTEncoderGroup(nn.Module):
         """members: which encoders of the group x holds (default all, in order)."""
         members = list(range(self.n)) if members is None else list(members)
         if self.fast:
-            idx = None if members == list(range(self.n)) else torch.tensor(members, device=x.device)
+            idx = None if members == list(range(self.n)) else (
+                slice(members[0], members[0] + 1) if len(members) == 1 else torch.tensor(members, device=x.device))
             return self._run(x, source, last_only, idx, [self.attn_dropouts[m] for m in members], plain=False)
         outs = [self._run(x[i:i + 1], None if source is None else source[i:i + 1], last_only,
-                          torch.tensor([m], device=x.device), [self.attn_dropouts[m]], plain=True)
+                          slice(m, m + 1), [self.attn_dropouts[m]], plain=True)
                 for i, m in enumerate(members)]
         return torch.cat(outs)
 
@@ -767,7 +775,7 @@ def plot_edges(edges: dict, path) -> None:
             mx, my = (x0 + x1) / 2 + 0.09 * (y1 - y0), (y0 + y1) / 2 - 0.09 * (x1 - x0)
             ax.text(mx, my, fmt.format(final[k]), ha="center", va="center", fontsize=9,
                     color=colours(k % 10) if dominant else "0.45", zorder=3,
-                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
         for m, (x, y) in pos.items():
             student = m in edges["predictors"]
             ax.scatter([x], [y], s=2300, zorder=2, color="#cfe3ff" if student else "#ffe2c6",

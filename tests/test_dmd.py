@@ -62,7 +62,7 @@ def make_inputs(dims: dict, lens: dict, batch: int = 6, seed: int = 0) -> dict:
 def test_shapes_through_every_block(lens):
     dims = {"text": 12, "audio": 5, "vision": 6}
     hp = tiny_hp(kernel_by_modality={"text": 5, "audio": 1, "vision": 3})
-    net, homo, het, graph = build_dmd(dims, lens, REG1, hp, tuple(dims))
+    net, homo, het, _ = build_dmd(dims, lens, REG1, hp, tuple(dims))
     steps = {"text": lens["text"] - 4, "audio": lens["audio"], "vision": lens["vision"] - 2}
     assert net.steps == steps
     B, d = 6, 8
@@ -105,7 +105,7 @@ def test_classification_heads_and_two_node_graph():
     assert graph["edges"] == ["physio->visual", "visual->physio"] and graph["roles"] is None
     assert torch.allclose(homo.prior, torch.tensor([0.5, 0.5]))  # uniform outside the 3-node case
     y = torch.randint(0, 2, (5, 4))
-    loss, parts, _, _ = DMDLoss(net, homo, het, tiny_hp()["loss"])(make_inputs(dims, lens, 5), y)
+    _, parts, _, _ = DMDLoss(net, homo, het, tiny_hp()["loss"])(make_inputs(dims, lens, 5), y)
     assert all(math.isfinite(v) for v in parts.values())
 
 
@@ -114,7 +114,9 @@ def test_mosi_and_mosei_sizes_match_the_spec():
     cfg = method_cfg()
     dims = {"text": 768, "audio": 5, "vision": 20}
     net, homo, het, _ = build_dmd(dims, {m: 50 for m in dims}, REG1, resolve_hparams(cfg, "mosi"), tuple(dims))
-    count = lambda mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
+    def count(mods):
+        return sum(p.numel() for m in mods for p in m.parameters())
+
     assert round(count(net.cross.values()) / 1e6, 2) == 0.74
     assert round(count(net.memory.values()) / 1e6, 2) == 1.46
     assert round(count(net.self_attn.values()) / 1e6, 2) == 0.37

@@ -115,7 +115,8 @@ class Composer:
         for o in overrides:
             key = o.partition("=")[0].lstrip("+~")
             if key not in GROUPS and key not in known:
-                close = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
+                same_depth = [k for k in known if k.count(".") == key.count(".")]
+                close = difflib.get_close_matches(key, same_depth, n=2, cutoff=0.6)
                 hint = f" did you mean {' or '.join(close)}?" if close else " (see `harness run --cfg` for all keys)"
                 return f"unknown config key '{key}';{hint}"
         return str(error).splitlines()[0]

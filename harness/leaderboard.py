@@ -122,7 +122,8 @@ def render(summary: pd.DataFrame, df: pd.DataFrame) -> str:
             rows.append(row)
             if first.n_failed:
                 failures.append(f"- {label}: {first.failed_runs}")
-        lines.append(tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False))
+        lines.append(tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False,
+                              disable_numparse=True))
         lines.append("")
         if failures:
             lines += ["Failed runs (not averaged):", *failures, ""]

@@ -92,7 +92,8 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     params = list(module.parameters()) if params is None else params
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=train_cfg.lr,
                             weight_decay=train_cfg.weight_decay)
-    gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2**63))
+    # Batch order: its own generator, seeded from the run's (seeded) global stream.
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
     log: list[dict] = []
     best = {"score": -math.inf, "epoch": -1, "state": copy.deepcopy(module.state_dict())}
     start_epoch = 0

@@ -69,7 +69,9 @@ def get_teacher(ctx: RunContext, train: Split, val: Split) -> tuple[MultimodalNe
         log = fit("teacher", net, supervised_loss(net, ctx), predictor(net, ctx), train, val, ctx, ctx.cfg.train)
         return {"log": log}
 
-    net, meta = ctx.teachers.get_or_train(teacher_key(ctx), build, train_fn, ctx.device)
+    # The caller's random stream must not depend on whether the teacher was trained or loaded.
+    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+        net, meta = ctx.teachers.get_or_train(teacher_key(ctx), build, train_fn, ctx.device)
     ctx.logs.setdefault("teacher", meta.get("log", []))
     ctx.extra["teacher"] = {"store_path": meta["store_path"], "reused": meta["reused"]}
     return net, meta

@@ -105,7 +105,7 @@ def render(summary: pd.DataFrame, df: pd.DataFrame) -> str:
 
         rows = []
         failures = []
-        for (method, cid), g in sorted(groups, key=order):
+        for (method, _cid), g in sorted(groups, key=order):
             first = g.iloc[0]
             label = method + (f" [{first.overrides}]" if first.overrides else "")
             row = {"method": label, "role": BOUND_LABEL.get(first.bound, "")}

@@ -19,7 +19,6 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from harness import RECORD_SCHEMA_VERSION
 from harness.teachers import stable_hash
 
 # Config keys that do not change what a run computes: left out of its key.

@@ -16,7 +16,7 @@ from harness.records import semantic_config
 from harness.registry import register_method
 from harness.runner import derive_seed
 from harness.training import Batch, SplitTensors, fit, predict_in_batches
-from methods.blocks import MultimodalNet, outputs_to_numpy, task_loss
+from methods.blocks import MultimodalNet, task_loss
 
 
 def build_net(ctx: RunContext, modalities: tuple[str, ...], slots: tuple[str, ...] | None = None) -> MultimodalNet:

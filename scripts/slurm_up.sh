@@ -61,15 +61,23 @@ node_state()  { timeout 10 sinfo -h -n "$HOST" -o '%t' 2>/dev/null | head -n1; }
 node_usable() { case "$(node_state)" in idle|mix|mixed|alloc|comp) return 0;; *) return 1;; esac; }
 sacct_ok()    { timeout 10 sacct -n -X -S now-1minute >/dev/null 2>&1; }
 
-wait_for() {  # wait_for "what" LOGFILE CMD...
+fail_with_log() {  # fail_with_log LOGFILE MESSAGE
+  echo "----- last lines of $1 -----" >&2
+  tail -n 25 "$1" >&2 2>/dev/null || true
+  echo "-----" >&2
+  die "$2; see $1"
+}
+
+wait_for() {  # wait_for "what" LOGFILE CMD...   (WATCH_PID="PIDFILE EXE": fail fast if it dies)
   local what=$1 logf=$2; shift 2
-  local end=$(( $(date +%s) + TIMEOUT ))
+  local start; start=$(date +%s)
+  local end=$(( start + TIMEOUT ))
   until "$@"; do
-    if [ "$(date +%s)" -ge "$end" ]; then
-      echo "----- last lines of $logf -----" >&2
-      tail -n 25 "$logf" >&2 2>/dev/null || true
-      die "$what not ready after ${TIMEOUT}s; see $logf"
+    # shellcheck disable=SC2086
+    if [ -n "${WATCH_PID:-}" ] && [ $(( $(date +%s) - start )) -ge 3 ] && ! pid_alive $WATCH_PID; then
+      fail_with_log "$logf" "$what: daemon exited during startup"
     fi
+    [ "$(date +%s)" -lt "$end" ] || fail_with_log "$logf" "$what not ready after ${TIMEOUT}s"
     sleep 0.5
   done
   log "$what ready"
@@ -269,7 +277,7 @@ else
   log "starting slurmdbd (log: $LOG_DIR/slurmdbd.log)"
   /usr/sbin/slurmdbd || die "slurmdbd failed to start; see $LOG_DIR/slurmdbd.log"
 fi
-wait_for slurmdbd $LOG_DIR/slurmdbd.log dbd_ok
+WATCH_PID="$RUN_DIR/slurmdbd.pid /usr/sbin/slurmdbd" wait_for slurmdbd $LOG_DIR/slurmdbd.log dbd_ok
 
 # The cluster must exist in the DB before slurmctld registers.
 if ! sacctmgr -n -P show cluster format=cluster | grep -qx "$CLUSTER"; then
@@ -285,7 +293,7 @@ else
   log "starting slurmctld (log: $LOG_DIR/slurmctld.log)"
   /usr/sbin/slurmctld || die "slurmctld failed to start; see $LOG_DIR/slurmctld.log"
 fi
-wait_for slurmctld $LOG_DIR/slurmctld.log ctld_ok
+WATCH_PID="$RUN_DIR/slurmctld.pid /usr/sbin/slurmctld" wait_for slurmctld $LOG_DIR/slurmctld.log ctld_ok
 
 # ---------------------------------------------------------------- slurmd
 if pid_alive $RUN_DIR/slurmd.pid /usr/sbin/slurmd; then
@@ -301,7 +309,7 @@ else
     t=$(timeout 10 scontrol show node "$HOST" 2>/dev/null | sed -n 's/.*SlurmdStartTime=\([^ ]*\).*/\1/p')
     [ -n "$t" ] && [ "$t" != "None" ] && [ "$(date -d "$t" +%s 2>/dev/null || echo 0)" -ge "$SLURMD_T0" ]
   }
-  wait_for "slurmd registration" $LOG_DIR/slurmd.log slurmd_registered
+  WATCH_PID="$RUN_DIR/slurmd.pid /usr/sbin/slurmd" wait_for "slurmd registration" $LOG_DIR/slurmd.log slurmd_registered
 fi
 
 node_wait() {

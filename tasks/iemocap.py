@@ -6,7 +6,8 @@ Files: MulT's `iemocap_data.pkl` (aligned) or `iemocap_data_noalign.pkl` (task.a
 in these pickles), `labels` [N, 4, 2] one-hot [absent, present] for (neutral, happy, sad, angry), and
 optionally `id`. Target: argmax over the pair, i.e. four binary heads (TargetSpec classification,
 4 dims x 2 classes). The file's own split is used as given (one fold; seeds vary initialisation only);
-MulT's split is not documented as session-based (§5.5).
+MulT's split is not documented as session-based (§5.5). Protocols as mosi: privileged (default, student
+audio + vision, text privileged; task.student_modalities) or full (every modality at test, MulT's setting).
 
 Metrics (MulT convention): per emotion `accuracy_<e>` and `f1_weighted_<e>` (sklearn, truth first), their
 means `accuracy_mean` / `f1_weighted_mean`, and with task.four_class_metrics the 4-class view of §6.3:
@@ -40,7 +41,7 @@ class IEMOCAP(PickleTask):
     description = ("IEMOCAP neutral/happy/sad/angry as 4 binary tasks from MulT pickles; per-emotion acc/F1 "
                    "(+ 4-class WA/UA); pickle's own split, seeds vary init only")
     look_in = (".", "IEMOCAP")
-    file_description = "MulT IEMOCAP pickle (yaohungt/Multimodal-Transformer README, data download)"
+    file_description = "MulT IEMOCAP pickle (the data download of yaohungt/Multimodal-Transformer's README)"
     target = TargetSpec("classification", EMOTIONS, n_classes=2, class_names=("absent", "present"))
     per_emotion = tuple(f"{m}_{e}" for e in EMOTIONS for m in ("accuracy", "f1_weighted"))
     metric_choices = ("f1_weighted_mean", "accuracy_mean", *per_emotion, *FOUR_CLASS)

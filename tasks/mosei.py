@@ -4,7 +4,7 @@ Files: `<data_root>/MOSEI/Processed/aligned_50.pkl` or `unaligned_50.pkl`; stand
 valid 1871 / test 4659, used as given (one fold; seeds vary the initialisation only). Text = frozen BERT
 features; audio = 74-d COVAREP, vision = 35-d FACET (dims read from the file). MOSEI quirks handled by
 the shared loader (tasks/_mmsa.py): float64 audio that overflows in the float32 cast (zeroed, counted)
-and labels above 3 (clipped to [-3, 3], counted; task.clip_labels). Metrics: the MMSA suite.
+and labels above 3 (clipped to [-3, 3], counted; task.clip_labels). Metrics and protocols as mosi.
 """
 
 from __future__ import annotations

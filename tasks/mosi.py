@@ -4,7 +4,10 @@ Files: `<data_root>/MOSI/Processed/aligned_50.pkl` or `unaligned_50.pkl` (task.a
 ships them; standard split train 1284 / valid 229 / test 686, used as given (one fold; seeds vary the
 initialisation only). Text = the file's frozen BERT features ([N, 50, 768]); the harness does not
 fine-tune BERT as DMD does (a deviation, dmd.md §7). Audio = 5-d COVAREP subset, vision = 20-d FACET
-subset (dims read from the file). Metrics: the MMSA suite (harness/metrics.py), primary Non0 Acc-2.
+subset (dims read from the file). Metrics: the MMSA suite (harness/metrics.py), primary Non0 Acc-2
+(task.primary_metric). Protocols: task.protocol=privileged (default: the student keeps audio + vision,
+text is privileged; task.student_modalities changes it) or full (every modality at test, the setting of
+DMD and the MSA literature; student and teacher then see the same inputs).
 The loader, the restricted unpickler and the mimic writer are shared with mosei (tasks/_mmsa.py).
 """
 

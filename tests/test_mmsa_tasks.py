@@ -6,7 +6,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from harness.config import compose_one
@@ -227,21 +226,7 @@ def test_published_numbers_use_the_tasks_metric_names_and_cite():
                 assert all(0 < v < 1 for k, v in ref["metrics"].items() if k != "mae")  # fractions, not percent
 
 
-def test_each_task_has_its_config():
-    for name in ("mosi", "mosei", "iemocap"):
-        assert compose_one([f"task={name}"]).task.name == name
-
-
 # --- end to end: kd (teacher + student) on mimic files, record metrics == an independent re-scoring ---------
-
-@pytest.fixture
-def one_thread():
-    # a 2-core machine shared by several jobs: intra-op threads only contend
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def run(tmp_path, task, *overrides):
     cfg = compose_one(["method=kd", f"task={task}", "task.source=mimic", *SMALL, "train.max_epochs=2",
@@ -265,7 +250,7 @@ def mmsa_rescore(y, p):
 
 
 @pytest.mark.parametrize("task, overrides", [("mosi", ["task.protocol=full"]), ("mosei", ["task.aligned=false"])])
-def test_kd_end_to_end_on_mmsa_mimic(tmp_path, one_thread, task, overrides):
+def test_kd_end_to_end_on_mmsa_mimic(tmp_path, task, overrides):
     rec, preds = run(tmp_path, task, *overrides)
     assert rec["privileged_modalities"] == ([] if "task.protocol=full" in overrides else ["text"])
     assert len(preds) == 16 and rec["n_samples"] == {"train": 24, "val": 12, "test": 16}
@@ -275,7 +260,7 @@ def test_kd_end_to_end_on_mmsa_mimic(tmp_path, one_thread, task, overrides):
         assert rec["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
 
 
-def test_kd_end_to_end_on_iemocap_mimic(tmp_path, one_thread):
+def test_kd_end_to_end_on_iemocap_mimic(tmp_path):
     rec, preds = run(tmp_path, "iemocap")
     truth = np.stack([preds[f"y_true_{e}"] for e in EMOTIONS], 1)
     prob = np.stack([preds[f"prob_{e}_1"] for e in EMOTIONS], 1)

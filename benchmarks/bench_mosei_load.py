@@ -105,7 +105,8 @@ def main() -> None:
     for phase in ("imports", "pickle.load", "restricted", "loader", "cache, first", "cache, hit"):
         rows.append((phase, run_phase(phase.replace(", ", "-"), data_root, cache, sizes["n_train"])))
     ref = rows[1][1]["seconds"]
-    print(f"\n{'phase':<14}{'seconds':>9}{'x pickle':>10}{'RSS before':>12}{'peak RSS':>10}{'(peak - before) / inputs':>26}")
+    print(f"\n{'phase':<14}{'seconds':>9}{'x pickle':>10}{'RSS before':>12}{'peak RSS':>10}"
+          f"{'(peak - before) / inputs':>26}")
     for phase, r in rows:
         print(f"{phase:<14}{r['seconds']:>9.2f}{r['seconds'] / ref:>10.2f}{r['start_gb']:>12.2f}{r['peak_gb']:>10.2f}"
               f"{(r['peak_gb'] - r['start_gb']) / input_gb:>26.2f}")

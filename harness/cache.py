@@ -68,7 +68,8 @@ def _to_dataset(arrays: dict[str, object], chunk_bytes: int = 64 << 20):
     features = _features(arrays)
     parts = []
     for start in range(0, max(n, 1), step):
-        part = datasets.Dataset.from_dict({k: list(v[start:start + step]) for k, v in arrays.items()}, features=features)
+        chunk = {k: list(v[start:start + step]) for k, v in arrays.items()}
+        part = datasets.Dataset.from_dict(chunk, features=features)
         features = part.features  # the first chunk's (possibly inferred) types hold for every chunk
         parts.append(part)
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)

@@ -189,7 +189,8 @@ def read_modalities(d: dict, names: tuple[str, ...], where: str, n: int, info: d
         inputs[m] = x
         info.setdefault("cleaned", {})[m] = counts
         if f"{m}_lengths" in d:
-            lengths[m], info.setdefault("lengths", {})[m] = check_lengths(d[f"{m}_lengths"], x, f"{where}['{m}_lengths']")
+            key = f"{m}_lengths"
+            lengths[m], info.setdefault("lengths", {})[m] = check_lengths(d[key], x, f"{where}['{key}']")
     return inputs, lengths
 
 
@@ -329,7 +330,8 @@ class PickleTask(Task):
             splits[name] = Split(ids=np.asarray(cols["ids"]).astype(str), groups=np.asarray(cols["groups"]).astype(str),
                                  inputs={m: np.asarray(cols[f"x_{m}"], np.float32) for m in self.modality_order},
                                  targets=np.asarray(cols["targets"]).astype(self.target_dtype),
-                                 lengths={k[4:]: np.asarray(v, np.int64) for k, v in cols.items() if k.startswith("len_")})
+                                 lengths={k[4:]: np.asarray(v, np.int64) for k, v in cols.items()
+                                          if k.startswith("len_")})
         info_cols, _ = cached_arrays(f"{self.name}-info", [path], config,
                                      lambda: {"json": [json.dumps(parsed()[1])]}, cache_dir)
         info = json.loads(str(info_cols["json"][0]))
@@ -492,7 +494,8 @@ class MMSATask(PickleTask):
             bert[:, 1] = tokens
             common[key] = {"raw_text": np.array([f"mimic utterance {i}" for i in range(n)], dtype=object), "id": ids,
                            "text": text, "text_bert": bert, "regression_labels": y.astype(np.float32),
-                           "annotations": np.array(["Negative", "Neutral", "Positive"], dtype=object)[np.sign(y).astype(int) + 1],
+                           "annotations": np.array(["Negative", "Neutral", "Positive"],
+                                                   dtype=object)[np.sign(y).astype(int) + 1],
                            "classification_labels": (np.sign(y) + 1).astype(np.float32)}
         written = []
         for layout in ("aligned", "unaligned"):  # one file at a time: MOSEI-sized mimics stay within memory
@@ -500,7 +503,8 @@ class MMSATask(PickleTask):
             for key, c in common.items():
                 n, y = len(c["id"]), c["regression_labels"]
                 if layout == "aligned":
-                    T, lens = {"audio": T_text, "vision": T_text}, {"audio": text_lengths[key], "vision": text_lengths[key]}
+                    T = {"audio": T_text, "vision": T_text}
+                    lens = {"audio": text_lengths[key], "vision": text_lengths[key]}  # word-aligned
                 else:
                     T, lens = T_un, {m: rng.integers(T_un[m] // 4, T_un[m] + 1, n) for m in T_un}
                 signal = {m: (y + 2.0 * rng.standard_normal(n))[:, None] / 2 for m in ("audio", "vision")}

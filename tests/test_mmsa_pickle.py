@@ -61,7 +61,8 @@ def test_codecs_encode_is_admitted_only_for_latin1(tmp_path):
 
 @pytest.mark.parametrize("proto", [2, 4, 5])
 def test_numpy_arrays_dtypes_scalars_and_containers_load(tmp_path, proto):
-    obj = {"train": {"text": np.arange(24, dtype=np.float64).reshape(2, 3, 4), "id": np.array(["a$_$1", "b$_$2"], dtype=object),
+    obj = {"train": {"text": np.arange(24, dtype=np.float64).reshape(2, 3, 4),
+                     "id": np.array(["a$_$1", "b$_$2"], dtype=object),
                      "u": np.array(["x", "yz"]), "s": np.array([b"ab", b"c"]), "n": np.float64(1.5),
                      "lengths": np.array([3, 1], np.int64)},
            "meta": ([1, 2], {3}, frozenset([4]), bytearray(b"x"), 1 + 2j, OrderedDict(a=1))}

@@ -50,7 +50,7 @@ def predict_split(net: MultimodalNet, split: Split, ctx: RunContext) -> np.ndarr
 
 def teacher_key(ctx: RunContext) -> dict:
     cfg = ctx.cfg
-    return {"role": "teacher", "task": cfg.task.name, "task_cfg": semantic_config(cfg.task),
+    return {"role": "teacher", "task": cfg.task.name, "task_cfg": semantic_config(cfg)["task"],
             "fold": int(cfg.fold), "seed": int(cfg.seed),
             "model": OmegaConf.to_container(cfg.model, resolve=True),
             "train": semantic_config(cfg.train, also_drop=("checkpoint",))}

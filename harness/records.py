@@ -92,9 +92,17 @@ def read_record(folder: Path) -> dict | None:
 
 
 def iter_records(results_dir: Path | str) -> list[dict]:
-    """Every record under results_dir (unreadable files are reported, not fatal)."""
+    """Every record under results_dir (unreadable files are reported, not fatal).
+
+    Folders starting with `_` or `.` are not tasks (`_sweeps/` holds sweep manifests and job logs).
+    A record is written by rename, so a run still in progress has no record.json yet: a leaderboard
+    made while a sweep runs reads the finished runs only.
+    """
     out = []
-    for path in sorted(Path(results_dir).glob("*/*/*/record.json")):
+    root = Path(results_dir)
+    for path in sorted(root.glob("*/*/*/record.json")):
+        if path.relative_to(root).parts[0][:1] in ("_", "."):
+            continue
         try:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:

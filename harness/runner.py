@@ -46,11 +46,13 @@ def build_task(cfg: DictConfig):
     return TASKS.get(cfg.task.name)(cfg.task)
 
 
-def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: bool = False) -> dict:
+def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: bool = False,
+            launch: dict | None = None) -> dict:
     """Run one config and write its record; return the record.
 
     A run whose ok record exists is skipped unless cfg.overwrite. A run that raises writes a failed
-    record carrying the error text (and re-raises only with raise_errors).
+    record carrying the error text (and re-raises only with raise_errors). `launch` (sweep id, job id,
+    requeue count... from harness/launch.py) is stored in the record as is.
     """
     folder = run_dir(cfg)
     existing = read_record(folder)
@@ -69,6 +71,8 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **environment(),
     }
+    if launch is not None:
+        record["launch"] = launch
     predictions = None
     try:
         device = resolve_device(cfg.device)
@@ -124,4 +128,7 @@ def _finish(record: dict, folder: Path, predictions, timings: dict, t_start: flo
     t = time.perf_counter()
     write_record(folder, {**record, "timings": {**timings, "total_s": time.perf_counter() - t_start}}, predictions)
     timings["write_s"] = time.perf_counter() - t
+    if record["status"] == "ok":  # finished: its training checkpoints (train.checkpoint=true) are of no more use
+        for ckpt in folder.glob("checkpoint_*.pt*"):
+            ckpt.unlink(missing_ok=True)
     record["timings"] = {**timings, "total_s": time.perf_counter() - t_start}

@@ -28,6 +28,11 @@ class TeacherStore:
     def path(self, key: dict) -> Path:
         return self.root / str(key.get("task", "task")) / stable_hash(key)
 
+    def checkpoint_path(self, key: dict) -> Path:
+        """Where a teacher's per-epoch checkpoint goes while it trains (train.checkpoint=true): in the store,
+        not in the run that happens to train it, so whichever run takes the lock next resumes it."""
+        return self.path(key) / "checkpoint.pt"
+
     def get_or_train(self, key: dict, build: Callable[[], torch.nn.Module],
                      train: Callable[[torch.nn.Module], dict], device: torch.device
                      ) -> tuple[torch.nn.Module, dict]:
@@ -49,6 +54,8 @@ class TeacherStore:
                 tmp = meta_file.with_suffix(f".tmp{os.getpid()}")
                 tmp.write_text(json.dumps(meta, indent=1, default=str))
                 os.replace(tmp, meta_file)
+                for stale in folder.glob("checkpoint.pt*"):  # the teacher is stored: its checkpoint is done
+                    stale.unlink(missing_ok=True)
                 meta["reused"] = False
         module.eval()
         for p in module.parameters():

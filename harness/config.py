@@ -123,11 +123,15 @@ class Composer:
             return [self.compose(o) for o in combos]
         parser = OverridesParser.create()
         bases: dict[tuple[str, ...], DictConfig] = {}
+        parsed_once: dict[str, object] = {}  # a sweep repeats its fixed overrides in every run: parse each once
         out = []
         for overrides in combos:
             overrides = _normalise(overrides)
             check_groups(overrides)
-            parsed = parser.parse_overrides(overrides)
+            for o in overrides:
+                if o not in parsed_once:
+                    parsed_once[o] = parser.parse_override(o)
+            parsed = [parsed_once[o] for o in overrides]
             is_group = [o.key_or_group.lstrip("+~") in GROUPS or o.key_or_group.startswith("hydra/")
                         or o.package is not None for o in parsed]
             group_part = tuple(o.input_line for o, g in zip(parsed, is_group) if g)

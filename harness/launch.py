@@ -29,6 +29,8 @@ dataclass launcher configs, a launching process that blocks until every job ends
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -61,9 +63,13 @@ class PlannedRun:
     overrides: list[str]
     cfg: DictConfig
 
+    @functools.cached_property
+    def folder(self) -> Path:
+        return run_dir(self.cfg)  # hashes the resolved config: once per run
+
     @property
     def done(self) -> bool:
-        rec = read_record(run_dir(self.cfg))
+        rec = read_record(self.folder)
         return rec is not None and rec.get("status") == "ok"
 
 
@@ -92,7 +98,7 @@ def launch(runs: list[PlannedRun], launcher: DictConfig) -> list[dict]:
         for i, r in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {' '.join(r.overrides) or '(defaults)'}")
             if r.cfg.overwrite:
-                clear_checkpoints(run_dir(r.cfg))
+                clear_checkpoints(r.folder)
             rec = execute(r.cfg, r.overrides)
             line = f"  -> {rec['status']}"
             if rec["status"] == "ok":
@@ -184,7 +190,7 @@ class RunJob(submitit.helpers.Checkpointable):
 def check_launcher(launcher: DictConfig) -> None:
     if launcher.executor == "slurm":
         if shutil.which("sbatch") is None or shutil.which("srun") is None:
-            raise LaunchError(f"launcher={launcher.name} needs SLURM (sbatch and srun on PATH) and neither was found "
+            raise LaunchError(f"launcher={launcher.name} needs SLURM (sbatch and srun on PATH), not found "
                               "here; run from a SLURM login node, or use launcher=local on a workstation")
         # SLURM may send the --signal up to 60 s early; the job must have started its handler by then.
         if launcher.timeout_min * 60 <= launcher.signal_delay_s + 60:
@@ -197,18 +203,35 @@ def check_launcher(launcher: DictConfig) -> None:
             raise LaunchError(f"launcher.{key}={launcher[key]} must be positive")
 
 
-def _harness_root_setup() -> list[str]:
-    """Make the jobs import the same harness code as the command that submits them (a source checkout)."""
+def _source_root() -> Path | None:
+    """The checkout this harness is imported from (None when installed as a package)."""
     root = Path(__file__).resolve().parent.parent
-    if (root / "pyproject.toml").exists():
-        return [f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}"]
-    return []
+    return root if (root / "pyproject.toml").exists() else None
+
+
+@contextlib.contextmanager
+def _jobs_import_this_harness():
+    """Local workers inherit this environment: make them import the same harness code as this command."""
+    root, old = _source_root(), os.environ.get("PYTHONPATH")
+    if root is not None:
+        os.environ["PYTHONPATH"] = f"{root}{os.pathsep}{old}" if old else str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
 
 
 def make_executor(launcher: DictConfig, folder: Path, sweep_id: str):
     python = launcher.get("python") or None
-    setup = [*_harness_root_setup(), *list(launcher.get("setup") or [])]
+    setup = list(launcher.get("setup") or [])
     if launcher.executor == "slurm":
+        # Jobs import the same harness code as this command, even where sbatch does not export the environment.
+        root = _source_root()
+        if root is not None:
+            setup.insert(0, f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}")
         ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
                                    slurm_max_num_timeout=int(launcher.max_num_timeout), slurm_python=python)
         params = {
@@ -225,6 +248,7 @@ def make_executor(launcher: DictConfig, folder: Path, sweep_id: str):
         return ex
     if launcher.executor == "local":
         ex = submitit.LocalExecutor(folder=folder / "%j", max_num_timeout=int(launcher.max_num_timeout), python=python)
+        # (with `setup` lines submitit starts each worker through a shell, whose pid is then the job id)
         ex.update_parameters(timeout_min=int(launcher.timeout_min), gpus_per_node=int(launcher.gpus_per_node),
                              signal_delay_s=int(launcher.signal_delay_s), setup=setup)
         return ex
@@ -233,9 +257,10 @@ def make_executor(launcher: DictConfig, folder: Path, sweep_id: str):
 
 def _payload(r: PlannedRun, results_dir: Path, cache_dir: Path) -> dict:
     cfg = OmegaConf.to_container(r.cfg, resolve=True)
-    # Jobs may start in another working directory: absolute paths (neither is part of the run key).
+    # Jobs may start in another working directory: absolute paths (neither is part of the run key, so the
+    # job's run folder is this one, resolved; RunJob checks it).
     cfg["results_dir"], cfg["cache_dir"] = str(results_dir), str(cache_dir)
-    return {"config": cfg, "overrides": list(r.overrides), "run_dir": str(run_dir(OmegaConf.create(cfg)))}
+    return {"config": cfg, "overrides": list(r.overrides), "run_dir": str(r.folder.resolve())}
 
 
 def submit(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
@@ -276,7 +301,14 @@ def submit(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
         groups = [[k] for k in range(len(payloads))]
     calls = [RunJob([payloads[k] for k in g], sweep_id, launcher.name, threads) for g in groups]
     t_submit = time.perf_counter()
-    jobs = executor.submit_array(calls)  # SLURM: one sbatch --array for the whole sweep
+    try:
+        with _jobs_import_this_harness():
+            jobs = executor.submit_array(calls)  # SLURM: one sbatch --array for the whole sweep
+    except submitit.core.utils.FailedJobError as e:  # sbatch said no (partition, account, limits...)
+        shutil.rmtree(logs.parent, ignore_errors=True)
+        message = " ".join(str(e).split())
+        raise LaunchError(f"the scheduler refused the sweep, nothing was submitted: {message} "
+                          f"(check launcher.partition / launcher.account / launcher.* limits)") from None
     submit_s = time.perf_counter() - t_submit
 
     run_entries = []

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import RECORD_SCHEMA_VERSION, __version__
 from harness.method import RunContext
 from harness.predictions import make_predictions
-from harness.records import config_id, environment, read_record, run_dir, run_key, write_record
+from harness.records import NON_SEMANTIC_KEYS, config_id, environment, read_record, run_dir, run_key, write_record
 from harness.registry import METHODS, TASKS
 from harness.teachers import TeacherStore
 
@@ -40,6 +40,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# Overrides that say nothing a record does not already say, or that do not change the result: left out of
+# the record's `overrides` (the leaderboard's row label), so a run reads the same however it was launched.
+_IDENTITY_KEYS = ("seed", "fold", "method", "task", "launcher", "hydra/launcher")
+
+
+def describing_overrides(overrides: list[str]) -> list[str]:
+    out = []
+    for o in overrides:
+        key = o.partition("=")[0].lstrip("+~")
+        if key in _IDENTITY_KEYS or any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC_KEYS):
+            continue
+        out.append(o)
+    return out
 
 
 def build_task(cfg: DictConfig):
@@ -66,7 +81,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
         "schema_version": RECORD_SCHEMA_VERSION, "harness_version": __version__,
         "run_key": run_key(cfg), "config_id": config_id(cfg),
         "method": cfg.method.name, "task": cfg.task.name, "fold": int(cfg.fold), "seed": int(cfg.seed),
-        "status": "running", "overrides": [o for o in (overrides or []) if not o.startswith(("seed=", "fold="))],
+        "status": "running", "overrides": describing_overrides(overrides or []),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **environment(),

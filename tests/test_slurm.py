@@ -164,3 +164,11 @@ def test_a_preempted_run_is_requeued_and_resumes_from_its_checkpoint(partition, 
     assert any(line.endswith("|REQUEUED") for line in history) and history[-1].endswith("|COMPLETED")
     log = Path(run["stdout"]).read_text() + Path(run["stderr"]).read_text()
     assert "Caught signal SIGUSR2" in log and "this job is preempted" in log
+
+
+def test_a_refused_submission_fails_in_one_line_and_leaves_nothing(partition, tmp_path, capsys):
+    code = main(["run", "-m", "method=student", "seed=0,1", "hydra/launcher=slurm_cpu", "launcher.partition=nope",
+                 f"results_dir={tmp_path}"])
+    assert code == 2
+    assert "the scheduler refused the sweep, nothing was submitted" in capsys.readouterr().err
+    assert not list((tmp_path / "_sweeps").iterdir())

@@ -14,12 +14,14 @@ import subprocess
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from harness.teachers import stable_hash
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Config keys that do not change what a run computes: left out of its key.
 NON_SEMANTIC_KEYS = ("results_dir", "overwrite", "device", "progress", "cache_dir", "launcher", "train.checkpoint",

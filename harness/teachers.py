@@ -11,10 +11,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
 from filelock import FileLock
+
+if TYPE_CHECKING:  # torch is imported where a teacher is loaded or trained: `harness status` stays light
+    import torch
 
 
 def stable_hash(obj: Any, n: int = 12) -> str:
@@ -37,6 +39,8 @@ class TeacherStore:
                      train: Callable[[torch.nn.Module], dict], device: torch.device
                      ) -> tuple[torch.nn.Module, dict]:
         """Return (module, meta). `train(module)` trains it in place and returns metadata (its epoch log...)."""
+        import torch
+
         folder = self.path(key)
         folder.mkdir(parents=True, exist_ok=True)
         weights, meta_file = folder / "teacher.pt", folder / "meta.json"

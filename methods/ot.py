@@ -37,10 +37,12 @@ def cost_matrix(x: Tensor, y: Tensor) -> Tensor:
         ``[..., N, M]`` costs, clamped at 0 (the expansion ``½|x|² + ½|y|² − x·y`` can round
         slightly below zero).
     """
-    sq_x = 0.5 * (x * x).sum(-1)
-    sq_y = 0.5 * (y * y).sum(-1)
-    cross = torch.matmul(x, y.transpose(-1, -2))
-    return (sq_x.unsqueeze(-1) + sq_y.unsqueeze(-2) - cross).clamp_min(0.0)
+    lead = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+    xb = x.expand(*lead, *x.shape[-2:]).reshape(-1, *x.shape[-2:])
+    yb = y.expand(*lead, *y.shape[-2:]).reshape(-1, *y.shape[-2:])
+    c = 0.5 * (xb * xb).sum(-1).unsqueeze(-1) + 0.5 * (yb * yb).sum(-1).unsqueeze(-2)
+    c = torch.baddbmm(c, xb, yb.transpose(1, 2), alpha=-1.0)  # one N×M temporary, fused −x·y
+    return c.clamp_min_(0.0).view(*lead, x.shape[-2], y.shape[-2])
 
 
 def epsilon_schedule(diameter: float, eps: float, scaling: float) -> list[float]:
@@ -90,12 +92,12 @@ class _Stacked:
     def softmin(self, pot: Tensor, eps: Tensor, ninv: Tensor) -> tuple[Tensor, Tensor]:
         """Row potentials from row potentials ``pot`` [n, 4, N]; ``eps``, ``ninv = -1/eps`` are
         [n, 1, 1]. Returns (new potentials, row sums of the stabilised kernel in ``buf``)."""
-        h = torch.addcmul(self.col_logw, pot[:, self.partner], ninv, value=-1.0)  # log w + φ/ε
+        h = torch.addcmul(self.col_logw, pot.index_select(1, self.partner), ninv, value=-1.0)  # log w + φ/ε
         z = torch.addcmul(h.unsqueeze(-2), self.C, ninv.unsqueeze(-1), out=self.buf)  # h - C/ε
         m = z.amax(-1, keepdim=True)
         z.sub_(m).clamp_min_(self.floor).exp_()
         s = z.sum(-1)
-        return (s.log() + m.squeeze(-1)) * -eps, s
+        return s.log().add_(m.squeeze(-1)).mul_(-eps), s
 
 
 def _solve(

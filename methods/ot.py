@@ -64,26 +64,27 @@ def epsilon_schedule(diameter: float, eps: float, scaling: float) -> list[float]
 class _Stacked:
     """The four stacked soft-min problems of one call, with their buffers.
 
-    Problem p has rows/cols (x, y) -> f_ba, (y, x) -> g_ab, (x, x) -> f_aa, (y, y) -> g_bb.
+    Problem p has rows/cols (x, y) -> f_ba, (x, x) -> f_aa, (y, x) -> g_ab, (y, y) -> g_bb:
+    problems 0-1 have x as rows, 2-3 have y, so each cloud's gradient needs one contiguous half.
     ``softmin`` evaluates, for all p at once,
     ``f_i = -ε log Σ_j w_j exp((φ_j - C_ij) / ε)`` with φ the column potentials.
     """
 
     # Column potential of problem p is the row potential of its partner (f_ba <-> g_ab).
-    PARTNER = (1, 0, 2, 3)
+    PARTNER = (2, 1, 0, 3)
 
     def __init__(self, xc: Tensor, yc: Tensor, nx: int, ny: int) -> None:
         n, N, _ = xc.shape
         dtype, device = xc.dtype, xc.device
-        self.rows = torch.stack([xc, yc, xc, yc], 1)  # [n, 4, N, k]
+        rows = torch.stack([xc, xc, yc, yc], 1)  # [n, 4, N, k]
         self.cols = torch.stack([yc, xc, xc, yc], 1)
-        self.C = cost_matrix(self.rows, self.cols)  # [n, 4, N, N]
+        self.C = cost_matrix(rows, self.cols)  # [n, 4, N, N]
         self.buf = torch.empty_like(self.C)
         log_a = torch.full((N,), -math.log(nx), dtype=dtype, device=device)
         log_b = torch.full((N,), -math.log(ny), dtype=dtype, device=device)
         log_a[nx:] = -math.inf  # padded points carry no mass
         log_b[ny:] = -math.inf
-        self.col_logw = torch.stack([log_b, log_a, log_a, log_b])  # [4, N]
+        self.col_logw = torch.stack([log_b, log_a, log_a, log_b])  # [4, N], weights of the columns
         self.partner = torch.tensor(self.PARTNER, device=device)
         # Exponents below log(tiny) give subnormal results, which make exp() several times
         # slower on x86; their total weight (≤ N·tiny relative to the row max) is irrelevant.
@@ -166,8 +167,8 @@ def _solve(
     b_w = torch.zeros(N, dtype=dtype, device=device)
     a_w[:nx] = 1.0 / nx
     b_w[:ny] = 1.0 / ny
-    # S = <a, f_ba> + <b, g_ab> - <a, f_aa> - <b, g_bb>
-    coef = torch.stack([a_w, b_w, -a_w, -b_w])  # [4, N]
+    # S = <a, f_ba> - <a, f_aa> + <b, g_ab> - <b, g_bb>
+    coef = torch.stack([a_w, -a_w, b_w, -b_w])  # [4, N]
     value = (final * coef).sum((-2, -1))
 
     gx = gy = None
@@ -176,11 +177,15 @@ def _solve(
         # potentials), and d f_i / d r_i = Σ_j π_ij/w_i (r_i − c_j) = r_i − (soft-max · cols)_i.
         # Hence dS/dx_i = a_i [(Π^xx x)_i − (Π^xy y)_i], dS/dy_j = b_j [(Π^yy y)_j − (Π^yx x)_j]:
         # the envelope-theorem gradient of OT(α,β) − ½OT(α,α) − ½OT(β,β).
-        bary = torch.matmul(P.buf, P.cols) / s.unsqueeze(-1)  # [n, 4, N, k]
+        def bary(lo: int) -> Tensor:  # soft-max-weighted column means of problems lo, lo+1
+            return torch.matmul(P.buf[:, lo : lo + 2], P.cols[:, lo : lo + 2]) / s[:, lo : lo + 2, :, None]
+
         if need_grad[0]:
-            gx = (bary[:, 2, :nx] - bary[:, 0, :nx]) * a_w[:nx, None]
+            bx = bary(0)
+            gx = (bx[:, 1, :nx] - bx[:, 0, :nx]) * a_w[:nx, None]
         if need_grad[1]:
-            gy = (bary[:, 3, :ny] - bary[:, 1, :ny]) * b_w[:ny, None]
+            by = bary(2)
+            gy = (by[:, 1, :ny] - by[:, 0, :ny]) * b_w[:ny, None]
     return value, gx, gy
 
 

@@ -80,13 +80,16 @@ def pot_divergence(x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor
     return pot_ot_eps(x, y, eps) - 0.5 * pot_ot_eps(x, x, eps) - 0.5 * pot_ot_eps(y, y, eps)
 
 
-# (B, B', k, eps, spread of the uniform data); chosen so plain Sinkhorn converges quickly in POT.
+# (B, B', k, eps, spread of the uniform data): chosen so plain Sinkhorn converges quickly in POT,
+# and small (4·max(B, B')² < 2048 elements keeps torch's exp() single-threaded, which matters on
+# a contended 2-core box).
 POT_CASES = [
     (16, 16, 2, 1e-3, 0.1),
-    (32, 24, 5, 1e-3, 0.1),
+    (20, 14, 5, 1e-3, 0.1),
+    (22, 18, 4, 1e-3, 0.15),
     (12, 20, 2, 3e-3, 0.2),
-    (24, 32, 3, 1e-2, 0.5),
-    (25, 25, 8, 3e-2, 0.5),
+    (18, 22, 3, 1e-2, 0.5),
+    (20, 20, 8, 3e-2, 0.5),
     (16, 20, 6, 1e-1, 1.0),
 ]
 
@@ -102,14 +105,14 @@ def test_value_matches_pot(B: int, B2: int, k: int, eps: float, scale: float) ->
 
 
 def test_value_matches_pot_on_pkdot_clouds() -> None:
-    x, y = pkdot_clouds(64, seed=3)
+    x, y = pkdot_clouds(40, seed=3)
     ref = pot_divergence(x, y, 0.01).item()
     assert sinkhorn_divergence(x, y, 0.01, **CONVERGED).item() == pytest.approx(ref, rel=1e-6)
     # The default (geomloss-parity) schedule is not converged, but must be in the right place.
     assert sinkhorn_divergence(x, y, 0.01).item() == pytest.approx(ref, rel=5e-2)
 
 
-@pytest.mark.parametrize("B, B2, k, eps, scale", [POT_CASES[1], POT_CASES[3], POT_CASES[5]])
+@pytest.mark.parametrize("B, B2, k, eps, scale", [POT_CASES[1], POT_CASES[4], POT_CASES[6]])
 def test_grad_matches_pot(B: int, B2: int, k: int, eps: float, scale: float) -> None:
     x = rand(B, k, seed=B * 100 + k, scale=scale).requires_grad_()
     y = rand(B2, k, seed=B2 * 100 + k + 1, scale=scale).requires_grad_()

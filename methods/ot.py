@@ -255,7 +255,8 @@ def sinkhorn_divergence(
     the largest potential update ``max|T(f) − f|`` is ``≤ tol`` (or ``max_iter`` is hit);
     ``tol=None`` keeps geomloss parity.
 
-    Gradients (first order only; double backward raises): the potentials from the loop are held
+    Gradients (first order only: the returned gradient is not itself differentiable, so
+    double backward / gradient penalties see it as a constant): the potentials from the loop are held
     fixed and the last update at ``eps`` is differentiated with the right-hand points fixed, as
     geomloss does with autograd. That derivative is formed in closed form,
     :math:`\partial S/\partial x_i = \sum_j \pi^{xx}_{ij} x_j - \sum_j \pi^{xy}_{ij} y_j`

@@ -117,9 +117,10 @@ def stage1_key(ctx: RunContext, cfg) -> dict:
     return {**teacher_key(ctx), "role": "mt_teachers", "stage1": OmegaConf.to_container(cfg.stage1, resolve=True)}
 
 
-def get_teacher_set(ctx: RunContext, cfg, train: Split, val: Split) -> tuple[TeacherSet, dict]:
-    """Stage 1 (trained once, stored, then frozen): adapters, heads and a fine-tuned copy of the teacher."""
-    teacher, _ = get_teacher(ctx, train, val)
+def get_teacher_set(ctx: RunContext, cfg, teacher: MultimodalNet, train: Split, val: Split
+                    ) -> tuple[TeacherSet, dict]:
+    """Stage 1 (trained once, stored, then frozen): adapters, heads and a fine-tuned copy of `teacher`
+    (the stored teacher of this run, which is left untouched)."""
     s1 = cfg.stage1
     target, reg = ctx.spec.target, ctx.cfg.train.regression_loss
 
@@ -191,8 +192,8 @@ class MTPKDOT(Method):
         ctx, cfg = self.ctx, self.cfg
         if cfg.selection not in ("batch", "sample", "joint"):
             raise ValueError(f"method.selection must be batch, sample or joint, got {cfg.selection!r}")
-        teachers, _ = get_teacher_set(ctx, cfg, train, val)
-        teacher, _ = get_teacher(ctx, train, val)  # the stored one (for the T-Net's input features)
+        teacher, _ = get_teacher(ctx, train, val)  # the stored one (copied by stage 1; feeds the T-Net)
+        teachers, _ = get_teacher_set(ctx, cfg, teacher, train, val)
         self.student = build_student(ctx, cfg, teacher, train, val)
         target, reg = ctx.spec.target, ctx.cfg.train.regression_loss
         names = teachers.names

@@ -149,6 +149,21 @@ def test_per_sample_task_loss_by_hand():
     torch.testing.assert_close(per_sample_task_loss(pred, t, reg), torch.tensor([0.5, 4.0]))
 
 
+def test_per_step_targets_masked_loss_and_teacher_set_shapes():
+    """Aff-Wild2-style per-frame targets: per-sample loss over valid steps only; candidates per step."""
+    from methods.blocks import MultimodalNet
+    from methods.mtpkdot import TeacherSet
+    reg = TargetSpec(kind="regression", dims=("valence", "arousal"), per_step=True)
+    pred = torch.zeros(2, 3, 2)
+    y = torch.tensor([[[1.0, 1.0], [2.0, 2.0], [9.0, 9.0]], [[3.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    torch.testing.assert_close(per_sample_task_loss(pred, y, reg, mask), torch.tensor([2.5, 4.5]))
+    ts = TeacherSet(MultimodalNet({"visual": 4, "physio": 3}, reg, hidden=8, layers=1), width=4)
+    cands = ts({"visual": torch.randn(2, 3, 4), "physio": torch.randn(2, 3, 3)})
+    assert [tuple(z.shape) for z, _ in cands] == [(2, 8)] * 3
+    assert [tuple(o.shape) for _, o in cands] == [(2, 3, 2)] * 3
+
+
 def ccc_independent(t, p):
     c = np.cov(t, p, bias=True)
     return 2 * c[0, 1] / (c[0, 0] + c[1, 1] + (t.mean() - p.mean()) ** 2)
@@ -170,6 +185,7 @@ def test_end_to_end_and_rescoring(method, target, tiny_cfg):
         assert rec["metrics"]["accuracy"] == pytest.approx(accuracy_score(pred.y_true, pred.y_pred))
     assert rec["logs"]["student"][0]["train_ot"] >= 0
     assert rec["logs"]["tnet"], "the T-Net log is in the record"
+    assert rec["extra"]["teacher"]["reused"] is False  # fresh store: this run trained it, and says so
     if method == "mtpkdot":
         choice = rec["extra"]["teacher_choice"]
         assert choice["names"] == ["visual", "physio", "joint"]
@@ -230,7 +246,7 @@ def test_mt_stage1_fine_tunes_a_copy_and_leaves_the_stored_teacher(tiny_cfg):
     ctx, data = make_ctx(cfg)
     teacher, meta = get_teacher(ctx, data.train, data.val)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    ts, _ = get_teacher_set(ctx, cfg.method, data.train, data.val)
+    ts, _ = get_teacher_set(ctx, cfg.method, teacher, data.train, data.val)
     on_disk = torch.load(Path(meta["store_path"]) / "teacher.pt", weights_only=True)
     for k, v in teacher.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)

@@ -10,7 +10,7 @@ same run, alternating the two steps so that load from other processes hits both 
 Reference, NOT measured here: the official PKDOT step (5.3 M-parameter fusion transformer, geomloss)
 takes about 50 ms at B = 128 on this CPU (issue 6); target: ours under half of that.
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/bench_pkdot_step.py [--repeats 20] [--threads 1]
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_pkdot_step.py [--repeats 20] [--threads 1]
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ from harness.registry import register_method
 from harness.runner import derive_seed
 from harness.training import Batch, SplitTensors, fit
 from methods.blocks import Head, MultimodalNet, masked_mean, task_loss
-from methods.pkdot import build_student, ot_terms, predict_student, student_predictor, student_train_cfg
+from methods.pkdot import build_student, check_config, ot_terms, predict_student, student_predictor, student_train_cfg
 from methods.teacher import build_net, get_teacher, teacher_key
 
 
@@ -190,6 +190,7 @@ class MTPKDOT(Method):
 
     def fit(self, train: Split, val: Split) -> None:
         ctx, cfg = self.ctx, self.cfg
+        check_config(cfg)
         if cfg.selection not in ("batch", "sample", "joint"):
             raise ValueError(f"method.selection must be batch, sample or joint, got {cfg.selection!r}")
         teacher, _ = get_teacher(ctx, train, val)  # the stored one (copied by stage 1; feeds the T-Net)

@@ -153,6 +153,21 @@ def centroid_loss(z_t: torch.Tensor, z_s: torch.Tensor) -> torch.Tensor:
     return (mean_t - cosine_matrix(z_s).mean(-2)).norm(dim=-1)
 
 
+CHOICES = {"anchors": ("lowest", "highest"), "anchor_set": ("per_row", "shared"), "shift": ("min", "affine")}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail before any training on a misspelt option (method.anchors=..., method.tnet.loss=...)."""
+    bad = [f"method.{k}={cfg[k]!r} (one of {', '.join(v)})" for k, v in CHOICES.items() if cfg[k] not in v]
+    for k, v in {"loss": ("mmd", "mse"), "arch": ("mlp", "linear")}.items():
+        if cfg.tnet[k] not in v:
+            bad.append(f"method.tnet.{k}={cfg.tnet[k]!r} (one of {', '.join(v)})")
+    if int(cfg.k) < 1 or not float(cfg.epsilon) > 0:
+        bad.append(f"method.k={cfg.k} must be >= 1 and method.epsilon={cfg.epsilon} > 0")
+    if bad:
+        raise ValueError("invalid option: " + "; ".join(bad))
+
+
 def ot_terms(cfg: DictConfig, z_t: torch.Tensor, z_s: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """ot_weight · S_ε (+ centroid_weight · L_cent when cfg.centroid), and the named parts to log."""
     l_ot = structural_ot_loss(z_t, z_s, cfg.k, cfg.anchors, cfg.anchor_set, cfg.shift, cfg.epsilon, cfg.scaling)
@@ -357,6 +372,7 @@ class PKDOT(Method):
 
     def fit(self, train: Split, val: Split) -> None:
         ctx, cfg = self.ctx, self.cfg
+        check_config(cfg)
         teacher, _ = get_teacher(ctx, train, val)
         self.student = build_student(ctx, cfg, teacher, train, val)
         target, reg = ctx.spec.target, ctx.cfg.train.regression_loss

@@ -194,6 +194,13 @@ def test_end_to_end_and_rescoring(method, target, tiny_cfg):
         assert [sum(c.values()) for c in choice["per_epoch"]] == [per_epoch_batches] * len(rec["logs"]["student"])
 
 
+@pytest.mark.parametrize("method", ["pkdot", "mtpkdot"])
+def test_misspelt_options_fail_before_training(method, tiny_cfg):
+    rec = execute(tiny_cfg(f"method={method}", "method.anchors=top"))
+    assert rec["status"] == "failed" and "method.anchors='top'" in rec["error"]
+    assert "teacher" not in rec.get("extra", {}) and not rec.get("logs")
+
+
 def make_ctx(cfg):
     task = build_task(cfg)
     data = task.load_fold(0)

@@ -77,7 +77,9 @@ def _atomic_torch_save(obj, path: Path) -> None:
 def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[torch.Tensor, dict[str, float]]],
         predict_fn: Callable[[Batch], torch.Tensor], train: Split, val: Split, ctx: RunContext,
         train_cfg: DictConfig, params: list | None = None, checkpoint_path: Path | None = None) -> list[dict]:
-    """Train `module` (its parameters, or `params`) with loss_fn; select on val; restore the best state.
+    """Train `module` (its parameters, or `params`: tensors or param groups) with loss_fn; select on val.
+
+    The best validation state is restored at the end.
 
     loss_fn(batch) returns the loss and a dict of its named parts (logged per epoch, averaged).
     predict_fn(batch) returns what Method.predict would for those rows (probabilities or values).
@@ -92,9 +94,13 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     val_t = SplitTensors(val, device, classification)
     metric = task.spec.primary_metric
     sign = 1.0 if task.metric_higher_is_better(metric) else -1.0
-    params = list(module.parameters()) if params is None else params
-    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=train_cfg.lr,
-                            weight_decay=train_cfg.weight_decay)
+    params = list(module.parameters()) if params is None else list(params)
+    # `params` may also be optimizer param groups ({"params": [...], "lr": ...}), for stages whose
+    # parts need different learning rates (MT-PKDOT's adapters vs. its joint teacher).
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     # Batch order: its own generator, seeded from the run's (seeded) global stream.
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
     log: list[dict] = []

@@ -24,7 +24,7 @@ from harness.teachers import stable_hash
 
 # Config keys that do not change what a run computes: left out of its key.
 NON_SEMANTIC_KEYS = ("results_dir", "overwrite", "device", "progress", "cache_dir", "launcher", "train.checkpoint",
-                     "task.data_root", "task.mimic_dir", "sweep_name")
+                     "task.data_root", "task.mimic_dir", "task.cache_dir", "sweep_name")
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf", "submitit",
             "datasets", "pkd-harness")
 

@@ -93,7 +93,8 @@ def resolve_root(cfg: DictConfig, task_name: str, write_mimic: Callable[[Path, D
     if not root.is_dir() or not looks_present(root):
         what = "does not exist" if not root.exists() else "does not hold the expected files"
         raise TaskError(
-            f"task '{task_name}': no data at task.data_root={root} ({what}; source=real).\n"
+            f"task '{task_name}': no data at task.data_root={root}"
+            f"{'' if root.is_absolute() else f' (= {root.resolve()})'} ({what}; source=real).\n"
             f"Expected layout:\n{layout}\n"
             f"Fix: point task.data_root at your copy (harness run task={task_name} task.data_root=/path/to/it), "
             f"or try the mimic (a small generated tree in the same format, NOT real data): add task.source=mimic, "

@@ -11,7 +11,7 @@ TINY = {
     "biovid": ["task.mimic.n_subjects=6", "task.mimic.samples_per_class=2", "task.mimic.visual_dim=8",
                "task.mimic.n_frames=40"],
     "affwild2": ["task.mimic.n_train_videos=5", "task.mimic.n_val_videos=2", "task.mimic.two_person_videos=2",
-                 "task.mimic.min_frames=90", "task.mimic.max_frames=150", "task.mimic.visual_dim=8"],
+                 "task.mimic.min_frames=60", "task.mimic.max_frames=120", "task.mimic.visual_dim=8"],
 }
 
 

@@ -66,8 +66,12 @@ def cfg_get(cfg: DictConfig, key: str, default=None):
 
 
 def resolve_root(cfg: DictConfig, task_name: str, write_mimic: Callable[[Path, DictConfig], Path],
-                 looks_present: Callable[[Path], bool], layout: str) -> Path:
-    """The data root this run reads (writing the mimic tree first when task.source=mimic)."""
+                 looks_present: Callable[[Path], bool], layout: str, mimic_version: int = 1) -> Path:
+    """The data root this run reads (writing the mimic tree first when task.source=mimic).
+
+    The mimic folder is keyed by the task.mimic config and the generator's version (bump it when the
+    generator changes, so stale trees are not reused).
+    """
     source = cfg_get(cfg, "source", "real")
     if source not in SOURCES:
         raise TaskError(f"task.source={source!r}: choose real (read task.data_root) or mimic (a generated tree in "
@@ -77,7 +81,8 @@ def resolve_root(cfg: DictConfig, task_name: str, write_mimic: Callable[[Path, D
         target = cfg_get(cfg, "mimic_dir")
         if target in (None, ""):
             cache = cfg_get(cfg, "cache_dir") or ".cache"
-            target = Path(cache) / "mimic" / task_name / stable_hash({"task": task_name, "mimic": mimic_cfg}, n=12)
+            key = {"task": task_name, "mimic": mimic_cfg, "version": mimic_version}
+            target = Path(cache) / "mimic" / task_name / stable_hash(key, n=12)
         target = Path(target)
         if not is_mimic_tree(target):
             target.parent.mkdir(parents=True, exist_ok=True)

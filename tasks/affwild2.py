@@ -178,6 +178,7 @@ def window_starts(n: int, window: int, stride: int | None = None) -> np.ndarray:
 class AffWild2(Task):
     name = "affwild2"
     description = "Aff-Wild2 valence/arousal per frame: face features -> VA; audio privileged"
+    mimic_version = 2  # bump when write_mimic changes: source=mimic then writes a fresh tree
     published = [
         {"method": "MT-PKDOT vs its visual-only baseline",
          "metrics": {"ccc_valence": "+3 % (gain over the visual-only baseline)",
@@ -220,7 +221,8 @@ class AffWild2(Task):
     @cached_property
     def root(self) -> Path:
         ann = self.cfg.get("annotations_dir")
-        return resolve_root(self.cfg, self.name, self.write_mimic, lambda r: find_va_root(r, ann) is not None, LAYOUT)
+        return resolve_root(self.cfg, self.name, self.write_mimic, lambda r: find_va_root(r, ann) is not None, LAYOUT,
+                            self.mimic_version)
 
     @property
     def data_source(self) -> str:

@@ -229,6 +229,7 @@ def read_fold_file(path: Path) -> list[tuple[int, str, int, int, int, int]]:
 class BioVid(Task):
     name = "biovid"
     description = "BioVid heat pain (Part A/B): face video features -> pain; physiological signals privileged"
+    mimic_version = 3  # bump when write_mimic changes: source=mimic then writes a fresh tree
     published = [
         {"method": "MT-PKDOT vs its visual-only baseline",
          "metrics": {"accuracy": "+5.5 % (gain over the visual-only baseline)"},
@@ -265,7 +266,8 @@ class BioVid(Task):
     # --- where the data is ------------------------------------------------------------------------
     @cached_property
     def root(self) -> Path:
-        return resolve_root(self.cfg, self.name, self.write_mimic, lambda r: (r / "samples.csv").is_file(), LAYOUT)
+        return resolve_root(self.cfg, self.name, self.write_mimic, lambda r: (r / "samples.csv").is_file(), LAYOUT,
+                            self.mimic_version)
 
     @property
     def data_source(self) -> str:
@@ -545,8 +547,8 @@ class BioVid(Task):
             subject = f"{(7 + s % 5):02d}{(10 + s % 18):02d}{(9 + s % 7):02d}_{'wm'[s % 2]}_{ages[s]}"
             gsr_base, gsr_resp = rng.uniform(2, 10), rng.uniform(0.5, 1.5)
             hr_base, hr_resp = rng.uniform(60, 85), rng.uniform(0.6, 1.4)
-            emg_gain, expressive = rng.uniform(0.6, 1.4), rng.uniform(0.2, 1.0)
-            offset = rng.standard_normal(D) * 0.8
+            emg_gain, expressive = rng.uniform(0.6, 1.4), rng.uniform(0.3, 1.0)
+            offset = rng.standard_normal(D) * 0.3
             for c, cname in enumerate(CLASS_NAMES):
                 for k in range(int(m.samples_per_class)):
                     idx = 81 + k if c == 0 else 1 + k + (c - 1) * int(m.samples_per_class)
@@ -571,7 +573,7 @@ class BioVid(Task):
                     raw = {"time": time_us, "gsr": gsr + 0.2 * np.sin(2 * np.pi * 0.05 * t),
                            "ecg": ecg + 0.3 * np.sin(2 * np.pi * 0.2 * t) + 0.05 * np.sin(2 * np.pi * 50 * t),
                            **{k: v + 5e-6 * np.sin(2 * np.pi * 50 * t) for k, v in emg.items()}}
-                    for folder, sig in (("biosignals_filtered", filtered), ("biosignals_raw", raw)):
+                    for folder, sig in (("biosignals_filtered", filtered), ("biosignals_raw", raw))[: 2 if m.write_raw else 1]:
                         path = out / folder / subject / f"{sample}_bio.csv"
                         path.parent.mkdir(parents=True, exist_ok=True)
                         write_tsv(path, sig, int_columns=("time",))
@@ -579,7 +581,7 @@ class BioVid(Task):
                     bump = np.clip(np.sin(np.pi * (frames - 45) / 70), 0, None) * ((frames >= 45) & (frames <= 115))
                     pose = np.cumsum(rng.standard_normal((F, 3)) * 0.05, axis=0) @ pose_mix
                     vis = (offset + pose + rng.standard_normal((F, D))
-                           + 1.5 * expressive * p * bump[:, None] * pain_dir[None, :])
+                           + 3.0 * expressive * p * bump[:, None] * pain_dir[None, :])
                     vpath = out / "features" / "visual" / subject / f"{sample}.npy"
                     vpath.parent.mkdir(parents=True, exist_ok=True)
                     np.save(vpath, vis.astype(np.float32))

@@ -316,6 +316,8 @@ class BioVid(Task):
         protocol = {"group5": f"{c.n_folds}-fold by subject", "loso": "leave-one-subject-out",
                     "folds_file": "external fold files (MT-PKDOT format)"}[c.protocol]
         extra = [] if c.signals == "filtered" else ["raw signals"]
+        if c.protocol == "folds_file" and c.dedupe_folds:
+            extra.append("deduplicated")
         if c.exclude_subjects:
             extra.append("reduced67" if c.exclude_subjects == "reduced67" else f"{len(c.exclude_subjects)} subjects excluded")
         return ", ".join([labels, protocol, *extra])

@@ -6,7 +6,7 @@ import warnings
 
 import pandas as pd
 import pytest
-from _task_trees import TINY, task_cfg, write_tree
+from _task_trees import TINY, one_torch_thread, task_cfg, write_tree
 
 from harness.config import compose_one
 from harness.runner import execute
@@ -112,7 +112,7 @@ def test_the_audit_reaches_the_run_record(tree, fold_files, tmp_path):
     cfg = compose_one(["method=student", "task=biovid", *TINY["biovid"], f"task.data_root={tree}",
                        "task.protocol=folds_file", f"task.folds_dir={folder}", f"cache_dir={tmp_path / 'c'}",
                        f"results_dir={tmp_path / 'r'}", "train.max_epochs=1", "model.hidden=8", "progress=false"])
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), one_torch_thread():
         warnings.simplefilter("ignore")
         record = execute(cfg, raise_errors=True)
     assert record["data_info"]["split_audit"]["duplicates"]["test"] == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _task_trees import TINY
+from _task_trees import TINY, one_torch_thread
 from sklearn.metrics import accuracy_score, f1_score
 
 from harness.cli import main
@@ -19,14 +19,9 @@ from harness.runner import execute
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny nets: one intra-op thread is as fast, and much faster when other processes share the cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def single_thread():
+    with one_torch_thread():
+        yield
 
 
 def ccc_by_formula(y, p):

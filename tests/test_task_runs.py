@@ -82,3 +82,17 @@ def test_cli_without_data_fails_with_one_message(tmp_path, capsys):
     assert code == 1
     assert text.count("no data at task.data_root=") == 1 and "Traceback" not in text
     assert "task.source=mimic" in text and "harness data mimic task=affwild2 out=DIR" in text
+
+
+def test_cli_data_mimic_writes_a_tree_that_loads_as_mimic(tmp_path, capsys):
+    out = tmp_path / "aw2"
+    assert main(["data", "mimic", "task=affwild2", f"out={out}", *TINY["affwild2"]]) == 0
+    assert "not real data" in capsys.readouterr().out
+    from _task_trees import task_cfg
+
+    from tasks.affwild2 import AffWild2
+    task = AffWild2(task_cfg("affwild2", out, tmp_path / "cache", "task.source=real"))
+    assert task.data_source == "mimic"  # the marker wins over source=real
+    # a folder holding other files (maybe someone's real data) is never written into
+    assert main(["data", "mimic", "task=affwild2", f"out={tmp_path}"]) == 2
+    assert "is not empty and is not a mimic tree" in capsys.readouterr().err

@@ -36,6 +36,7 @@ duplicate rows of samples.csv are dropped; subjects without any sample of the ch
 
 from __future__ import annotations
 
+import os
 import re
 from functools import cached_property
 from pathlib import Path
@@ -278,11 +279,16 @@ class BioVid(Task):
         fr = self.cfg.get("features_root")
         return Path(fr) if fr and self.cfg.source == "real" else self.root / "features" / "visual"
 
+    @cached_property
+    def _dirs(self) -> tuple[str, str]:
+        # plain strings, resolved once: path building is per sample (8700 on the real data)
+        return str(self.root / f"biosignals_{self.cfg.signals}"), str(self.features_root)
+
     def bio_path(self, subject: str, sample: str) -> Path:
-        return self.root / f"biosignals_{self.cfg.signals}" / subject / f"{sample}_bio.csv"
+        return Path(f"{self._dirs[0]}/{subject}/{sample}_bio.csv")
 
     def visual_path(self, subject: str, sample: str) -> Path:
-        return self.features_root / subject / f"{sample}.npy"
+        return Path(f"{self._dirs[1]}/{subject}/{sample}.npy")
 
     # --- contract ---------------------------------------------------------------------------------
     @property
@@ -351,10 +357,11 @@ class BioVid(Task):
             cleaning.add("subjects_without_samples", 1, s)
         facts["subjects_without_samples"] = empty
         missing = []
-        for r in df.itertuples():
-            for p in (self.bio_path(r.subject_name, r.sample_name), self.visual_path(r.subject_name, r.sample_name)):
-                if not p.is_file():
-                    missing.append((r.Index, p))
+        bio_dir, vis_dir = self._dirs
+        for i, subject, sample in zip(df.index, df.subject_name, df.sample_name):
+            for p in (f"{bio_dir}/{subject}/{sample}_bio.csv", f"{vis_dir}/{subject}/{sample}.npy"):
+                if not os.path.isfile(p):
+                    missing.append((i, Path(p)))
         if missing:
             if self.cfg.on_missing == "error":
                 idx, p = missing[0]

@@ -144,7 +144,7 @@ def audio_features(wav: Path, n_frames: int, fps: float, acfg) -> tuple[np.ndarr
 
     try:
         y, sr = librosa.load(wav, sr=int(acfg.sample_rate), mono=True)
-    except Exception as e:  # noqa: BLE001 - soundfile/audioread raise many types; all mean "not a readable wav"
+    except Exception as e:  # soundfile / audioread raise many types; all mean "not a readable audio file"
         raise TaskError(f"cannot read audio {wav} ({type(e).__name__}: {e}); it must be a wav file "
                         f"(ffmpeg -i <video> -ac 1 -ar 16000 {wav.name})") from None
     if not np.all(np.isfinite(y)):
@@ -425,7 +425,7 @@ class AffWild2(Task):
         keep, held = holdout_groups(np.array([t["video"] for t in train_tracks]), float(c.val_fraction),
                                     int(c.data_seed))
         fit_tracks, val_tracks = [train_tracks[i] for i in keep], [train_tracks[i] for i in held]
-        part = lambda ts: (np.array([t["track"] for t in ts]), np.array([t["video"] for t in ts]))  # noqa: E731
+        part = lambda ts: (np.array([t["track"] for t in ts]), np.array([t["video"] for t in ts]))
         audit = audit_split({"train": part(fit_tracks), "val": part(val_tracks), "test": part(test_tracks)},
                             "affwild2 (train = Train_Set minus held-out videos, val = held-out Train_Set videos, "
                             "test = Validation_Set)", bool(c.strict_splits), group_name="video")

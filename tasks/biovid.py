@@ -51,9 +51,8 @@ from harness.cache import cached_arrays
 from harness.data import FoldData, Split, TargetSpec, TaskSpec
 from harness.registry import register_task
 from harness.task import Task, TaskError
-from tasks._common import (Cleaning, audit_split, cfg_get, data_source_of, finite_float32, holdout_groups, pad_sequences,
-                           prepare_out_dir, read_table, resolve_root, standardize_inputs, write_mimic_marker,
-                           write_tsv)
+from tasks._common import (Cleaning, audit_split, data_source_of, finite_float32, holdout_groups, pad_sequences,
+                           prepare_out_dir, read_table, resolve_root, standardize_inputs, write_mimic_marker, write_tsv)
 
 CLASS_NAMES = ("BL1", "PA1", "PA2", "PA3", "PA4")
 BINARY_CLASSES = {0: 0, 4: 1}  # class_id -> label: BL1 (no pain) vs PA4 (highest pain)

@@ -128,7 +128,7 @@ def test_pool_to_frames_by_hand():
 def test_audio_features_equal_librosa_logmel_averaged_per_video_frame(tree, tmp_path):
     import librosa
 
-    task, fd = load(tree, tmp_path, "task.standardize=false")
+    _, fd = load(tree, tmp_path, "task.standardize=false")
     track = fd.test.ids[0]
     video = video_of(track)
     fps = float(pd.read_csv(tree / "video_fps.csv").set_index("video").fps[video])

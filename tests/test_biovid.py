@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.signal import butter, sosfiltfilt, spectrogram
 from _task_trees import copy_tree, task_cfg, write_tree
+from scipy.signal import spectrogram
 
 from harness.task import TaskError
 from tasks.biovid import BioVid, frame_centres, physio_features
@@ -110,7 +110,7 @@ def test_emg_spectrogram_equals_scipy_on_the_pkdot_window(tree):
                                    ["emg_trapezius"], cfg, str(path))
     fs = 1e6 / 1953  # the time column's step
     keep = (bio.time >= 2_000_000) & (bio.time <= 5_000_000)
-    f, t, S = spectrogram(bio.emg_trapezius[keep].to_numpy(), fs=fs, nperseg=16, noverlap=4, nfft=128)
+    _, t, S = spectrogram(bio.emg_trapezius[keep].to_numpy(), fs=fs, nperseg=16, noverlap=4, nfft=128)
     assert S.shape == (65, 127) and feats.shape == (127, 65 + 3)
     assert facts["fs"] == pytest.approx(fs)
     assert np.allclose(feats[:, :65], 10 * np.log10(S.T + 1e-20))

@@ -124,7 +124,7 @@ def test_the_audit_reaches_the_run_record(tree, fold_files, tmp_path):
     ("0/999999_w_99-BL1-081 50 70 0", "sample 999999_w_99-BL1-081 is not among the loaded samples"),
 ])
 def test_bad_fold_lines_name_the_file_and_line(tree, fold_files, tmp_path, line, error):
-    folder, train_lines, test_lines = fold_files
+    _, train_lines, test_lines = fold_files
     bad = tmp_path / "folds"
     bad.mkdir()
     (bad / "fold_1_train.txt").write_text("\n".join(train_lines) + "\n")
@@ -135,7 +135,7 @@ def test_bad_fold_lines_name_the_file_and_line(tree, fold_files, tmp_path, line,
 
 
 def test_a_label_that_contradicts_the_class_dir(tree, fold_files, tmp_path):
-    folder, train_lines, test_lines = fold_files
+    _, train_lines, test_lines = fold_files
     bad = tmp_path / "folds"
     bad.mkdir()
     (bad / "fold_1_train.txt").write_text("\n".join(train_lines) + "\n")

@@ -196,11 +196,11 @@ class AffWild2(Task):
          "setting": "valence/arousal, audio privileged",
          "note": "a qualitative CLAIM of the abstract; no number is stated there and none is given here."},
         {"method": "M2PKD (privileged KD baseline)",
-         "metrics": {"ccc_arousal": "+2 % (gain over its visual-only student)"},
+         "metrics": {"ccc_arousal": "+2 % (improvement claimed in the abstract)"},
          "citation": "Aslam et al., 'Privileged Knowledge Distillation for Dimensional Emotion Recognition in the "
                      "Wild', CVPR Workshops 2023, abstract",
          "setting": "arousal, audio privileged",
-         "note": "a DELTA claimed in the abstract, not a CCC value."},
+         "note": "a DELTA claimed in the abstract, not a CCC value; its reference model is not restated here."},
     ]
 
     def __init__(self, cfg):

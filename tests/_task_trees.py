@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import shutil
+import tempfile
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 from harness.config import compose_one
@@ -28,6 +31,14 @@ def write_tree(task: str, out: Path) -> Path:
     from harness.registry import TASKS
 
     return TASKS.get(task).write_mimic(out, task_cfg(task, None, out.parent / "unused-cache"))
+
+
+@cache
+def shared_tree(task: str) -> Path:
+    """One tiny mimic tree per task for the whole test session (tests that corrupt files work on a copy)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"pkd-test-{task}-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return write_tree(task, folder / "data")
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile
-from _task_trees import copy_tree, task_cfg, write_tree
+from _task_trees import copy_tree, shared_tree, task_cfg
 
 from harness.task import TaskError
 from tasks.affwild2 import AffWild2, pool_to_frames, video_of, window_starts
@@ -18,8 +18,8 @@ VA = "ABAW Annotations/VA_Estimation_Challenge"
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    return write_tree("affwild2", tmp_path_factory.mktemp("affwild2") / "Aff-Wild2")
+def tree():
+    return shared_tree("affwild2")
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from _task_trees import copy_tree, task_cfg, write_tree
+from _task_trees import copy_tree, shared_tree, task_cfg
 from scipy.signal import spectrogram
 
 from harness.task import TaskError
@@ -15,8 +15,8 @@ from tasks.biovid import BioVid, frame_centres, physio_features
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    return write_tree("biovid", tmp_path_factory.mktemp("biovid") / "PartA")
+def tree():
+    return shared_tree("biovid")
 
 
 @pytest.fixture()

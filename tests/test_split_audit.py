@@ -6,7 +6,7 @@ import warnings
 
 import pandas as pd
 import pytest
-from _task_trees import TINY, one_torch_thread, task_cfg, write_tree
+from _task_trees import TINY, one_torch_thread, shared_tree, task_cfg
 
 from harness.config import compose_one
 from harness.runner import execute
@@ -39,8 +39,8 @@ def test_a_clean_split_passes_silently():
 # --- MT-PKDOT fold files ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    return write_tree("biovid", tmp_path_factory.mktemp("audit") / "PartA")
+def tree():
+    return shared_tree("biovid")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from tabulate import tabulate
 
 from harness.config import Composer, ConfigError, expand
 from harness.registry import METHODS, TASKS, UnknownNameError
+from harness.task import TaskError
 
 USAGE_EXIT = 2
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, UnknownNameError) as e:
+    except (ConfigError, UnknownNameError, TaskError) as e:  # bad input: one message, no traceback
         return _fail(str(e))
     except KeyboardInterrupt:
         return 130

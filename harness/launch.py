@@ -104,8 +104,8 @@ def launch(runs: list[PlannedRun], launcher: DictConfig) -> list[dict]:
             if rec["status"] == "ok":
                 pm = rec.get("primary_metric")
                 line += f"  {pm}={rec['metrics'][pm]:.4f}  ({rec['timings']['total_s']:.1f}s)"
-            else:
-                line += f"  {rec['error']}"
+            else:  # a single run's error is printed once, by the caller (cli.print_run)
+                line += f"  {rec['error']}" if len(todo) > 1 else "  (error below)"
             print(line)
             records.append(rec)
         return records

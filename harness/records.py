@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 # Config keys that do not change what a run computes: left out of its key.
 NON_SEMANTIC_KEYS = ("results_dir", "overwrite", "device", "progress", "cache_dir", "launcher", "train.checkpoint",
-                     "task.data_root", "task.mimic_dir", "task.feature_cache", "task.feature_cache_dir", "sweep_name")
+                     "task.data_root", "task.mimic_dir", "task.cache_dir", "task.feature_cache", "task.feature_cache_dir",
+                     "sweep_name")
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf", "submitit",
             "datasets", "pkd-harness")
 

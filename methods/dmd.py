@@ -56,12 +56,14 @@ privileged): DMD becomes a privileged distiller (our adaptation, not in the pape
 
 Training (§3), in this module's own loop. The core `harness.training.fit` does AdamW with one step
 per batch; DMD needs Adam without weight decay, gradient accumulation over `update_every`
-mini-batches with value clipping after EVERY backward, and a ReduceLROnPlateau on the validation
-loss: four DMD-only hooks the shared loop would carry for one method. So: Adam(lr 1e-4),
+mini-batches with value clipping after EVERY backward, and a ReduceLROnPlateau: four DMD-only hooks the shared loop would carry for one method. So: Adam(lr 1e-4),
 accumulation (effective batch 160; the trailing partial group of an epoch is dropped as in the
 official code; when an epoch has fewer batches than `update_every`, the group is the whole epoch,
-recorded), clip by value 0.6, plateau(factor .5, patience 5) on the validation loss, early stopping
-after 10 epochs without a validation improvement, best state restored. Selection is on VALIDATION
+recorded), clip by value 0.6, plateau(factor .5, patience 5) on the selection quantity, early
+stopping after 10 epochs without a validation improvement, best state restored. Two harness
+additions to the official loop, which has neither: a cap of `max_epochs`, and a stop once the
+schedule has taken the learning rate below `min_lr` (ten halvings): with a slowly creeping
+validation metric the official rule would otherwise run on at a vanishing learning rate. Selection is on VALIDATION
 only (the official code logs test every epoch), by the harness rule shared with every method (the
 task's primary metric, `training.select_on=primary`) except on mosi/mosei, where the preset keeps
 the official KeyEval (`loss`: the validation MAE of the fusion head). It reuses SplitTensors,
@@ -936,6 +938,7 @@ class DMD(Method):
             from tqdm.auto import tqdm
             bar = tqdm(total=int(tr["max_epochs"]), initial=start_epoch, desc="dmd", unit="ep", leave=False,
                        dynamic_ncols=True)
+        stop_reason = "max_epochs"
         for epoch in range(start_epoch, int(tr["max_epochs"])):
             t0 = time.perf_counter()
             self.model.train()
@@ -965,12 +968,13 @@ class DMD(Method):
             val_loss = self._val_loss(out, val_targets)
             val_metrics = ctx.task.score(make_predictions(val, self._broadcast_steps(out, val), spec.target))
             lr = opt.param_groups[0]["lr"]
-            sched.step(val_loss)
             if select_on == "loss":
                 score = -val_loss
             else:
                 score = sign * val_metrics[metric]
                 score = -math.inf if math.isnan(score) else score
+            # the plateau schedule follows the selection quantity (the official: both on the validation loss)
+            sched.step(-score)
             if best["epoch"] < 0 or score > best["score"] + float(tr["min_delta"]):
                 best = {"score": score, "epoch": epoch, "state": copy.deepcopy(self.model.state_dict())}
             entry = {"epoch": epoch, **{f"train_{k}": v / n_seen for k, v in sums.items()}, "val_loss": val_loss,
@@ -989,6 +993,10 @@ class DMD(Method):
                             "edge_history": hist, "epoch": epoch}, tmp)
                 tmp.replace(ckpt)
             if epoch - best["epoch"] >= int(tr["early_stop"]):
+                stop_reason = "early_stop"
+                break
+            if opt.param_groups[0]["lr"] < float(tr["min_lr"]):
+                stop_reason = "min_lr"  # the schedule has given up: further epochs only creep
                 break
         if bar is not None:
             bar.close()
@@ -998,6 +1006,7 @@ class DMD(Method):
             entry["selected"] = entry["epoch"] == best["epoch"]
         ctx.logs["student"] = log
         self._record(train, val, hist, best["epoch"], accumulate, n_batches)
+        ctx.extra["dmd"]["stop_reason"] = stop_reason
 
     def _final_edges(self, split: Split) -> dict[str, list[float]]:
         """Batch-mean E of the selected model in eval mode over a split (all modalities: training data)."""

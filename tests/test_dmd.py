@@ -439,7 +439,7 @@ def test_full_protocol_run_is_the_paper_model(tmp_path, monkeypatch):
     log = rec["logs"]["student"]
     assert [e["selected"] for e in log].count(True) == 1
     best = max(log, key=lambda e: e["val_ccc_mean"])  # the harness rule: the task's primary metric on validation
-    assert best["selected"]
+    assert best["selected"] and rec["extra"]["dmd"]["stop_reason"] == "max_epochs"
 
 
 def test_accumulation_clipping_and_schedule(tmp_path):
@@ -452,6 +452,15 @@ def test_accumulation_clipping_and_schedule(tmp_path):
     entry = method.ctx.logs["student"][0]
     assert entry["optimizer_steps"] == n_batches // 2 and entry["lr"] == pytest.approx(1e-4)
     assert method.ctx.extra["dmd"]["accumulate_batches"] == 2
+
+
+def test_stops_once_the_learning_rate_is_below_min_lr(tmp_path):
+    """The plateau schedule's floor: a run whose lr is under training.min_lr stops after that epoch."""
+    task = TASKS.get("synthetic")(_base_run_cfg().task)
+    fold = task.load_fold(0)
+    method = fit_hand(task.spec, fold.train, fold.val, tmp_path, {
+        "method.training.max_epochs": 6, "method.training.min_lr": 2e-4}, task=task)  # lr 1e-4 < 2e-4
+    assert method.ctx.extra["dmd"]["stop_reason"] == "min_lr" and len(method.ctx.logs["student"]) == 1
 
 
 def test_config_and_presets():

@@ -2,6 +2,8 @@
 
   harness run method=kd task=synthetic              one run (Hydra-style overrides)
   harness run -m method=student,kd seed=0,1,2       a sweep (cartesian product), resumable
+  harness run -m ... hydra/launcher=slurm          the sweep as one SLURM job array; the prompt returns at once
+  harness status                                    each sweep's runs: pending / running / done / failed
   harness list                                      registered methods and tasks
   harness leaderboard                               leaderboard.md + leaderboard.csv from results/
   harness data mimic task=biovid out=DIR            write a mimic dataset in the real on-disk format
@@ -17,6 +19,7 @@ from tabulate import tabulate
 
 from harness.config import Composer, ConfigError, expand
 from harness.registry import METHODS, TASKS, UnknownNameError
+from harness.task import TaskError
 
 USAGE_EXIT = 2
 
@@ -29,11 +32,11 @@ def _fail(msg: str) -> int:
 def cmd_run(args) -> int:
     from omegaconf import OmegaConf
 
-    from harness.launch import PlannedRun, launch
+    from harness.launch import LaunchError, PlannedRun, launch, submit, submits_jobs
 
     combos = expand(args.overrides, multirun=args.multirun)
     with Composer() as composer:
-        runs = [PlannedRun(o, composer.compose(o)) for o in combos]
+        runs = [PlannedRun(o, cfg) for o, cfg in zip(combos, composer.compose_many(combos))]
     if args.cfg:
         print(OmegaConf.to_yaml(runs[0].cfg))
         return 0
@@ -41,6 +44,12 @@ def cmd_run(args) -> int:
     for r in runs:
         METHODS.get(r.cfg.method.name)
         TASKS.get(r.cfg.task.name)
+    if submits_jobs(runs[0].cfg.launcher):  # SLURM / local workers: submit and return to the prompt
+        try:
+            submit(runs, runs[0].cfg.launcher)
+        except LaunchError as e:
+            return _fail(str(e))
+        return 0
     records = launch(runs, runs[0].cfg.launcher)
     if not args.multirun and len(runs) == 1:
         from harness.records import read_record, run_dir
@@ -83,6 +92,44 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from harness.sweeps import count, find_manifest, read_manifests, run_states, scheduler_states
+
+    manifests = read_manifests(args.results)
+    if not manifests:
+        print(f"no sweeps under {Path(args.results) / '_sweeps'} (sweeps sent with a SLURM or local launcher appear here)")
+        return 0
+    if args.sweep:
+        try:
+            detailed = [find_manifest(args.results, args.sweep)]
+        except KeyError as e:
+            return _fail(str(e.args[0]))
+        shown = detailed
+    else:
+        shown = manifests
+        detailed = manifests if args.all else manifests[-1:]
+    states = scheduler_states(shown)
+    for m in shown:
+        runs = run_states(m, states)
+        n = count(runs)
+        jobs = sorted({r["job_id"].split("_")[0] for r in m["runs"]})
+        counts = ", ".join(f"{v} {k}" for k, v in n.items() if v or k != "unknown")
+        print(f"sweep {m['sweep_id']}  [{m['launcher']['name']}, job {' '.join(jobs)}, {m['created_at']}]  "
+              f"{len(runs)} runs: {counts}")
+        if m in detailed:
+            rows = []
+            # Only the overrides that tell the runs apart (the swept ones); the manifest has them all.
+            common = set.intersection(*(set(r["overrides"]) for r in m["runs"])) if m["runs"] else set()
+            for r in runs:
+                what = f"{r.run['task']}/{r.run['method']}/{Path(r.run['run_dir']).name}"
+                detail = r.detail + (f"\n  log: {r.log}" if r.state in ("failed", "unknown") and r.log else "")
+                rows.append((what, " ".join(o for o in r.run["overrides"] if o not in common), r.run["job_id"], r.state,
+                             detail))
+            print(tabulate(rows, headers=["run", "overrides", "job", "state", "detail"], tablefmt="simple"))
+            print(f"logs: {m['logs_dir']}\n")
+    return 0
+
+
 def cmd_data(args) -> int:
     if args.action != "mimic":
         return _fail(f"unknown data action '{args.action}' (known: mimic)")
@@ -113,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--csv", default="leaderboard.csv")
     lb.add_argument("--print", action="store_true", help="also print the markdown")
     lb.set_defaults(fn=cmd_leaderboard)
+    st = sub.add_parser("status", help="each sweep's runs: pending / running / done / failed, with errors and logs")
+    st.add_argument("--results", default="results", help="the results_dir the sweeps wrote to")
+    st.add_argument("--sweep", help="one sweep (its id or a unique prefix) in full; default: the latest in full")
+    st.add_argument("--all", action="store_true", help="every sweep in full")
+    st.set_defaults(fn=cmd_status)
     d = sub.add_parser("data", help="dataset utilities: `harness data mimic task=NAME out=DIR`")
     d.add_argument("action")
     d.add_argument("overrides", nargs="*")
@@ -124,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, UnknownNameError) as e:
+    except (ConfigError, UnknownNameError, TaskError) as e:  # bad input: one message, no traceback
         return _fail(str(e))
     except KeyboardInterrupt:
         return 130

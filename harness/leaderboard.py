@@ -19,6 +19,9 @@ from harness.metrics import higher_is_better
 from harness.records import atomic_write_text, iter_records
 from harness.registry import TASKS
 
+# Overrides that change a method's own setting are shown in its row label; task overrides already
+# define the section, and paths / launcher settings do not change results.
+LABEL_PREFIXES = ("method.", "train.", "model.")
 BOUND_LABEL = {"lower_bound": "lower bound", "upper_bound": "UPPER BOUND (uses privileged at test)"}
 SOURCE_NOTE = {
     "synthetic": "Synthetic data generated in memory: these numbers say nothing about any real dataset.",
@@ -35,7 +38,7 @@ def collect(results_dir: Path | str) -> pd.DataFrame:
         row = {k: rec.get(k) for k in ("task", "method", "fold", "seed", "status", "run_key", "config_id", "bound",
                                        "primary_metric", "data_source", "error")}
         row["variant"] = rec.get("task_variant") or ""
-        row["overrides"] = " ".join(rec.get("overrides") or [])
+        row["overrides"] = " ".join(o for o in rec.get("overrides") or [] if o.startswith(LABEL_PREFIXES))
         row["dir"] = rec["_dir"]
         if row["data_source"] is None:  # failed before the task loaded: take it from the config
             row["data_source"] = "?"
@@ -105,7 +108,7 @@ def render(summary: pd.DataFrame, df: pd.DataFrame) -> str:
 
         rows = []
         failures = []
-        for (method, cid), g in sorted(groups, key=order):
+        for (method, _cid), g in sorted(groups, key=order):
             first = g.iloc[0]
             label = method + (f" [{first.overrides}]" if first.overrides else "")
             row = {"method": label, "role": BOUND_LABEL.get(first.bound, "")}
@@ -122,7 +125,8 @@ def render(summary: pd.DataFrame, df: pd.DataFrame) -> str:
             rows.append(row)
             if first.n_failed:
                 failures.append(f"- {label}: {first.failed_runs}")
-        lines.append(tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False))
+        lines.append(tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False,
+                              disable_numparse=True))
         lines.append("")
         if failures:
             lines += ["Failed runs (not averaged):", *failures, ""]

@@ -66,8 +66,120 @@ def f1_weighted(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
 
 
+# --- MOSI / MOSEI sentiment: the MMSA suite (thuiar/MMSA and mdswyz/DMD utils/metricsTop.py; datasets.md §6.2,
+# dmd.md §4). Scores are fractions (papers show ×100); MAE and Corr on unclipped values. MMSA's names:
+# has0_acc2 = Has0_acc_2, has0_f1 = Has0_F1_score, non0_acc2 = Non0_acc_2 (DMD's "Acc_2"), non0_f1 =
+# Non0_F1_score (DMD's "F1_score"), acc5 = Mult_acc_5, acc7 = Mult_acc_7, mae = MAE, corr = Corr.
+
+def _flat64(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    t, p = np.asarray(y_true, np.float64).ravel(), np.asarray(y_pred, np.float64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.size} values, y_pred {p.size}")
+    return t, p
+
+
+def has0_acc2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Negative vs non-negative over all samples: (y >= 0) against (p >= 0)."""
+    t, p = _flat64(y_true, y_pred)
+    return accuracy(t >= 0, p >= 0)
+
+
+def has0_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Weighted F1 of (y >= 0) against (p >= 0), truth first (supports counted in y)."""
+    t, p = _flat64(y_true, y_pred)
+    return f1_weighted(t >= 0, p >= 0)
+
+
+def _non_zero(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(y > 0, p > 0) over the samples whose label is not exactly 0; None if every label is 0."""
+    t, p = _flat64(y_true, y_pred)
+    keep = t != 0
+    return (t[keep] > 0, p[keep] > 0) if keep.any() else None
+
+
+def non0_acc2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Negative vs positive, samples with label exactly 0 left out; a prediction of 0 counts as negative."""
+    pair = _non_zero(y_true, y_pred)
+    return float("nan") if pair is None else accuracy(*pair)
+
+
+def non0_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    pair = _non_zero(y_true, y_pred)
+    return float("nan") if pair is None else f1_weighted(*pair)
+
+
+def mult_acc2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """MulT's default binary accuracy (exclude_zero=False): (y > 0) against (p > 0) over all samples,
+    so a zero label counts as negative (a third convention, yaohungt/Multimodal-Transformer eval_metrics.py)."""
+    t, p = _flat64(y_true, y_pred)
+    return accuracy(t > 0, p > 0)
+
+
+def mult_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """MulT's binary F1 as its code computes it: f1_score(p > 0, y > 0, average="weighted"), arguments
+    SWAPPED, so the class weights are prediction supports. Reported only to compare with MulT-protocol papers."""
+    t, p = _flat64(y_true, y_pred)
+    return f1_weighted(p > 0, t > 0)
+
+
+def clipped_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, bound: float) -> float:
+    """mean(round(clip(p, ±bound)) == round(clip(y, ±bound))) with numpy's round-half-to-even (0.5 -> 0)."""
+    t, p = _flat64(y_true, y_pred)
+    return accuracy(np.round(np.clip(t, -bound, bound)).astype(np.int64),
+                    np.round(np.clip(p, -bound, bound)).astype(np.int64))
+
+
+def acc7(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """7 classes -3..3: clip to [-3, 3], round half to even."""
+    return clipped_class_accuracy(y_true, y_pred, 3.0)
+
+
+def acc5(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """5 classes -2..2: clip to [-2, 2], round half to even."""
+    return clipped_class_accuracy(y_true, y_pred, 2.0)
+
+
+def acc3(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """3 classes -1..1 (MMSA computes it but does not return it)."""
+    return clipped_class_accuracy(y_true, y_pred, 1.0)
+
+
+# --- IEMOCAP as MulT-style four binary heads (neutral, happy, sad, angry): per-emotion accuracy and
+# f1_weighted come from the classification table below (`accuracy_<emotion>`, `f1_weighted_mean`...).
+# The 4-class view of the spec (datasets.md §6.3): accuracy ("WA" in SER papers) and unweighted average
+# recall ("UA" = balanced accuracy), over the samples with exactly one emotion present.
+
+def four_class_view(y_true_binary: np.ndarray, prob_present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(4-class truth, 4-class prediction) from binary truths [N, K] and P(present) [N, K].
+
+    Truth = the one present emotion; prediction = the emotion with the highest P(present). Samples
+    whose truth has no or several emotions present are left out (they have no 4-class label).
+    """
+    yb = np.asarray(y_true_binary)
+    pp = np.asarray(prob_present, np.float64)
+    if yb.shape != pp.shape or yb.ndim != 2:
+        raise ValueError(f"four_class_view needs [N, K] truths and probabilities, got {yb.shape} and {pp.shape}")
+    single = yb.sum(axis=1) == 1
+    return yb[single].argmax(axis=1), pp[single].argmax(axis=1)
+
+
+def acc4(y_true_binary: np.ndarray, prob_present: np.ndarray) -> float:
+    """4-class accuracy (SER "WA") of the argmax over the emotions' P(present)."""
+    t, p = four_class_view(y_true_binary, prob_present)
+    return accuracy(t, p) if t.size else float("nan")
+
+
+def uar4(y_true_binary: np.ndarray, prob_present: np.ndarray) -> float:
+    """4-class unweighted average recall (SER "UA", balanced accuracy). Not MulT's `weighted_accuracy`."""
+    t, p = four_class_view(y_true_binary, prob_present)
+    return balanced_accuracy(t, p) if t.size else float("nan")
+
+
 REGRESSION_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "ccc": ccc, "pearson": pearson, "mae": mae,
+    # MMSA suite (MOSI / MOSEI); corr is Pearson r under MMSA's name
+    "has0_acc2": has0_acc2, "has0_f1": has0_f1, "non0_acc2": non0_acc2, "non0_f1": non0_f1,
+    "mult_acc2": mult_acc2, "mult_f1": mult_f1, "acc7": acc7, "acc5": acc5, "acc3": acc3, "corr": pearson,
 }
 CLASSIFICATION_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy, "balanced_accuracy": balanced_accuracy, "f1_macro": f1_macro, "f1_weighted": f1_weighted,

@@ -14,17 +14,19 @@ import subprocess
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from harness import RECORD_SCHEMA_VERSION
 from harness.teachers import stable_hash
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Config keys that do not change what a run computes: left out of its key.
 NON_SEMANTIC_KEYS = ("results_dir", "overwrite", "device", "progress", "cache_dir", "launcher", "train.checkpoint",
-                     "task.data_root", "task.mimic_dir", "sweep_name")
+                     "task.data_root", "task.mimic_dir", "task.cache_dir", "task.feature_cache", "task.feature_cache_dir",
+                     "sweep_name")
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf", "submitit",
             "datasets", "pkd-harness")
 
@@ -93,9 +95,17 @@ def read_record(folder: Path) -> dict | None:
 
 
 def iter_records(results_dir: Path | str) -> list[dict]:
-    """Every record under results_dir (unreadable files are reported, not fatal)."""
+    """Every record under results_dir (unreadable files are reported, not fatal).
+
+    Folders starting with `_` or `.` are not tasks (`_sweeps/` holds sweep manifests and job logs).
+    A record is written by rename, so a run still in progress has no record.json yet: a leaderboard
+    made while a sweep runs reads the finished runs only.
+    """
     out = []
-    for path in sorted(Path(results_dir).glob("*/*/*/record.json")):
+    root = Path(results_dir)
+    for path in sorted(root.glob("*/*/*/record.json")):
+        if path.relative_to(root).parts[0][:1] in ("_", "."):
+            continue
         try:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:

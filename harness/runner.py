@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import RECORD_SCHEMA_VERSION, __version__
 from harness.method import RunContext
 from harness.predictions import make_predictions
-from harness.records import config_id, environment, read_record, run_dir, run_key, write_record
+from harness.records import NON_SEMANTIC_KEYS, config_id, environment, read_record, run_dir, run_key, write_record
 from harness.registry import METHODS, TASKS
 from harness.teachers import TeacherStore
 
@@ -42,15 +42,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Overrides that say nothing a record does not already say, or that do not change the result: left out of
+# the record's `overrides` (the leaderboard's row label), so a run reads the same however it was launched.
+_IDENTITY_KEYS = ("seed", "fold", "method", "task", "launcher", "hydra/launcher")
+
+
+def describing_overrides(overrides: list[str]) -> list[str]:
+    out = []
+    for o in overrides:
+        key = o.partition("=")[0].lstrip("+~")
+        if key in _IDENTITY_KEYS or any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC_KEYS):
+            continue
+        out.append(o)
+    return out
+
+
 def build_task(cfg: DictConfig):
     return TASKS.get(cfg.task.name)(cfg.task)
 
 
-def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: bool = False) -> dict:
+def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: bool = False,
+            launch: dict | None = None) -> dict:
     """Run one config and write its record; return the record.
 
     A run whose ok record exists is skipped unless cfg.overwrite. A run that raises writes a failed
-    record carrying the error text (and re-raises only with raise_errors).
+    record carrying the error text (and re-raises only with raise_errors). `launch` (sweep id, job id,
+    requeue count... from harness/launch.py) is stored in the record as is.
     """
     folder = run_dir(cfg)
     existing = read_record(folder)
@@ -64,11 +81,13 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
         "schema_version": RECORD_SCHEMA_VERSION, "harness_version": __version__,
         "run_key": run_key(cfg), "config_id": config_id(cfg),
         "method": cfg.method.name, "task": cfg.task.name, "fold": int(cfg.fold), "seed": int(cfg.seed),
-        "status": "running", "overrides": [o for o in (overrides or []) if not o.startswith(("seed=", "fold="))],
+        "status": "running", "overrides": describing_overrides(overrides or []),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **environment(),
     }
+    if launch is not None:
+        record["launch"] = launch
     predictions = None
     try:
         device = resolve_device(cfg.device)
@@ -124,4 +143,7 @@ def _finish(record: dict, folder: Path, predictions, timings: dict, t_start: flo
     t = time.perf_counter()
     write_record(folder, {**record, "timings": {**timings, "total_s": time.perf_counter() - t_start}}, predictions)
     timings["write_s"] = time.perf_counter() - t
+    if record["status"] == "ok":  # finished: its training checkpoints (train.checkpoint=true) are of no more use
+        for ckpt in folder.glob("checkpoint_*.pt*"):
+            ckpt.unlink(missing_ok=True)
     record["timings"] = {**timings, "total_s": time.perf_counter() - t_start}

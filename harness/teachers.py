@@ -11,10 +11,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
 from filelock import FileLock
+
+if TYPE_CHECKING:  # torch is imported where a teacher is loaded or trained: `harness status` stays light
+    import torch
 
 
 def stable_hash(obj: Any, n: int = 12) -> str:
@@ -28,10 +30,17 @@ class TeacherStore:
     def path(self, key: dict) -> Path:
         return self.root / str(key.get("task", "task")) / stable_hash(key)
 
+    def checkpoint_path(self, key: dict) -> Path:
+        """Where a teacher's per-epoch checkpoint goes while it trains (train.checkpoint=true): in the store,
+        not in the run that happens to train it, so whichever run takes the lock next resumes it."""
+        return self.path(key) / "checkpoint.pt"
+
     def get_or_train(self, key: dict, build: Callable[[], torch.nn.Module],
                      train: Callable[[torch.nn.Module], dict], device: torch.device
                      ) -> tuple[torch.nn.Module, dict]:
         """Return (module, meta). `train(module)` trains it in place and returns metadata (its epoch log...)."""
+        import torch
+
         folder = self.path(key)
         folder.mkdir(parents=True, exist_ok=True)
         weights, meta_file = folder / "teacher.pt", folder / "meta.json"
@@ -49,6 +58,8 @@ class TeacherStore:
                 tmp = meta_file.with_suffix(f".tmp{os.getpid()}")
                 tmp.write_text(json.dumps(meta, indent=1, default=str))
                 os.replace(tmp, meta_file)
+                for stale in folder.glob("checkpoint.pt*"):  # the teacher is stored: its checkpoint is done
+                    stale.unlink(missing_ok=True)
                 meta["reused"] = False
         module.eval()
         for p in module.parameters():

@@ -76,12 +76,17 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[torch.Tensor, dict[str, float]]],
         predict_fn: Callable[[Batch], torch.Tensor], train: Split, val: Split, ctx: RunContext,
-        train_cfg: DictConfig, params: list | None = None) -> list[dict]:
-    """Train `module` (its parameters, or `params`) with loss_fn; select on val; restore the best state.
+        train_cfg: DictConfig, params: list | None = None, checkpoint_path: Path | None = None) -> list[dict]:
+    """Train `module` (its parameters, or `params`: tensors or param groups) with loss_fn; select on val.
+
+    The best validation state is restored at the end.
 
     loss_fn(batch) returns the loss and a dict of its named parts (logged per epoch, averaged).
     predict_fn(batch) returns what Method.predict would for those rows (probabilities or values).
     Returns the per-epoch log, also stored in ctx.logs[name].
+    With train_cfg.checkpoint, the state after every epoch (weights, optimizer, best state, log,
+    batch-order and global RNG states) goes to `checkpoint_path` (default: <run_dir>/checkpoint_<name>.pt)
+    and a later call resumes from it: the result is the same as an uninterrupted training.
     """
     task, device = ctx.task, ctx.device
     classification = task.spec.target.kind == "classification"
@@ -89,21 +94,36 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     val_t = SplitTensors(val, device, classification)
     metric = task.spec.primary_metric
     sign = 1.0 if task.metric_higher_is_better(metric) else -1.0
-    params = list(module.parameters()) if params is None else params
-    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=train_cfg.lr,
-                            weight_decay=train_cfg.weight_decay)
-    gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2**63))
+    params = list(module.parameters()) if params is None else list(params)
+    # `params` may also be optimizer param groups ({"params": [...], "lr": ...}), for stages whose
+    # parts need different learning rates (MT-PKDOT's adapters vs. its joint teacher).
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    # Batch order: its own generator, seeded from the run's (seeded) global stream.
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
     log: list[dict] = []
     best = {"score": -math.inf, "epoch": -1, "state": copy.deepcopy(module.state_dict())}
     start_epoch = 0
 
-    ckpt_path = ctx.run_dir / f"checkpoint_{name}.pt" if train_cfg.get("checkpoint", False) else None
+    ckpt_path = None
+    if train_cfg.get("checkpoint", False):
+        ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else ctx.run_dir / f"checkpoint_{name}.pt"
+    stopped = False
     if ckpt_path is not None and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         module.load_state_dict(ck["module"])
         opt.load_state_dict(ck["optimizer"])
         gen.set_state(ck["generator"])
+        # Dropout draws from the global stream: restore it too, so a resumed run equals an uninterrupted one.
+        if "torch_rng" in ck:
+            torch.set_rng_state(ck["torch_rng"])
+        if ck.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(ck["cuda_rng"])
         best, log, start_epoch = ck["best"], ck["log"], ck["epoch"] + 1
+        # A checkpoint written at the early-stopping epoch must not train further.
+        stopped = ck.get("stopped", ck["epoch"] - best["epoch"] >= train_cfg.patience)
         ctx.extra.setdefault("resumed_from_epoch", {})[name] = start_epoch
 
     bar = None
@@ -111,7 +131,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
         from tqdm.auto import tqdm
         bar = tqdm(total=train_cfg.max_epochs, initial=start_epoch, desc=f"{name}", unit="ep", leave=False,
                    dynamic_ncols=True)
-    for epoch in range(start_epoch, train_cfg.max_epochs):
+    for epoch in range(start_epoch, start_epoch if stopped else train_cfg.max_epochs):
         t0 = time.perf_counter()
         module.train()
         sums: dict[str, float] = {}
@@ -143,10 +163,14 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
             bar.set_postfix({"loss": f"{entry.get('train_loss', float('nan')):.3f}",
                              f"val_{metric}": f"{val_metrics[metric]:.3f}", "best_ep": best["epoch"]})
             bar.update(1)
+        stop = epoch - best["epoch"] >= train_cfg.patience
         if ckpt_path is not None:
             _atomic_torch_save({"module": module.state_dict(), "optimizer": opt.state_dict(), "best": best,
-                                "log": log, "epoch": epoch, "generator": gen.get_state()}, ckpt_path)
-        if epoch - best["epoch"] >= train_cfg.patience:
+                                "log": log, "epoch": epoch, "stopped": stop, "generator": gen.get_state(),
+                                "torch_rng": torch.get_rng_state(),
+                                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
+                               ckpt_path)
+        if stop:
             break
     if bar is not None:
         bar.close()

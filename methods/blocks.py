@@ -176,10 +176,3 @@ def ccc_torch(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     pm, ym = pred.mean(0), y.mean(0)
     cov = ((pred - pm) * (y - ym)).mean(0)
     return 2 * cov / (pred.var(0, unbiased=False) + y.var(0, unbiased=False) + (pm - ym) ** 2 + 1e-8)
-
-
-def outputs_to_numpy(out: torch.Tensor, target: TargetSpec):
-    """Network outputs -> what Method.predict returns (class probabilities for classification)."""
-    if target.kind == "classification":
-        out = out.softmax(dim=-1)
-    return out.detach().float().cpu().numpy()

@@ -16,7 +16,7 @@ from harness.records import semantic_config
 from harness.registry import register_method
 from harness.runner import derive_seed
 from harness.training import Batch, SplitTensors, fit, predict_in_batches
-from methods.blocks import MultimodalNet, outputs_to_numpy, task_loss
+from methods.blocks import MultimodalNet, task_loss
 
 
 def build_net(ctx: RunContext, modalities: tuple[str, ...], slots: tuple[str, ...] | None = None) -> MultimodalNet:
@@ -50,7 +50,7 @@ def predict_split(net: MultimodalNet, split: Split, ctx: RunContext) -> np.ndarr
 
 def teacher_key(ctx: RunContext) -> dict:
     cfg = ctx.cfg
-    return {"role": "teacher", "task": cfg.task.name, "task_cfg": semantic_config(cfg.task),
+    return {"role": "teacher", "task": cfg.task.name, "task_cfg": semantic_config(cfg)["task"],
             "fold": int(cfg.fold), "seed": int(cfg.seed),
             "model": OmegaConf.to_container(cfg.model, resolve=True),
             "train": semantic_config(cfg.train, also_drop=("checkpoint",))}
@@ -65,11 +65,18 @@ def get_teacher(ctx: RunContext, train: Split, val: Split) -> tuple[MultimodalNe
         torch.manual_seed(derive_seed(ctx.seed, ctx.cfg.task.name, ctx.fold, "teacher"))
         return build_net(ctx, modalities)
 
+    key = teacher_key(ctx)
+
     def train_fn(net):
-        log = fit("teacher", net, supervised_loss(net, ctx), predictor(net, ctx), train, val, ctx, ctx.cfg.train)
+        # Runs under the store's lock. A checkpointed teacher resumes from the store's checkpoint, whichever
+        # run of the sweep was training it when it was preempted.
+        log = fit("teacher", net, supervised_loss(net, ctx), predictor(net, ctx), train, val, ctx, ctx.cfg.train,
+                  checkpoint_path=ctx.teachers.checkpoint_path(key))
         return {"log": log}
 
-    net, meta = ctx.teachers.get_or_train(teacher_key(ctx), build, train_fn, ctx.device)
+    # The caller's random stream must not depend on whether the teacher was trained or loaded.
+    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+        net, meta = ctx.teachers.get_or_train(key, build, train_fn, ctx.device)
     ctx.logs.setdefault("teacher", meta.get("log", []))
     ctx.extra["teacher"] = {"store_path": meta["store_path"], "reused": meta["reused"]}
     return net, meta

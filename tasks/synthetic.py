@@ -54,11 +54,11 @@ def generate(cfg) -> dict[str, np.ndarray]:
         env[n, onset[n]:onset[n] + width] = bump
     style = rng.standard_normal((S, Q))[subject]  # subject style
     walk = np.cumsum(rng.standard_normal((N, T, Q)) * 0.3, axis=1)  # per-sample nuisance
-    h = np.concatenate([u[:, None, :] * env[..., None] * 2.0, style[:, None, :] + walk], axis=-1)  # [N,T,L+Q]
+    h = np.concatenate([u[:, None, :] * env[..., None] * cfg.latent_gain, style[:, None, :] + walk], axis=-1)
     W1 = rng.standard_normal((L + Q, 64)) / np.sqrt(L + Q)
     W2 = rng.standard_normal((64, cfg.visual_dim)) / np.sqrt(64)
     offset = rng.standard_normal((S, cfg.visual_dim))[subject] * cfg.subject_shift
-    visual = np.tanh(np.tanh(h @ W1 * 1.5) @ W2 * 1.5) + offset[:, None, :]
+    visual = np.tanh(np.tanh(h @ W1) @ W2 * 1.5) + offset[:, None, :]
     visual += cfg.visual_noise * rng.standard_normal(visual.shape)
 
     drift = np.linspace(0, 1, T)[None, :, None]

@@ -1,0 +1,393 @@
+"""PKDOT (Aslam et al., FG 2024, arXiv 2401.15489): structural privileged distillation with optimal transport.
+
+Spec: /work/shared/specs/pkdot.md (§3 the loss, §2.4 the T-Net, §8 the official code's bugs).
+
+Student = MultimodalNet on the student modalities whose fusion also has a slot for every privileged
+modality, filled by a T-Net that hallucinates the privileged pooled features. Loss per batch:
+
+    task_weight · task(student, y) + ot_weight · S_ε(X_T, X_S) [+ centroid_weight · L_cent]
+
+with X_T, X_S the B × k "relational profiles" of the batch (structural_ot_loss below) and S_ε the
+debiased Sinkhorn divergence of methods/ot.py (geomloss convention: cost ½‖x − y‖², ε = blur²).
+
+Defaults and which official behaviour they follow (spec §3.3, §8):
+- k = 30 anchors, anchors = `lowest` (the k least similar batch samples to the teacher, as coded; the
+  paper says "top-k", available as `highest`): A1 follows the code.
+- anchor_set = `per_row` (each row its own anchors, as coded) but SORTED by teacher similarity
+  (torch.topk(sorted=True)) instead of np.argpartition's arbitrary order, so coordinate m means "the
+  m-th least similar anchor" in every row (A2); `shared` = one anchor set per batch (the spec's clean
+  variant). The self-similarity (the diagonal) is never an anchor.
+- shift = `min` (global min subtracted per matrix, B4 as coded); `affine` = (A + 1)/2.
+- ε = 0.01 with ε-scaling 0.5 from the bounding-box diameter, debiased: geomloss's
+  SamplesLoss("sinkhorn", p=2, blur=0.1) as in the official code.
+- ot_weight 0.6, task_weight 1 (PKDOT_kfold.py); batch_size 128 (the code's B; k/B sets locality).
+- Centroid term (MT-PKDOT §4, off here as in PKDOT): ‖mean_rows cos(Z_T) − mean_rows cos(Z_S)‖₂.
+
+Bugs of the official code fixed here:
+- B1 (self-attention mixing the samples of a batch): fixed by construction, methods/blocks.py's
+  GatedFusion acts on each sample alone, so predictions never depend on batch composition. There is
+  no legacy batch-mixing mode.
+- B3: cosine matrices via F.normalize(eps=1e-8), no in-place division.
+- B5 (T-Net never loaded, random and frozen): the T-Net is trained first (MMD of spec §2.4 or MSE,
+  train split, epoch selected on the validation split), stored, frozen while the student trains,
+  and used identically at test.
+- B6: no random frozen fc layers; the features are the teacher's trained encoder outputs.
+- B8, B9, B15, B17: the harness loop evaluates every sample, selects on the validation split (never
+  the test fold), does not augment at evaluation and seeds everything.
+- The anchor indices are computed under no_grad from the (frozen) teacher; no gradient reaches the
+  teacher or the T-Net.
+
+T-Net input. The official T-Net maps the frozen visual backbone feature f_v to the physio feature f_p.
+Here the "frozen backbone" is the stored teacher's encoder of each student modality: its pooled
+features (which only need the student's own modalities, so the privileged firewall holds at test)
+go through the T-Net to the teacher's privileged pooled encoder features. Reading the student's own
+encoders instead would feed the frozen T-Net a distribution that keeps moving while the student
+trains end to end. The official sigmoid auto-encoder output does not fit LayerNorm-ed features that
+can be negative, so the T-Net is an MLP (`mlp`) or the MT-PKDOT repo's purely linear stack (`linear`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from harness.data import Split
+from harness.method import Method, RunContext
+from harness.registry import register_method
+from harness.runner import derive_seed
+from harness.training import Batch, SplitTensors, fit, predict_in_batches
+from methods.blocks import MultimodalNet, NetOutput, task_loss
+from methods.ot import sinkhorn_divergence
+from methods.teacher import build_net, get_teacher, teacher_key
+
+__all__ = ["sinkhorn_divergence", "cosine_matrix", "shift_nonnegative", "anchor_indices", "structural_clouds",
+           "structural_ot_loss", "centroid_loss", "mmd_multi_kernel", "TNet", "get_tnet", "PKDOT"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The structural loss (spec §3), shared with MT-PKDOT.
+
+def cosine_matrix(z: torch.Tensor) -> torch.Tensor:
+    """[..., B, d] -> [..., B, B] cosine similarities between the rows (B3: normalised with eps)."""
+    zn = F.normalize(z, dim=-1, eps=1e-8)
+    return zn @ zn.transpose(-1, -2)
+
+
+def shift_nonnegative(a: torch.Tensor, mode: str = "min") -> torch.Tensor:
+    """`min`: subtract each matrix's global minimum (as coded, B4); `affine`: (A + 1) / 2."""
+    if mode == "min":
+        return a - a.amin(dim=(-2, -1), keepdim=True)
+    if mode == "affine":
+        return (a + 1) / 2
+    raise ValueError(f"shift must be min or affine, got {mode!r}")
+
+
+def anchor_indices(a_t: torch.Tensor, k: int, anchors: str = "lowest", anchor_set: str = "per_row") -> torch.Tensor:
+    """Columns [..., B, k] of the teacher cosine matrix a_t [..., B, B] each row is profiled on.
+
+    per_row: row i's k least (`lowest`) or most (`highest`) similar other samples, sorted by teacher
+    similarity (least similar first for `lowest`, most similar first for `highest`).
+    shared: the same k columns for every row, those of least / most mean similarity to the others,
+    sorted the same way. The diagonal (self-similarity) is never an anchor.
+    """
+    if anchors not in ("lowest", "highest"):
+        raise ValueError(f"anchors must be lowest or highest, got {anchors!r}")
+    B = a_t.shape[-1]
+    largest = anchors == "highest"
+    eye = torch.eye(B, dtype=torch.bool, device=a_t.device)
+    if anchor_set == "per_row":
+        masked = a_t.masked_fill(eye, -math.inf if largest else math.inf)
+        return torch.topk(masked, k, dim=-1, largest=largest, sorted=True).indices
+    if anchor_set == "shared":
+        mean_sim = (a_t.sum(-2) - a_t.diagonal(dim1=-2, dim2=-1)) / max(B - 1, 1)
+        cols = torch.topk(mean_sim, k, dim=-1, largest=largest, sorted=True).indices  # [..., k]
+        return cols.unsqueeze(-2).expand(*a_t.shape[:-1], k)
+    raise ValueError(f"anchor_set must be per_row or shared, got {anchor_set!r}")
+
+
+def structural_clouds(z_t: torch.Tensor, z_s: torch.Tensor, k: int = 30, anchors: str = "lowest",
+                      anchor_set: str = "per_row", shift: str = "min") -> tuple[torch.Tensor, torch.Tensor]:
+    """The two B × k point clouds of §3.1: shifted cosine rows of teacher and student, gathered at the
+    teacher's anchors. k is capped at B − 1. The teacher side carries no gradient."""
+    B = z_t.shape[-2]
+    k = min(int(k), B - 1)
+    with torch.no_grad():
+        a_t = cosine_matrix(z_t.detach())
+        idx = anchor_indices(a_t, k, anchors, anchor_set)
+        x_t = shift_nonnegative(a_t, shift).gather(-1, idx)
+    x_s = shift_nonnegative(cosine_matrix(z_s), shift).gather(-1, idx)
+    return x_t, x_s
+
+
+def structural_ot_loss(z_t: torch.Tensor, z_s: torch.Tensor, k: int = 30, anchors: str = "lowest",
+                       anchor_set: str = "per_row", shift: str = "min", eps: float = 0.01,
+                       scaling: float = 0.5) -> torch.Tensor:
+    """PKDOT's structural loss between teacher and student joint features [B, d] (or [n, B, d]).
+
+    S_ε between the uniform clouds of rows of X_T and X_S (structural_clouds). Invariance: permuting
+    the batch (the same permutation of z_t and z_s rows) permutes the rows of both clouds and leaves
+    each row's sorted profile unchanged, so the loss is invariant up to float round-off and ties in
+    the teacher similarities. It is NOT invariant to re-pairing teacher and student rows (student
+    row i is gathered at the anchors teacher row i chose), nor to reordering the anchors inside a
+    row (which is why they are sorted). A batch of one sample gives 0.
+    """
+    if z_t.shape != z_s.shape:
+        raise ValueError(f"teacher and student features differ in shape: {tuple(z_t.shape)} vs {tuple(z_s.shape)}")
+    if z_t.shape[-2] < 2:
+        return z_s.sum() * 0.0
+    x_t, x_s = structural_clouds(z_t, z_s, k, anchors, anchor_set, shift)
+    return sinkhorn_divergence(x_t, x_s, eps=eps, scaling=scaling)
+
+
+def centroid_loss(z_t: torch.Tensor, z_s: torch.Tensor) -> torch.Tensor:
+    """MT-PKDOT's centroid term (spec §4, commented out in the released code):
+    ‖(1/B)Σ_i A_T[i, :] − (1/B)Σ_i A_S[i, :]‖₂ on the un-shifted cosine matrices."""
+    with torch.no_grad():
+        mean_t = cosine_matrix(z_t.detach()).mean(-2)
+    return (mean_t - cosine_matrix(z_s).mean(-2)).norm(dim=-1)
+
+
+CHOICES = {"anchors": ("lowest", "highest"), "anchor_set": ("per_row", "shared"), "shift": ("min", "affine")}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail before any training on a misspelt option (method.anchors=..., method.tnet.loss=...)."""
+    bad = [f"method.{k}={cfg[k]!r} (one of {', '.join(v)})" for k, v in CHOICES.items() if cfg[k] not in v]
+    for k, v in {"loss": ("mmd", "mse"), "arch": ("mlp", "linear")}.items():
+        if cfg.tnet[k] not in v:
+            bad.append(f"method.tnet.{k}={cfg.tnet[k]!r} (one of {', '.join(v)})")
+    if int(cfg.k) < 1 or not float(cfg.epsilon) > 0:
+        bad.append(f"method.k={cfg.k} must be >= 1 and method.epsilon={cfg.epsilon} > 0")
+    if bad:
+        raise ValueError("invalid option: " + "; ".join(bad))
+
+
+def ot_terms(cfg: DictConfig, z_t: torch.Tensor, z_s: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """ot_weight · S_ε (+ centroid_weight · L_cent when cfg.centroid), and the named parts to log."""
+    l_ot = structural_ot_loss(z_t, z_s, cfg.k, cfg.anchors, cfg.anchor_set, cfg.shift, cfg.epsilon, cfg.scaling)
+    loss, parts = cfg.ot_weight * l_ot, {"ot": float(l_ot.detach())}
+    if cfg.centroid:
+        l_c = centroid_loss(z_t, z_s)
+        loss = loss + cfg.centroid_weight * l_c
+        parts["centroid"] = float(l_c.detach())
+    return loss, parts
+
+
+# --------------------------------------------------------------------------------------------------
+# The T-Net (spec §2.4).
+
+def mmd_multi_kernel(x: torch.Tensor, y: torch.Tensor, n_kernels: int = 5, kernel_mul: float = 2.0) -> torch.Tensor:
+    """Multi-kernel Gaussian MMD² of the official mmd_loss.py (spec §2.4), a biased V-statistic.
+
+    U = [x; y], σ² = mean of ‖u_i − u_j‖² over i ≠ j (detached), K = Σ_m exp(−D / (σ² · mul^(m − n//2))),
+    MMD² = mean K_xx + mean K_yy − mean K_xy − mean K_yx (diagonals included).
+    """
+    u = torch.cat([x, y], 0)
+    n = u.shape[0]
+    sq = (u * u).sum(-1)
+    d2 = (sq[:, None] + sq[None, :] - 2 * u @ u.T).clamp_min(0.0)
+    sigma2 = (d2.detach().sum() / (n * n - n)).clamp_min(1e-12)
+    base = sigma2 / kernel_mul ** (n_kernels // 2)
+    kern = sum(torch.exp(-d2 / (base * kernel_mul**i)) for i in range(n_kernels))
+    b = x.shape[0]
+    return kern[:b, :b].mean() + kern[b:, b:].mean() - kern[:b, b:].mean() - kern[b:, :b].mean()
+
+
+class TNet(nn.Module):
+    """Hallucinates privileged pooled features from student-modality pooled features.
+
+    `mlp`: Linear–GELU–Linear–GELU–Linear; `linear`: two linear layers without activation (the
+    MT-PKDOT repo's T-Net is a purely linear stack).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, width: int = 256, arch: str = "mlp"):
+        super().__init__()
+        if arch == "mlp":
+            self.net = nn.Sequential(nn.Linear(in_dim, width), nn.GELU(), nn.Linear(width, width), nn.GELU(),
+                                     nn.Linear(width, out_dim))
+        elif arch == "linear":
+            self.net = nn.Sequential(nn.Linear(in_dim, width), nn.Linear(width, out_dim))
+        else:
+            raise ValueError(f"tnet.arch must be mlp or linear, got {arch!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def pooled_features(net: MultimodalNet, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None,
+                    modalities: tuple[str, ...]) -> torch.Tensor:
+    """Concatenated pooled encoder features [N, H · len(modalities)] of `net` for `modalities` only."""
+    lengths = lengths or {}
+    return torch.cat([net.encoders[m](inputs[m], lengths.get(m))[1] for m in modalities], -1)
+
+
+def tnet_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if kind == "mmd":
+        return mmd_multi_kernel(pred, target)
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    raise ValueError(f"tnet.loss must be mmd or mse, got {kind!r}")
+
+
+def _teacher_feature_pairs(teacher: MultimodalNet, split: Split, ctx: RunContext, batch_size: int
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    spec = ctx.spec
+    data = SplitTensors(split, ctx.device, spec.target.kind == "classification")
+    xs, ys = [], []
+    with torch.no_grad():
+        for b in data.batches(batch_size):
+            xs.append(pooled_features(teacher, b.inputs, b.lengths, spec.student_modalities))
+            ys.append(pooled_features(teacher, b.inputs, b.lengths, spec.privileged_modalities))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: Split, val: Split
+             ) -> tuple[TNet, dict]:
+    """The T-Net of this run's teacher and T-Net config: trained once (stored next to the teacher)
+    on the train split, the epoch with the lowest validation loss kept, then frozen."""
+    spec, hidden = ctx.spec, teacher.hidden
+    in_dim, out_dim = hidden * len(spec.student_modalities), hidden * len(spec.privileged_modalities)
+    cfg = OmegaConf.to_container(tcfg, resolve=True)
+    key = {**teacher_key(ctx), "role": "tnet", "tnet": {k: v for k, v in cfg.items() if k != "enabled"}}
+
+    def build():
+        torch.manual_seed(derive_seed(ctx.seed, ctx.cfg.task.name, ctx.fold, "tnet"))
+        return TNet(in_dim, out_dim, tcfg.width, tcfg.arch)
+
+    def train_fn(tnet: TNet) -> dict:
+        x_tr, y_tr = _teacher_feature_pairs(teacher, train, ctx, ctx.cfg.train.eval_batch_size)
+        x_va, y_va = _teacher_feature_pairs(teacher, val, ctx, ctx.cfg.train.eval_batch_size)
+        gen = torch.Generator().manual_seed(derive_seed(ctx.seed, ctx.cfg.task.name, ctx.fold, "tnet-batches"))
+        opt = torch.optim.Adam(tnet.parameters(), lr=tcfg.lr)
+
+        def val_scores() -> dict[str, float]:
+            tnet.eval()
+            with torch.no_grad():
+                pred = tnet(x_va)
+                return {"val_mmd": float(mmd_multi_kernel(pred, y_va)), "val_mse": float(F.mse_loss(pred, y_va))}
+
+        before = val_scores()
+        best = {"score": before[f"val_{tcfg.loss}"], "epoch": -1, "state": copy.deepcopy(tnet.state_dict())}
+        log, n, bs = [], len(x_tr), int(tcfg.batch_size)
+        for epoch in range(int(tcfg.epochs)):
+            tnet.train()
+            order, total, steps = torch.randperm(n, generator=gen), 0.0, 0
+            stop = n - (n % bs if n > bs else 0)  # drop_last, as the student loop
+            for start in range(0, stop, bs):
+                idx = order[start:start + bs]
+                loss = tnet_loss(tcfg.loss, tnet(x_tr[idx]), y_tr[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, steps = total + float(loss.detach()), steps + 1
+            scores = val_scores()
+            log.append({"epoch": epoch, "train_loss": total / max(steps, 1), **scores})
+            if scores[f"val_{tcfg.loss}"] < best["score"]:
+                best = {"score": scores[f"val_{tcfg.loss}"], "epoch": epoch, "state": copy.deepcopy(tnet.state_dict())}
+            if epoch - best["epoch"] > tcfg.patience:
+                break
+        tnet.load_state_dict(best["state"])
+        for entry in log:
+            entry["selected"] = entry["epoch"] == best["epoch"]
+        return {"log": log, "val_before": before, "val_selected": val_scores(), "selected_epoch": best["epoch"]}
+
+    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+        tnet, meta = ctx.teachers.get_or_train(key, build, train_fn, ctx.device)
+    ctx.logs.setdefault("tnet", meta.get("log", []))
+    ctx.extra["tnet"] = {"store_path": meta["store_path"], "reused": meta["reused"], "loss": tcfg.loss,
+                         "val_before": meta.get("val_before"), "val_selected": meta.get("val_selected"),
+                         "selected_epoch": meta.get("selected_epoch")}
+    return tnet, meta
+
+
+class PrivilegedStudent(nn.Module):
+    """The student: its own MultimodalNet, whose privileged fusion slots are fed by the frozen
+    (teacher encoders → T-Net) path. Only `net` is trained; only student modalities are read."""
+
+    def __init__(self, net: MultimodalNet, teacher: MultimodalNet | None, tnet: TNet | None,
+                 student_modalities: tuple[str, ...], privileged: tuple[str, ...]):
+        super().__init__()
+        self.net = net
+        self.student_modalities, self.privileged = tuple(student_modalities), tuple(privileged)
+        # Not registered as submodules: frozen, stored elsewhere, never in the student's optimizer/state.
+        self._frozen = (teacher, tnet)
+
+    def hallucinate(self, inputs, lengths) -> dict[str, torch.Tensor] | None:
+        teacher, tnet = self._frozen
+        if tnet is None:
+            return None
+        with torch.no_grad():
+            feats = tnet(pooled_features(teacher, inputs, lengths, self.student_modalities))
+        return dict(zip(self.privileged, feats.split(self.net.hidden, dim=-1)))
+
+    def forward(self, inputs, lengths=None) -> NetOutput:
+        return self.net(inputs, lengths, injected=self.hallucinate(inputs, lengths))
+
+
+def build_student(ctx: RunContext, cfg: DictConfig, teacher: MultimodalNet, train: Split, val: Split
+                  ) -> PrivilegedStudent:
+    """T-Net (trained or reused, frozen) + a student net with fusion slots for the privileged modalities."""
+    spec = ctx.spec
+    tnet = None
+    if cfg.tnet.enabled:
+        tnet, _ = get_tnet(ctx, cfg.tnet, teacher, train, val)
+        tnet.eval()
+        net = build_net(ctx, spec.student_modalities, slots=tuple(spec.student_modalities) + spec.privileged_modalities)
+    else:
+        net = build_net(ctx, spec.student_modalities)
+    return PrivilegedStudent(net, teacher, tnet, spec.student_modalities, spec.privileged_modalities)
+
+
+def student_predictor(student: PrivilegedStudent, ctx: RunContext):
+    classes = ctx.spec.target.kind == "classification"
+
+    def predict_fn(batch: Batch) -> torch.Tensor:
+        out = student(batch.inputs, batch.lengths).out
+        return out.softmax(-1) if classes else out
+    return predict_fn
+
+
+def student_train_cfg(ctx: RunContext, cfg: DictConfig) -> DictConfig:
+    """The run's train config with this method's batch size (null keeps train.batch_size)."""
+    if cfg.get("batch_size"):
+        return OmegaConf.merge(ctx.cfg.train, {"batch_size": int(cfg.batch_size)})
+    return ctx.cfg.train
+
+
+def predict_student(student: PrivilegedStudent, split: Split, ctx: RunContext) -> np.ndarray:
+    data = SplitTensors(split, ctx.device, ctx.spec.target.kind == "classification")
+    return predict_in_batches(student_predictor(student, ctx), data, ctx.cfg.train.eval_batch_size)
+
+
+@register_method
+class PKDOT(Method):
+    name = "pkdot"
+    description = "PKDOT: T-Net-hallucinated privileged slot + entropic-OT matching of teacher/student batch structure"
+
+    def fit(self, train: Split, val: Split) -> None:
+        ctx, cfg = self.ctx, self.cfg
+        check_config(cfg)
+        teacher, _ = get_teacher(ctx, train, val)
+        self.student = build_student(ctx, cfg, teacher, train, val)
+        target, reg = ctx.spec.target, ctx.cfg.train.regression_loss
+
+        def loss_fn(batch: Batch):
+            with torch.no_grad():
+                z_t = teacher(batch.inputs, batch.lengths).z
+            s_out = self.student(batch.inputs, batch.lengths)
+            l_task = task_loss(s_out.out, batch.targets, target, batch.mask, reg)
+            l_struct, parts = ot_terms(cfg, z_t, s_out.z)
+            loss = cfg.task_weight * l_task + l_struct
+            return loss, {"task": float(l_task.detach()), **parts}
+
+        fit("student", self.student.net, loss_fn, student_predictor(self.student, ctx), train, val, ctx,
+            student_train_cfg(ctx, cfg))
+
+    def predict(self, split: Split) -> np.ndarray:
+        return predict_student(self.student, split, self.ctx)

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny, fast configs of the synthetic task and an isolated results/cache folder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.config import compose_one
+
+torch.set_num_threads(1)  # the CI machine has 2 cores; keep tests from oversubscribing them
+
+# Small enough that a full kd run (teacher + student) takes about a second.
+TINY = ["task.n_subjects=10", "task.samples_per_subject=12", "task.seq_len=8", "train.max_epochs=3",
+        "train.patience=2", "model.hidden=16", "model.layers=1", "progress=false"]
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """compose a tiny run config writing under tmp_path: tiny_cfg('method=kd', 'seed=1')."""
+    def make(*overrides: str):
+        return compose_one([*TINY, f"results_dir={tmp_path / 'results'}", f"cache_dir={tmp_path / 'cache'}",
+                            *overrides])
+    return make

@@ -1,0 +1,49 @@
+"""The committed records: every predictions.csv re-scores to its record's metrics with independent
+code, and leaderboard.md is exactly what `harness leaderboard` generates from them."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from harness.leaderboard import collect, render, summarise
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = sorted((ROOT / "results").glob("*/*/*/record.json"))
+
+
+def ccc(t, p):
+    c = np.cov(t, p, bias=True)
+    return 2 * c[0, 1] / (c[0, 0] + c[1, 1] + (t.mean() - p.mean()) ** 2)
+
+
+@pytest.mark.skipif(not RECORDS, reason="no committed records")
+@pytest.mark.parametrize("path", RECORDS, ids=lambda p: str(p.parent.relative_to(ROOT / "results")))
+def test_committed_predictions_rescore_to_record_metrics(path):
+    rec = json.loads(path.read_text())
+    if rec["status"] != "ok":
+        pytest.skip("failed run")
+    pred = pd.read_csv(path.parent / "predictions.csv")
+    m = rec["metrics"]
+    if rec["task"] == "synthetic" and "ccc_mean" in m:
+        cv = ccc(pred.y_true_valence.to_numpy(), pred.y_pred_valence.to_numpy())
+        ca = ccc(pred.y_true_arousal.to_numpy(), pred.y_pred_arousal.to_numpy())
+        assert m["ccc_valence"] == pytest.approx(cv, abs=1e-5)
+        assert m["ccc_arousal"] == pytest.approx(ca, abs=1e-5)
+        assert m["ccc_mean"] == pytest.approx((cv + ca) / 2, abs=1e-5)
+    elif "accuracy" in m and "y_pred" in pred:
+        assert m["accuracy"] == pytest.approx(accuracy_score(pred.y_true, pred.y_pred), abs=1e-9)
+        assert m["f1_macro"] == pytest.approx(f1_score(pred.y_true, pred.y_pred, average="macro"), abs=1e-9)
+    else:
+        pytest.skip(f"no independent re-scorer here for {rec['task']}")
+
+
+def test_leaderboard_md_is_generated_from_the_records():
+    md = ROOT / "leaderboard.md"
+    if not RECORDS:
+        pytest.skip("no committed records")
+    df = collect(ROOT / "results")
+    assert md.read_text() == render(summarise(df), df), "leaderboard.md is stale: run `harness leaderboard`"

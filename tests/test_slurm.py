@@ -1,0 +1,174 @@
+"""SLURM sweeps for real, on the local single-node cluster (scripts/slurm_up.sh; partition `debug`, 2 CPUs,
+so an array runs two tasks at a time). Run with `python -m pytest -m slurm` (root starts the cluster).
+
+Covers: a 6-run sweep that completes with its records and a leaderboard (one job of it killed as a
+"crash" and re-sent: only that run goes out again); a sweep with a failing run (failed record with the
+error, the job FAILED in sacct, the others fine; re-sent: only the failed run goes out); a run preempted
+with SIGUSR2 that is requeued and resumes from its checkpoint with the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.cli import main
+from harness.config import compose_one
+from harness.leaderboard import write_leaderboard
+from harness.records import read_record
+from harness.runner import execute
+from harness.sweeps import SLURM_ACTIVE, read_manifests, run_states, slurm_states
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.slurm
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def partition() -> str:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from slurm_env import PARTITION, ensure_cluster
+
+    ensure_cluster()  # raises with the daemon's log when the cluster cannot start
+    return PARTITION
+
+
+def send(tmp_path: Path, partition: str, *overrides: str) -> dict | None:
+    """`harness run -m ... hydra/launcher=slurm_cpu` (in this process); the new sweep's manifest, if any."""
+    results = tmp_path / "results"
+    before = {m["sweep_id"] for m in read_manifests(results)}
+    assert main(["run", "-m", *overrides, "hydra/launcher=slurm_cpu", f"launcher.partition={partition}",
+                 f"results_dir={results}", f"cache_dir={tmp_path / 'cache'}"]) == 0
+    new = [m for m in read_manifests(results) if m["sweep_id"] not in before]
+    return new[0] if new else None
+
+
+def wait(manifest: dict, timeout: float = 600) -> list:
+    """Poll until every run of the sweep is done or failed and its job has ended in sacct."""
+    end = time.time() + timeout
+    while True:
+        states = run_states(manifest)
+        jobs = slurm_states([r["job_id"] for r in manifest["runs"]])
+        if all(s.state in ("done", "failed") for s in states) and not set(jobs.values()) & set(SLURM_ACTIVE):
+            return states
+        if time.time() > end:
+            pytest.fail(f"sweep {manifest['sweep_id']} not finished after {timeout}s: "
+                        + ", ".join(f"{s.run['job_id']} {s.state} {s.detail}" for s in states))
+        time.sleep(2)
+
+
+def test_sweep_completes_with_records_and_leaderboard_and_resend_after_a_crash(partition, tmp_path, capsys):
+    m = send(tmp_path, partition, "method=student,kd", "seed=0,1,2", *TINY)
+    assert m["n_submitted"] == 6 and m["executor"] == "slurm"
+    arrays = {r["job_id"].split("_")[0] for r in m["runs"]}
+    assert len(arrays) == 1  # one sbatch: one job array for the sweep
+    (array,) = arrays
+    assert sorted(r["job_id"] for r in m["runs"]) == [f"{array}_{i}" for i in range(6)]
+    # A "crash": the last task of the array is killed before it runs (two run at a time, it is still pending).
+    crashed = m["runs"][5]
+    subprocess.run(["scancel", crashed["job_id"]], check=True)
+    states = wait(m)
+    by_dir = {s.run["run_dir"]: s for s in states}
+    assert by_dir[crashed["run_dir"]].state == "failed"
+    # SLURM keeps no accounting record of an array task cancelled while pending: sacct does not list it.
+    assert "gone from the scheduler without writing a record" in by_dir[crashed["run_dir"]].detail
+    assert [s.state for s in states].count("done") == 5
+    sacct = slurm_states([r["job_id"] for r in m["runs"]])
+    assert [sacct.get(r["job_id"]) for r in m["runs"]] == ["COMPLETED"] * 5 + [None]
+
+    # Re-sent after the crash: only the missing run goes out.
+    again = send(tmp_path, partition, "method=student,kd", "seed=0,1,2", *TINY)
+    assert (again["n_submitted"], again["n_skipped_recorded"]) == (1, 5)
+    assert [r["run_dir"] for r in again["runs"]] == [crashed["run_dir"]]
+    assert [s.state for s in wait(again)] == ["done"]
+    assert send(tmp_path, partition, "method=student,kd", "seed=0,1,2", *TINY) is None  # nothing left to send
+
+    for run in m["runs"]:
+        rec = read_record(Path(run["run_dir"]))
+        assert rec["status"] == "ok" and rec["data_source"] == "synthetic"
+        sweep = again if run is crashed else m
+        want_job = sweep["runs"][0]["job_id"] if run is crashed else run["job_id"]
+        assert rec["launch"]["sweep_id"] == sweep["sweep_id"] and rec["launch"]["job_id"] == want_job
+        assert rec["launch"]["requeues"] == 0 and rec["config"]["train"]["checkpoint"] is True
+        assert not list(Path(run["run_dir"]).glob("checkpoint_*"))
+        assert Path(run["stdout"]).exists() or run is crashed
+    _, summary = write_leaderboard(tmp_path / "results", tmp_path / "lb.md", tmp_path / "lb.csv")
+    runs = summary.drop_duplicates("method").set_index("method")
+    assert runs.loc["student", "n_runs"] == 3 and runs.loc["kd", "n_runs"] == 3
+    assert runs.loc["student", "n_failed"] == 0 and runs.loc["kd", "n_failed"] == 0
+    capsys.readouterr()
+    assert main(["status", "--results", str(tmp_path / "results"), "--sweep", m["sweep_id"]]) == 0
+    assert "6 runs: 6 done, 0 running, 0 pending, 0 failed" in capsys.readouterr().out
+
+
+def test_a_failing_run_fails_alone_and_is_the_only_one_sent_again(partition, tmp_path, capsys):
+    m = send(tmp_path, partition, "method=student", "fold=0,9", *TINY)  # the synthetic task has folds 0..4
+    states = {s.run["fold"]: s for s in wait(m)}
+    assert states[0].state == "done" and states[9].state == "failed"
+    assert "TaskError: fold=9 is out of range" in states[9].detail
+    job = {r["fold"]: r for r in m["runs"]}
+    ok, failed = read_record(Path(job[0]["run_dir"])), read_record(Path(job[9]["run_dir"]))
+    assert ok["status"] == "ok"
+    assert failed["status"] == "failed" and "fold=9 is out of range" in failed["error"]
+    assert failed["launch"]["job_id"] == job[9]["job_id"]
+    # The job's own exit status says it failed; its log does not claim success.
+    sacct = slurm_states([job[0]["job_id"], job[9]["job_id"]])
+    assert (sacct[job[0]["job_id"]], sacct[job[9]["job_id"]]) == ("COMPLETED", "FAILED")
+    log = Path(job[9]["stderr"]).read_text() + Path(job[9]["stdout"]).read_text()
+    assert "RunFailed" in log and "Job completed successfully" not in log
+    capsys.readouterr()
+    assert main(["status", "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs: 1 done, 0 running, 0 pending, 1 failed" in out
+    assert "TaskError: fold=9 is out of range" in out and job[9]["stderr"] in out
+
+    again = send(tmp_path, partition, "method=student", "fold=0,9", *TINY)
+    assert (again["n_submitted"], again["n_skipped_recorded"]) == (1, 1)
+    assert [r["fold"] for r in again["runs"]] == [9]
+    subprocess.run(["scancel", again["runs"][0]["job_id"]], check=True)  # it would fail the same way
+
+
+def test_a_preempted_run_is_requeued_and_resumes_from_its_checkpoint(partition, tmp_path):
+    # ~0.3 s per epoch here: long enough to be signalled mid-training.
+    knobs = ["method=student", "model.hidden=16", "model.layers=1", "train.max_epochs=60", "train.patience=60"]
+    m = send(tmp_path, partition, *knobs)
+    (run,) = m["runs"]
+    ckpt = Path(run["run_dir"]) / "checkpoint_student.pt"
+    end = time.time() + 300
+    while time.time() < end:
+        if ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] >= 2:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"no checkpoint of epoch 2 after 300 s; see {run['stderr']}")
+    subprocess.run(["scancel", "--signal=USR2", run["job_id"]], check=True)  # what a preemption sends
+
+    # While SLURM requeues it (~30-60 s), the same run uninterrupted, in this process, as the reference.
+    ref_cfg = compose_one([*knobs, "train.checkpoint=true", "progress=false", f"results_dir={tmp_path}/ref",
+                           f"cache_dir={tmp_path}/ref_cache"])
+    reference = execute(ref_cfg)
+
+    assert [s.state for s in wait(m)] == ["done"], Path(run["stderr"]).read_text()[-2000:]
+    rec = read_record(Path(run["run_dir"]))
+    assert rec["launch"]["requeues"] == 1 and rec["launch"]["slurm_restart_count"] == 1
+    assert rec["extra"]["resumed_from_epoch"]["student"] >= 3
+    assert [e["epoch"] for e in rec["logs"]["student"]] == list(range(60))
+    assert rec["metrics"] == pytest.approx(reference["metrics"], abs=1e-6)
+    history = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State", "-j", run["job_id"]],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert any(line.endswith("|REQUEUED") for line in history) and history[-1].endswith("|COMPLETED")
+    log = Path(run["stdout"]).read_text() + Path(run["stderr"]).read_text()
+    assert "Caught signal SIGUSR2" in log and "this job is preempted" in log
+
+
+def test_a_refused_submission_fails_in_one_line_and_leaves_nothing(partition, tmp_path, capsys):
+    code = main(["run", "-m", "method=student", "seed=0,1", "hydra/launcher=slurm_cpu", "launcher.partition=nope",
+                 f"results_dir={tmp_path}"])
+    assert code == 2
+    assert "the scheduler refused the sweep, nothing was submitted" in capsys.readouterr().err
+    assert not list((tmp_path / "_sweeps").iterdir())

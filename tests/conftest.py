@@ -12,6 +12,9 @@ torch.set_num_threads(1)  # the CI machine has 2 cores; keep tests from oversubs
 # Small enough that a full kd run (teacher + student) takes about a second.
 TINY = ["task.n_subjects=10", "task.samples_per_subject=12", "task.seq_len=8", "train.max_epochs=3",
         "train.patience=2", "model.hidden=16", "model.layers=1", "progress=false"]
+# Methods with their own network/training keys (not model.* / train.*) get their tiny settings here.
+METHOD_TINY = {"dmd": ["method.d=8", "method.heads=2", "method.layers=1", "method.training.max_epochs=2",
+                       "method.training.update_every=2"]}
 
 
 @pytest.fixture
@@ -23,6 +26,7 @@ def workdir(tmp_path):
 def tiny_cfg(tmp_path):
     """compose a tiny run config writing under tmp_path: tiny_cfg('method=kd', 'seed=1')."""
     def make(*overrides: str):
+        method = next((o.split("=", 1)[1] for o in overrides if o.startswith("method=")), None)
         return compose_one([*TINY, f"results_dir={tmp_path / 'results'}", f"cache_dir={tmp_path / 'cache'}",
-                            *overrides])
+                            *overrides, *METHOD_TINY.get(method, [])])
     return make

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 NON_SEMANTIC_KEYS = ("results_dir", "overwrite", "device", "progress", "cache_dir", "launcher", "train.checkpoint",
                      "task.data_root", "task.mimic_dir", "task.cache_dir", "task.feature_cache", "task.feature_cache_dir",
                      "sweep_name")
+# Keys added after records existed, at the value that reproduces those records: left out of the key at that
+# value, so older records keep their run keys (resume finds them) and share leaderboard rows with new ones.
+KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "privileged"}
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf", "submitit",
             "datasets", "pkd-harness")
 
@@ -44,6 +47,17 @@ def semantic_config(cfg: DictConfig | dict, also_drop: tuple[str, ...] = ()) -> 
     d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))
     for key in NON_SEMANTIC_KEYS + also_drop:
         _drop(d, key)
+    for key, neutral in KEYS_NEUTRAL_AT.items():
+        if _get(d, key) == neutral:
+            _drop(d, key)
+    return d
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)
     return d
 
 

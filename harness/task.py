@@ -30,6 +30,10 @@ class Task:
     # Published reference numbers on the REAL dataset: dicts with keys
     # method, metrics {name: value}, citation, setting (protocol / split / features), note.
     published: ClassVar[list[dict[str, Any]]] = []
+    # Config key choosing what the evaluated model sees at test: privileged (the student's modalities; the
+    # others are privileged, train-time only) or full (every modality, the multimodal literature's setting,
+    # where e.g. DMD is the paper's model). BioVid names it modality_protocol: its `protocol` is the fold scheme.
+    modality_protocol_key: ClassVar[str] = "protocol"
 
     def __init__(self, cfg: DictConfig | dict):
         self.cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
@@ -61,6 +65,24 @@ class Task:
         raise TaskError(f"task '{cls.name}' has no on-disk format to mimic (it is generated in memory)")
 
     # --- shared behaviour --------------------------------------------------------------------
+    @property
+    def full_protocol(self) -> bool:
+        """True when task.<modality_protocol_key>=full: every modality at test, none privileged."""
+        key = self.modality_protocol_key
+        value = self.cfg.get(key, "privileged")
+        if value not in ("privileged", "full"):
+            raise TaskError(f"task.{key}={value!r}: choose privileged (the student's modalities at test, the others "
+                            f"privileged) or full (every modality at test)")
+        return value == "full"
+
+    def test_modalities(self, student: tuple[str, ...], modalities) -> tuple[str, ...]:
+        """What the evaluated model sees at test under the chosen modality protocol."""
+        return tuple(modalities) if self.full_protocol else tuple(student)
+
+    def protocol_suffix(self) -> str:
+        """Appended to variant(): full-protocol runs never share a leaderboard row with privileged ones."""
+        return f", {self.modality_protocol_key}=full (all modalities at test)" if self.full_protocol else ""
+
     def check_fold(self, fold: int) -> None:
         if not 0 <= fold < self.n_folds:
             raise TaskError(f"fold={fold} is out of range for task '{self.name}', which has folds 0..{self.n_folds - 1}"

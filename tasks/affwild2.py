@@ -208,6 +208,7 @@ class AffWild2(Task):
         c = self.cfg
         if int(c.window) < 1 or int(c.train_stride) < 1:
             raise TaskError(f"task.window={c.window} and task.train_stride={c.train_stride} must be >= 1 frame")
+        self.full_protocol  # noqa: B018 -- validates task.protocol up front
         if c.fps != "auto":
             try:
                 ok = float(c.fps) > 0
@@ -244,7 +245,8 @@ class AffWild2(Task):
     @property
     def spec(self) -> TaskSpec:
         d = self._dataset
-        return TaskSpec(modalities={"visual": d["visual_dim"], "audio": d["audio_dim"]}, student_modalities=("visual",),
+        modalities = {"visual": d["visual_dim"], "audio": d["audio_dim"]}
+        return TaskSpec(modalities=modalities, student_modalities=self.test_modalities(("visual",), modalities),
                         target=TargetSpec("regression", ("valence", "arousal"), per_step=True),
                         metrics=("ccc_mean", "ccc_valence", "ccc_arousal"))
 
@@ -253,7 +255,8 @@ class AffWild2(Task):
         return 1
 
     def variant(self) -> str:
-        return f"valence/arousal per frame, official Validation_Set as test, windows of {self.cfg.window}"
+        return (f"valence/arousal per frame, official Validation_Set as test, windows of {self.cfg.window}"
+                + self.protocol_suffix())
 
     # --- loading ----------------------------------------------------------------------------------
     @cached_property

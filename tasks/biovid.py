@@ -227,6 +227,7 @@ def read_fold_file(path: Path) -> list[tuple[int, str, int, int, int, int]]:
 
 @register_task
 class BioVid(Task):
+    modality_protocol_key = "modality_protocol"  # `protocol` is the fold scheme here
     name = "biovid"
     description = "BioVid heat pain (Part A/B): face video features -> pain; physiological signals privileged"
     mimic_version = 3  # bump when write_mimic changes: source=mimic then writes a fresh tree
@@ -257,6 +258,7 @@ class BioVid(Task):
             raise TaskError(f"task.protocol={c.protocol!r}: choose one of {list(PROTOCOLS)}")
         if c.signals not in ("filtered", "raw"):
             raise TaskError(f"task.signals={c.signals!r}: choose filtered (biosignals_filtered/) or raw (biosignals_raw/)")
+        self.full_protocol  # noqa: B018 -- validates task.modality_protocol up front
         if c.on_missing not in ("error", "drop"):
             raise TaskError(f"task.on_missing={c.on_missing!r}: choose error or drop")
         if c.protocol == "folds_file" and not c.get("folds_dir"):
@@ -297,8 +299,9 @@ class BioVid(Task):
             target = TargetSpec("classification", ("pain",), n_classes=2, class_names=("BL1", "PA4"))
         else:
             target = TargetSpec("classification", ("pain",), n_classes=5, class_names=CLASS_NAMES)
-        return TaskSpec(modalities={"visual": d["visual"].shape[2], "physio": d["physio"].shape[2]},
-                        student_modalities=("visual",), target=target, metrics=("accuracy", "f1_macro"))
+        modalities = {"visual": d["visual"].shape[2], "physio": d["physio"].shape[2]}
+        return TaskSpec(modalities=modalities, student_modalities=self.test_modalities(("visual",), modalities),
+                        target=target, metrics=("accuracy", "f1_macro"))
 
     @property
     def n_folds(self) -> int:
@@ -325,7 +328,7 @@ class BioVid(Task):
             extra.append("deduplicated")
         if c.exclude_subjects:
             extra.append("reduced67" if c.exclude_subjects == "reduced67" else f"{len(c.exclude_subjects)} subjects excluded")
-        return ", ".join([labels, protocol, *extra])
+        return ", ".join([labels, protocol, *extra]) + self.protocol_suffix()
 
     # --- loading ----------------------------------------------------------------------------------
     def _label_of(self, class_id: int) -> int | None:

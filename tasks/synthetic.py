@@ -97,6 +97,7 @@ class Synthetic(Task):
             raise TaskError(f"task.target={cfg.target!r}: choose regression or classes")
         if cfg.target == "classes" and cfg.n_classes not in (2, 5):
             raise TaskError(f"task.n_classes={cfg.n_classes}: the synthetic task has 5 levels (5) or lowest-vs-highest (2)")
+        self.full_protocol  # noqa: B018 -- validates task.protocol up front
 
     @property
     def data_source(self) -> str:
@@ -118,12 +119,14 @@ class Synthetic(Task):
             names = ("level0", "level1", "level2", "level3", "level4") if c.n_classes == 5 else ("low", "high")
             target = TargetSpec("classification", ("level",), n_classes=int(c.n_classes), class_names=names)
             metrics = ("accuracy", "f1_macro", "f1_weighted")
-        return TaskSpec(modalities=modalities, student_modalities=("visual",), target=target, metrics=metrics)
+        return TaskSpec(modalities=modalities, student_modalities=self.test_modalities(("visual",), modalities),
+                        target=target, metrics=metrics)
 
     def variant(self) -> str:
         c = self.cfg
         kind = "valence/arousal regression" if c.target == "regression" else f"{c.n_classes}-class"
-        return kind + ("" if list(c.privileged) == ["physio"] else f", privileged={'+'.join(c.privileged)}")
+        return (kind + ("" if list(c.privileged) == ["physio"] else f", privileged={'+'.join(c.privileged)}")
+                + self.protocol_suffix())
 
     def load_fold(self, fold: int) -> FoldData:
         self.check_fold(fold)

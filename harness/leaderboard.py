@@ -88,6 +88,9 @@ def render(summary: pd.DataFrame, df: pd.DataFrame) -> str:
     for (task, variant, source), sec in summary.groupby(["task", "variant", "data_source"], sort=True):
         title = f"## {task}" + (f" — {variant}" if variant else "") + f" — {source} data"
         lines += [title, "", f"_{SOURCE_NOTE.get(source, source)}_", ""]
+        note = task_note(task)
+        if note:
+            lines += [f"Note: {note}", ""]
         ok = sec[sec.metric.notna()]
         primary = ok.primary_metric.dropna().iloc[0] if ok.primary_metric.notna().any() else None
         metrics = ([primary] if primary else []) + [m for m in dict.fromkeys(ok.metric) if m != primary]
@@ -135,7 +138,15 @@ def render(summary: pd.DataFrame, df: pd.DataFrame) -> str:
         lines += ["## Published reference numbers (real datasets, as stated by the papers)", "",
                   "_From each task's metadata with its citation; compare only with rows computed on real data._", "",
                   published, ""]
+        notes = [f"- {name}: {cls.leaderboard_note}" for name, cls in TASKS.items()
+                 if cls.leaderboard_note and cls.published]
+        if notes:
+            lines += ["Notes on comparing the harness with these numbers:", *notes, ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def task_note(task: str) -> str:
+    return TASKS.get(task).leaderboard_note if task in TASKS.names() else ""
 
 
 def published_table() -> str:

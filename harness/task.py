@@ -34,6 +34,9 @@ class Task:
     # others are privileged, train-time only) or full (every modality, the multimodal literature's setting,
     # where e.g. DMD is the paper's model). BioVid names it modality_protocol: its `protocol` is the fold scheme.
     modality_protocol_key: ClassVar[str] = "protocol"
+    # Printed under every leaderboard section of this task and beside its published numbers: what the
+    # harness does differently from the papers (e.g. frozen text features), so no row is misread.
+    leaderboard_note: ClassVar[str] = ""
 
     def __init__(self, cfg: DictConfig | dict):
         self.cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)

@@ -817,17 +817,25 @@ def plot_edges(edges: dict, path) -> None:
 # The method
 # ----------------------------------------------------------------------------------------------
 
-def resolve_hparams(cfg: DictConfig, task_name: str) -> dict:
-    """The method config as a plain dict, with the per-dataset preset applied (`preset: auto`)."""
+def resolve_hparams(cfg: DictConfig, task_name: str, target_kind: str | None = None) -> dict:
+    """The method config as a plain dict, with the per-dataset preset applied (`preset: auto`).
+
+    `preset: auto` on a classification target also selects on the validation loss (the official KeyEval):
+    accuracy on a small validation split is a step function that sits at chance through DMD's slow first
+    epochs (lr 1e-4, a few accumulated updates per epoch), so early stopping on it ends training before
+    DMD learns (seen on synthetic 5-class: stopped at epoch 11 with validation cross-entropy still falling)."""
     hp = OmegaConf.to_container(cfg, resolve=True)
     preset = hp.get("preset", "auto")
+    if preset == "auto" and target_kind == "classification":
+        hp["training"] = {**hp["training"], "select_on": "loss"}
+        hp["preset_applied"] = "classification: select_on=loss"
     key = task_name if preset == "auto" else preset
     if preset not in ("auto", "none", None) and preset not in PRESETS:
         raise ValueError(f"method.preset={preset!r}: choose auto, none or one of {sorted(PRESETS)}")
     if preset not in ("none", None) and key in PRESETS:
         for k, v in copy.deepcopy(PRESETS[key]).items():
             hp[k] = {**hp[k], **v} if k == "training" else v
-        hp["preset_applied"] = key
+        hp["preset_applied"] = f"{hp['preset_applied']}; {key}" if hp.get("preset_applied") else key
     for k in ("kernel_by_modality", "attn_dropout_by_modality", "input_dropout_by_modality"):
         hp[k] = dict(hp.get(k) or {})
     return hp
@@ -872,7 +880,7 @@ class DMD(Method):
 
     def __init__(self, cfg: DictConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
-        self.hp = resolve_hparams(cfg, str(ctx.cfg.task.name))
+        self.hp = resolve_hparams(cfg, str(ctx.cfg.task.name), ctx.spec.target.kind)
 
     # --- data helpers ------------------------------------------------------------------------
     def _targets_split(self, split: Split) -> Split:

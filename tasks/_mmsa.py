@@ -206,6 +206,9 @@ def audit_ids(splits: dict[str, Split]) -> dict[str, int]:
 # The task base
 
 class PickleTask(Task):
+    leaderboard_note = ("Text = the pickle's precomputed, frozen BERT features (`text`); the harness does not "
+                        "fine-tune BERT. The papers' DMD* / 'BERT fine-tuned' rows do, so a harness `dmd` row "
+                        "on the real data is DMD with frozen text features, not a reproduction of DMD*.")
     """A task read from one feature pickle with its own train/valid/test split (one fold).
 
     Subclasses set the class attributes, `file_name`, `metric_names`, `read(data, path) -> (splits, info)`

@@ -584,3 +584,17 @@ def test_checkpoint_resume(tmp_path):
     assert second.ctx.extra["resumed_from_epoch"]["student"] == 1
     log = second.ctx.logs["student"]
     assert [e["epoch"] for e in log] == [0, 1] and log[0]["train_loss"] == first.ctx.logs["student"][0]["train_loss"]
+
+
+def test_preset_auto_selects_on_validation_loss_for_classes_and_mosi_only():
+    """preset auto: loss (the official KeyEval) on classification targets and on mosi/mosei; the task's primary
+    metric for other regression tasks; preset none keeps the yaml's value everywhere."""
+    cfg = method_cfg()
+    assert resolve_hparams(cfg, "synthetic", "regression")["training"]["select_on"] == "primary"
+    hp = resolve_hparams(cfg, "synthetic", "classification")
+    assert hp["training"]["select_on"] == "loss" and hp["preset_applied"] == "classification: select_on=loss"
+    assert hp["training"]["lr"] == cfg.training.lr  # the rest of the training block is untouched
+    assert resolve_hparams(cfg, "mosi", "regression")["training"]["select_on"] == "loss"
+    none = OmegaConf.merge(cfg, {"preset": "none"})
+    assert resolve_hparams(none, "iemocap", "classification")["training"]["select_on"] == "primary"
+    assert resolve_hparams(none, "mosi", "regression")["training"]["select_on"] == "primary"

@@ -69,3 +69,24 @@ def test_row_labels_show_only_method_settings(tmp_path):
     text = render(summarise(collect(tmp_path)), collect(tmp_path))
     assert "| kd [method.temperature=2 train.lr=0.01]" in text
     assert "results_dir" not in text and "+0.100" in text
+
+
+def test_frozen_text_note_sits_under_mmsa_sections_and_beside_published_numbers(tmp_path):
+    """The harness feeds frozen BERT features; DMD* rows fine-tune BERT: every mosi section says so."""
+    from harness.registry import TASKS
+
+    fake_record(tmp_path, "dmd", 0, 0, 0.5)
+    rec_path = next(tmp_path.glob("synthetic/dmd/*/record.json"))
+    rec = json.loads(rec_path.read_text())
+    rec.update(task="mosi", task_variant="aligned, frozen BERT features, protocol=full", data_source="mimic")
+    (tmp_path / "mosi" / "dmd" / rec["run_key"]).mkdir(parents=True)
+    (tmp_path / "mosi" / "dmd" / rec["run_key"] / "record.json").write_text(json.dumps(rec))
+    fake_record(tmp_path, "student", 0, 0, 0.4)
+    df = collect(tmp_path)
+    text = render(summarise(df), df)
+    note = TASKS.get("mosi").leaderboard_note
+    assert "frozen BERT features" in note and "DMD*" in note
+    mosi = text.split("## mosi")[1].split("## ")[0]
+    synthetic = text.split("## synthetic")[1].split("## ")[0]
+    assert f"Note: {note}" in mosi and "Note:" not in synthetic
+    assert f"- mosi: {note}" in text.split("## Published reference numbers")[1]

@@ -4,8 +4,9 @@
 
 Every shape is timed for two variants of the same model, interleaved step by step so both see the same
 machine load (this CPU is shared by several agents):
-- `fast`      : methods/dmd.py as configured (fast_kernels=true): in-place dropout masks from torch.rand,
-                baddbmm with the additive causal mask;
+- `fast`      : methods/dmd.py as configured (fast_kernels=true): encoders of one shape run as one stacked
+                group, the last layer of a last-step readout computes that step only, dropout masks from
+                16-bit slices of PCG64 words;
 - `reference` : the same network with plain kernels (fast_kernels=false): F.dropout everywhere and bmm +
                 mask add, i.e. the op structure of the official MulT/DMD code, our unoptimised variant.
 - `official`  (optional, `--official DIR`): a local CPU adaptation of the official mdswyz/DMD model and

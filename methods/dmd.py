@@ -29,9 +29,10 @@ task's order (the spec's L, V, A is the 3-node case):
   Edge inputs are not detached (faithful, §6.4); `gd.detach_edge_inputs=true` is the clean variant.
 - losses (§2.5-2.6): task L1 (regression, as the paper) or cross-entropy (classes) on every head;
   reconstruction and cycle MSE; orthogonality between X^prt and X^com written out explicitly
-  (`ort_mode`: `batch_axis` = the torch-1.9 behaviour of CosineEmbeddingLoss on 3-D input, the
-  faithful default; `per_sample` = the paper's intent), never through CosineEmbeddingLoss on 3-D
-  tensors; the margin (hinge) loss vectorised over anchors, positives by exact equality of the
+  (`ort_mode`: `per_sample` = one cosine per sample, the paper's intent and the default;
+  `batch_axis` = the torch-1.9 behaviour of the official CosineEmbeddingLoss on 3-D input, for a
+  faithful reproduction), never through CosineEmbeddingLoss on 3-D tensors (it raises on current
+  torch); the margin (hinge) loss vectorised over anchors, positives by exact equality of the
   label vector, margin margin_scale·mean_k|y_i - y_j| (regression; = 0.15·|dy| for one dim) or
   margin_scale·(share of heads whose class differs) (classes, order-free).
 
@@ -608,7 +609,7 @@ class GraphDistillationUnit(nn.Module):
 # Decoupling losses (§2.5)
 # ----------------------------------------------------------------------------------------------
 
-def orthogonality_loss(private: torch.Tensor, shared: torch.Tensor, mode: str = "batch_axis") -> torch.Tensor:
+def orthogonality_loss(private: torch.Tensor, shared: torch.Tensor, mode: str = "per_sample") -> torch.Tensor:
     """mean max(0, cos(X^prt, X^com)) on [B, d, T'] tensors.
 
     batch_axis: one cosine per (channel, step) taken ACROSS the batch (what CosineEmbeddingLoss did on

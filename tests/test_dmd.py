@@ -469,7 +469,7 @@ def test_config_and_presets():
     cfg = method_cfg()
     hp = resolve_hparams(cfg, "mosi")
     assert (hp["d"], hp["heads"], hp["layers"], hp["kernel"]) == (50, 10, 4, 5)
-    assert hp["loss"]["homo_gd"] == hp["loss"]["het_gd"] == 0.05 and hp["loss"]["ort_mode"] == "batch_axis"
+    assert hp["loss"]["homo_gd"] == hp["loss"]["het_gd"] == 0.05 and hp["loss"]["ort_mode"] == "per_sample"
     assert hp["training"]["lr"] == 1e-4 and hp["training"]["update_every"] == 10 and hp["training"]["clip_value"] == 0.6
     assert hp["training"]["select_on"] == "loss"  # the official KeyEval on the official datasets
     assert resolve_hparams(cfg, "synthetic")["training"]["select_on"] == "primary"

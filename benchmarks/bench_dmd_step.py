@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 from tabulate import tabulate
 
 from harness.data import TargetSpec
-from methods.dmd import DMDLoss, build_dmd, count_parameters, resolve_hparams
+from methods.dmd import DMDLoss, build_dmd, count_parameters, make_optimizer, resolve_hparams
 
 CONF = Path(__file__).resolve().parents[1] / "harness" / "conf" / "method" / "dmd.yaml"
 SHAPES = {  # name: (preset task, dims, lengths)
@@ -59,7 +59,7 @@ def make_step(task: str, dims: dict, lens: dict, fast: bool, batch: int = 16):
     net, homo, het, _ = build_dmd(dims, lens, TargetSpec("regression", ("sentiment",)), hp, tuple(dims))
     loss_fn = DMDLoss(net, homo, het, hp["loss"])
     params = list(net.parameters()) + list(homo.parameters()) + list(het.parameters())
-    opt = torch.optim.Adam(params, lr=1e-4)
+    opt = make_optimizer(params, hp["training"])  # the method's own optimizer (fused Adam, lr 1e-4)
     gen = torch.Generator().manual_seed(0)
     x = {m: torch.randn(batch, lens[m], d, generator=gen) for m, d in dims.items()}
     y = torch.randn(batch, 1, generator=gen).clamp(-3, 3)

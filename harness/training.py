@@ -68,7 +68,7 @@ def predict_in_batches(fn: Callable[[Batch], torch.Tensor], data: SplitTensors, 
     return np.concatenate(outs, axis=0)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
+def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -165,7 +165,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
             bar.update(1)
         stop = epoch - best["epoch"] >= train_cfg.patience
         if ckpt_path is not None:
-            _atomic_torch_save({"module": module.state_dict(), "optimizer": opt.state_dict(), "best": best,
+            atomic_torch_save({"module": module.state_dict(), "optimizer": opt.state_dict(), "best": best,
                                 "log": log, "epoch": epoch, "stopped": stop, "generator": gen.get_state(),
                                 "torch_rng": torch.get_rng_state(),
                                 "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},

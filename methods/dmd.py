@@ -110,7 +110,7 @@ from harness.method import Method, RunContext
 from harness.predictions import make_predictions
 from harness.registry import register_method
 from harness.task import TaskError
-from harness.training import Batch, SplitTensors, predict_in_batches
+from harness.training import Batch, SplitTensors, atomic_torch_save, predict_in_batches
 
 # Paper priors (run.py): edges (teacher role, student role) with prior logit 1, all others 0.
 PAPER_PRIOR_EDGES = {"homo": {("L", "V"), ("L", "A")}, "hetero": {("L", "V"), ("L", "A"), ("V", "A")}}
@@ -1017,7 +1017,7 @@ class DMD(Method):
         log: list[dict] = []
         hist = {"homo": [], "hetero": []}
         best = {"score": -math.inf, "epoch": -1, "state": copy.deepcopy(self.model.state_dict())}
-        start_epoch = 0
+        start_epoch, resumed_stop = 0, None
         ckpt = ctx.run_dir / "checkpoint_dmd.pt" if ctx.cfg.train.get("checkpoint", False) else None
         if ckpt is not None and ckpt.exists():
             ck = torch.load(ckpt, map_location=ctx.device, weights_only=False)
@@ -1025,15 +1025,20 @@ class DMD(Method):
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
             gen.set_state(ck["generator"])
+            # dropout draws from torch's global stream: restore it, so a resumed run equals an uninterrupted one
+            torch.set_rng_state(ck["torch_rng"])
+            if ck["cuda_rng"] is not None and ctx.device.type == "cuda":
+                torch.cuda.set_rng_state_all(ck["cuda_rng"])
             best, log, hist, start_epoch = ck["best"], ck["log"], ck["edge_history"], ck["epoch"] + 1
+            resumed_stop = ck["stop_reason"]  # a checkpoint of the stopping epoch must not train further
             ctx.extra.setdefault("resumed_from_epoch", {})["student"] = start_epoch
         bar = None
         if ctx.progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=int(tr["max_epochs"]), initial=start_epoch, desc="dmd", unit="ep", leave=False,
                        dynamic_ncols=True)
-        stop_reason = "max_epochs"
-        for epoch in range(start_epoch, int(tr["max_epochs"])):
+        stop_reason = resumed_stop or "max_epochs"
+        for epoch in range(start_epoch, start_epoch if resumed_stop else int(tr["max_epochs"])):
             t0 = time.perf_counter()
             self.model.train()
             sums: dict[str, float] = {}
@@ -1080,17 +1085,20 @@ class DMD(Method):
                 bar.set_postfix({"loss": f"{entry['train_loss']:.3f}", "val_loss": f"{val_loss:.3f}",
                                  f"val_{metric}": f"{val_metrics[metric]:.3f}", "best_ep": best["epoch"]})
                 bar.update(1)
-            if ckpt is not None:
-                tmp = ckpt.with_suffix(f".tmp{id(self)}")
-                torch.save({"model": self.model.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "generator": gen.get_state(), "best": best, "log": log,
-                            "edge_history": hist, "epoch": epoch}, tmp)
-                tmp.replace(ckpt)
+            stop = None
             if epoch - best["epoch"] >= int(tr["early_stop"]):
-                stop_reason = "early_stop"
-                break
-            if opt.param_groups[0]["lr"] < float(tr["min_lr"]):
-                stop_reason = "min_lr"  # the schedule has given up: further epochs only creep
+                stop = "early_stop"
+            elif opt.param_groups[0]["lr"] < float(tr["min_lr"]):
+                stop = "min_lr"  # the schedule has given up: further epochs only creep
+            if ckpt is not None:
+                atomic_torch_save({"model": self.model.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "generator": gen.get_state(), "best": best,
+                                    "log": log, "edge_history": hist, "epoch": epoch, "stop_reason": stop,
+                                    "torch_rng": torch.get_rng_state(),
+                                    "cuda_rng": torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else None},
+                                   ckpt)
+            if stop:
+                stop_reason = stop
                 break
         if bar is not None:
             bar.close()

@@ -647,6 +647,27 @@ def test_checkpoint_resume(tmp_path):
     log = second.ctx.logs["student"]
     assert [e["epoch"] for e in log] == [0, 1] and log[0]["train_loss"] == first.ctx.logs["student"][0]["train_loss"]
 
+    # A resumed run equals an uninterrupted one, dropout included (torch's global stream is checkpointed).
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    straight_dir.mkdir(), resumed_dir.mkdir()
+    straight = fit_hand(spec, train, val, straight_dir, {"train.checkpoint": True, "method.training.max_epochs": 3})
+    fit_hand(spec, train, val, resumed_dir, {"train.checkpoint": True, "method.training.max_epochs": 2})
+    resumed = fit_hand(spec, train, val, resumed_dir, {"train.checkpoint": True, "method.training.max_epochs": 3})
+    assert resumed.ctx.extra["resumed_from_epoch"]["student"] == 2
+    for a, b in zip(straight.ctx.logs["student"], resumed.ctx.logs["student"], strict=True):
+        assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"] and a["edges_homo"] == b["edges_homo"]
+    assert all(torch.equal(x, y) for x, y in zip(straight.model.state_dict().values(),
+                                                   resumed.model.state_dict().values()))
+
+    # A checkpoint of the epoch that stopped training (here: lr below min_lr) resumes into no further epoch.
+    stop_dir = tmp_path / "stopped"
+    stop_dir.mkdir()
+    knobs = {"train.checkpoint": True, "method.training.max_epochs": 5, "method.training.min_lr": 2e-4}
+    stopped = fit_hand(spec, train, val, stop_dir, knobs)
+    again = fit_hand(spec, train, val, stop_dir, knobs)
+    assert len(stopped.ctx.logs["student"]) == len(again.ctx.logs["student"]) == 1
+    assert again.ctx.extra["dmd"]["stop_reason"] == "min_lr"
+
 
 def test_preset_auto_selects_on_validation_loss_for_classes_and_mosi_only():
     """preset auto: loss (the official KeyEval) on classification targets and on mosi/mosei; the task's primary

@@ -34,14 +34,14 @@ class Preempted(BaseException):
 
 def preempt_after(monkeypatch, when):
     """Make the training loop's checkpoint save raise Preempted right after the save `when(path, state)` picks."""
-    real = harness.training._atomic_torch_save
+    real = harness.training.atomic_torch_save
 
     def save(obj, path):
         real(obj, path)
         if when(Path(path), obj):
-            monkeypatch.setattr(harness.training, "_atomic_torch_save", real)
+            monkeypatch.setattr(harness.training, "atomic_torch_save", real)
             raise Preempted(f"preempted after epoch {obj['epoch']}")
-    monkeypatch.setattr(harness.training, "_atomic_torch_save", save)
+    monkeypatch.setattr(harness.training, "atomic_torch_save", save)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ so an array runs two tasks at a time). Run with `python -m pytest -m slurm` (roo
 Covers: a 6-run sweep that completes with its records and a leaderboard (one job of it killed as a
 "crash" and re-sent: only that run goes out again); a sweep with a failing run (failed record with the
 error, the job FAILED in sacct, the others fine; re-sent: only the failed run goes out); a run preempted
-with SIGUSR2 that is requeued and resumes from its checkpoint with the same result as an uninterrupted run.
+with SIGUSR2 that is requeued and resumes from its checkpoint with the same result as an uninterrupted run
+(the shared training loop's student, and DMD with its own loop).
 """
 
 from __future__ import annotations
@@ -133,12 +134,23 @@ def test_a_failing_run_fails_alone_and_is_the_only_one_sent_again(partition, tmp
     subprocess.run(["scancel", again["runs"][0]["job_id"]], check=True)  # it would fail the same way
 
 
-def test_a_preempted_run_is_requeued_and_resumes_from_its_checkpoint(partition, tmp_path):
+PREEMPTED = {
     # ~0.3 s per epoch here: long enough to be signalled mid-training.
-    knobs = ["method=student", "model.hidden=16", "model.layers=1", "train.max_epochs=60", "train.patience=60"]
+    "student": ["model.hidden=16", "model.layers=1", "train.max_epochs=60", "train.patience=60"],
+    # DMD's own loop and checkpoint (Adam, plateau schedule, accumulation groups, edge history); every epoch
+    # runs (no early stop, no min_lr stop), ~1 s each.
+    "dmd": ["task.n_subjects=10", "method.d=8", "method.heads=2", "method.layers=1", "method.training.max_epochs=30",
+            "method.training.early_stop=30", "method.training.min_lr=0"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(PREEMPTED))
+def test_a_preempted_run_is_requeued_and_resumes_from_its_checkpoint(partition, tmp_path, method):
+    knobs = [f"method={method}", *PREEMPTED[method]]
+    epochs = int(next(k for k in knobs if "max_epochs=" in k).split("=")[1])
     m = send(tmp_path, partition, *knobs)
     (run,) = m["runs"]
-    ckpt = Path(run["run_dir"]) / "checkpoint_student.pt"
+    ckpt = Path(run["run_dir"]) / f"checkpoint_{method}.pt"
     end = time.time() + 300
     while time.time() < end:
         if ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] >= 2:
@@ -157,8 +169,13 @@ def test_a_preempted_run_is_requeued_and_resumes_from_its_checkpoint(partition, 
     rec = read_record(Path(run["run_dir"]))
     assert rec["launch"]["requeues"] == 1 and rec["launch"]["slurm_restart_count"] == 1
     assert rec["extra"]["resumed_from_epoch"]["student"] >= 3
-    assert [e["epoch"] for e in rec["logs"]["student"]] == list(range(60))
+    assert [e["epoch"] for e in rec["logs"]["student"]] == list(range(epochs))
     assert rec["metrics"] == pytest.approx(reference["metrics"], abs=1e-6)
+    if method == "dmd":  # the learned edges' history goes on across the requeue, as in the uninterrupted run
+        for unit in ("homo", "hetero"):
+            assert rec["extra"]["dmd_edges"][unit]["per_epoch"] == pytest.approx(
+                reference["extra"]["dmd_edges"][unit]["per_epoch"], abs=1e-6)
+        assert (Path(run["run_dir"]) / "dmd_edges.png").stat().st_size > 10_000
     history = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State", "-j", run["job_id"]],
                              capture_output=True, text=True, check=True).stdout.split()
     assert any(line.endswith("|REQUEUED") for line in history) and history[-1].endswith("|COMPLETED")

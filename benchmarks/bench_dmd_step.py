@@ -5,14 +5,21 @@
 Every shape is timed for two variants of the same model, interleaved step by step so both see the same
 machine load (this CPU is shared by several agents):
 - `fast`      : methods/dmd.py as configured (fast_kernels=true): encoders of one shape run as one stacked
-                group, the last layer of a last-step readout computes that step only, dropout masks from
-                16-bit slices of PCG64 words;
+                group, the last layer of a last-step readout computes that step only, attention in blocks
+                of 16 query steps that skip the causally masked keys, the attention products with their
+                gradients in the fast orientation, dropout masks from 16-bit slices of PCG64 words;
+                both variants step the method's own optimizer (fused Adam);
 - `reference` : the same network with plain kernels (fast_kernels=false): F.dropout everywhere and bmm +
                 mask add, i.e. the op structure of the official MulT/DMD code, our unoptimised variant.
-- `official`  (optional, `--official DIR`): a local CPU adaptation of the official mdswyz/DMD model and
-                training step (no BERT, no .cuda()), as a module `official_step.py` in DIR exposing
-                make_official_step(dims, lens, batch, preset) -> (step_fn, n_params). It is not part of this
-                repository (the official code stays out of it); the lead's copy lives wherever it was made.
+- `official`  (optional, `--official DIR`): the official mdswyz/DMD model and training step, adapted to run
+                here, as a module `official_step.py` in DIR exposing make_official_step(dims, lens, batch,
+                preset) -> (step_fn, n_params). It is not part of this repository (the official code stays
+                out of it): build it from the official model, transformer, GD-unit, HingeLoss and DMD.py files
+                with only these changes: no BERT (the 768-d features take the official use_bert=false path),
+                no .cuda(), the hard-coded sequence lengths taken from `lens`, the 3-D CosineEmbeddingLoss of
+                L_ort (it raises on current torch) replaced by an op-for-op copy of torch 1.9's version, and
+                Adam stepped every batch; F.dropout, its MultiheadAttention, the HingeLoss loop and the dead
+                proj_cosine layers stay as they are (4.74 M parameters at MOSI aligned sizes).
 The ratios fast/reference and fast/official are the figures that do not depend on the load. Reported per variant: median
 wall ms and median CPU ms (process time, all threads) per step, parameter counts (the DMD network without
 and with the official code's dead `proj_cosine_*` layers, which we omit, and the two GD units). The issue's

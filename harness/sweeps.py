@@ -89,7 +89,25 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
         return {}
     from submitit.slurm.slurm import SlurmInfoWatcher  # parses array ranges such as 123_[4-11%2]
     info = SlurmInfoWatcher().read_info(res.stdout)
-    return {job: (fields.get("State") or "UNKNOWN").split()[0] for job, fields in info.items()}  # "CANCELLED by 0"
+    states = {job: (fields.get("State") or "UNKNOWN").split()[0] for job, fields in info.items()}  # "CANCELLED by 0"
+    missing = [str(j) for j in job_ids if j and str(j) not in states]
+    if missing:  # sacct reads slurmdbd, which can lag behind the controller: ask the controller about those
+        states.update({j: s for j, s in _squeue_states(mains).items() if j in missing})
+    return states
+
+
+def _squeue_states(mains: list[str]) -> dict[str, str]:
+    """State of the jobs (one line per array task) the controller still holds; {} if squeue cannot answer."""
+    if shutil.which("squeue") is None:
+        return {}
+    try:
+        res = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(mains)], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if res.returncode != 0:  # e.g. every job id has left the controller
+        return {}
+    return dict(line.split("|", 1) for line in res.stdout.split() if "|" in line)
 
 
 def _process_alive(pid: int) -> bool:

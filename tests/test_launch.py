@@ -24,7 +24,7 @@ from harness.launch import LaunchError, PlannedRun, RunFailed, RunJob, check_lau
 from harness.leaderboard import collect
 from harness.records import iter_records, read_record, run_dir
 from harness.runner import execute
-from harness.sweeps import RunState, read_manifests, run_states, write_manifest
+from harness.sweeps import RunState, read_manifests, run_states, slurm_states, write_manifest
 from tests.conftest import TINY
 
 
@@ -231,6 +231,24 @@ def test_run_states_combine_records_and_the_scheduler(tmp_path):
         assert (name, s.state) == (name, want)
         assert detail in s.detail, (name, s.detail)
     assert got[2].detail == "TaskError: fold=9 is out of range" and got[2].log == "/logs/7_2.err"
+
+
+def test_a_task_sacct_does_not_list_yet_is_asked_of_the_controller(tmp_path, monkeypatch):
+    """slurmdbd lags behind slurmctld: sacct lists task 7_1 but not yet the running 7_0. squeue (the controller)
+    answers for 7_0, so the run is running, not "gone from the scheduler"."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, out in (("sacct", "JobID|State\n7_1|PENDING\n"), ("squeue", "7_0|RUNNING\n7_1|PENDING\n")):
+        exe = bin_dir / name
+        exe.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/{name}.args\nprintf '{out}'\n")
+        exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert slurm_states(["7_0", "7_1"]) == {"7_0": "RUNNING", "7_1": "PENDING"}
+    assert "-j 7" in (tmp_path / "squeue.args").read_text()
+    runs = [{"run_dir": str(tmp_path / f"r{i}"), "job_id": f"7_{i}", "overrides": []} for i in range(2)]
+    assert [s.state for s in run_states({"sweep_id": "S", "executor": "slurm", "runs": runs})] == ["running", "pending"]
+    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 1\n")  # the controller no longer holds it either: gone
+    assert [s.state for s in run_states({"sweep_id": "S", "executor": "slurm", "runs": runs})] == ["failed", "pending"]
 
 
 def test_local_worker_runs_its_share_in_order(tmp_path):

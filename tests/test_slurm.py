@@ -64,6 +64,16 @@ def wait(manifest: dict, timeout: float = 600) -> list:
         time.sleep(2)
 
 
+def final_sacct(job_ids: list[str], listed: list[str], timeout: float = 60) -> dict[str, str]:
+    """sacct's states once every job of `listed` shows a final state there (slurmdbd can lag behind)."""
+    end = time.time() + timeout
+    while True:
+        states = slurm_states(job_ids)
+        if all(states.get(j) not in (None, *SLURM_ACTIVE) for j in listed) or time.time() > end:
+            return states
+        time.sleep(1)
+
+
 def test_sweep_completes_with_records_and_leaderboard_and_resend_after_a_crash(partition, tmp_path, capsys):
     m = send(tmp_path, partition, "method=student,kd", "seed=0,1,2", *TINY)
     assert m["n_submitted"] == 6 and m["executor"] == "slurm"
@@ -80,7 +90,7 @@ def test_sweep_completes_with_records_and_leaderboard_and_resend_after_a_crash(p
     # SLURM keeps no accounting record of an array task cancelled while pending: sacct does not list it.
     assert "gone from the scheduler without writing a record" in by_dir[crashed["run_dir"]].detail
     assert [s.state for s in states].count("done") == 5
-    sacct = slurm_states([r["job_id"] for r in m["runs"]])
+    sacct = final_sacct([r["job_id"] for r in m["runs"]], [r["job_id"] for r in m["runs"][:5]])
     assert [sacct.get(r["job_id"]) for r in m["runs"]] == ["COMPLETED"] * 5 + [None]
 
     # Re-sent after the crash: only the missing run goes out.
@@ -119,7 +129,7 @@ def test_a_failing_run_fails_alone_and_is_the_only_one_sent_again(partition, tmp
     assert failed["status"] == "failed" and "fold=9 is out of range" in failed["error"]
     assert failed["launch"]["job_id"] == job[9]["job_id"]
     # The job's own exit status says it failed; its log does not claim success.
-    sacct = slurm_states([job[0]["job_id"], job[9]["job_id"]])
+    sacct = final_sacct([job[0]["job_id"], job[9]["job_id"]], [job[0]["job_id"], job[9]["job_id"]])
     assert (sacct[job[0]["job_id"]], sacct[job[9]["job_id"]]) == ("COMPLETED", "FAILED")
     log = Path(job[9]["stderr"]).read_text() + Path(job[9]["stdout"]).read_text()
     assert "RunFailed" in log and "Job completed successfully" not in log

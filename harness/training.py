@@ -166,10 +166,10 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
         stop = epoch - best["epoch"] >= train_cfg.patience
         if ckpt_path is not None:
             atomic_torch_save({"module": module.state_dict(), "optimizer": opt.state_dict(), "best": best,
-                                "log": log, "epoch": epoch, "stopped": stop, "generator": gen.get_state(),
-                                "torch_rng": torch.get_rng_state(),
-                                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
-                               ckpt_path)
+                               "log": log, "epoch": epoch, "stopped": stop, "generator": gen.get_state(),
+                               "torch_rng": torch.get_rng_state(),
+                               "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
+                              ckpt_path)
         if stop:
             break
     if bar is not None:

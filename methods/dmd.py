@@ -1092,11 +1092,11 @@ class DMD(Method):
                 stop = "min_lr"  # the schedule has given up: further epochs only creep
             if ckpt is not None:
                 atomic_torch_save({"model": self.model.state_dict(), "optimizer": opt.state_dict(),
-                                    "scheduler": sched.state_dict(), "generator": gen.get_state(), "best": best,
-                                    "log": log, "edge_history": hist, "epoch": epoch, "stop_reason": stop,
-                                    "torch_rng": torch.get_rng_state(),
-                                    "cuda_rng": torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else None},
-                                   ckpt)
+                                   "scheduler": sched.state_dict(), "generator": gen.get_state(), "best": best,
+                                   "log": log, "edge_history": hist, "epoch": epoch, "stop_reason": stop,
+                                   "torch_rng": torch.get_rng_state(),
+                                   "cuda_rng": torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else None},
+                                  ckpt)
             if stop:
                 stop_reason = stop
                 break

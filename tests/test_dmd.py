@@ -655,7 +655,7 @@ def test_checkpoint_resume(tmp_path):
     resumed = fit_hand(spec, train, val, resumed_dir, {"train.checkpoint": True, "method.training.max_epochs": 3})
     assert resumed.ctx.extra["resumed_from_epoch"]["student"] == 2
     for a, b in zip(straight.ctx.logs["student"], resumed.ctx.logs["student"], strict=True):
-        assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"] and a["edges_homo"] == b["edges_homo"]
+        assert (a["train_loss"], a["val_loss"], a["edges_homo"]) == (b["train_loss"], b["val_loss"], b["edges_homo"])
     assert all(torch.equal(x, y) for x, y in zip(straight.model.state_dict().values(),
                                                    resumed.model.state_dict().values()))
 

@@ -313,11 +313,15 @@ class StackedEncoderLayer(nn.Module):
             weights = torch.softmax(scores if mask is None else scores + mask, dim=-1)
             out = torch.bmm(dropout(weights, p_attn[0], self.training, fast=False), v)
         else:
-            out = torch.cat([self._attend_rows(q, k, v, mask, a, b, p_attn) for a, b in _row_blocks(tq)], dim=1)
+            scale = None  # dropout: the output's per-member 1 / (1 - p), made once for every block
+            if self.training and max(p_attn) > 0:
+                scale = torch.tensor([1.0 / (1.0 - p) for p in p_attn], dtype=q.dtype, device=q.device)[:, None]
+            out = torch.cat([self._attend_rows(q, k, v, mask, a, b, p_attn, scale) for a, b in _row_blocks(tq)],
+                            dim=1)
         out = out.view(e, bsz, self.heads, tq, self.head_dim).transpose(2, 3).reshape(e, bsz, tq, D)
         return _linear(out, _take(self.out_w, idx), _take(self.out_b, idx))
 
-    def _attend_rows(self, q, k, v, mask, a: int, b: int, p_attn: list[float]) -> torch.Tensor:
+    def _attend_rows(self, q, k, v, mask, a: int, b: int, p_attn: list[float], scale) -> torch.Tensor:
         """Attention of the query steps [a, b) only. Under the causal mask they see the keys [0, b + |Tk - Tq|)
         alone, so the masked rest of their rows is never computed: at T = 46 in blocks of 16, 2/3 of the score
         matrix is computed and the masked third skipped. Its [heads, Tq, Tk] tensors (scores, softmax, dropout)
@@ -326,13 +330,12 @@ class StackedEncoderLayer(nn.Module):
         kb = tk if mask is None else min(tk, b + abs(tk - tq))
         scores = attention_scores(q[:, a:b], k[:, :kb])
         weights = torch.softmax(scores if mask is None else scores.add_(mask[a:b, :kb]), dim=-1)
-        if not (self.training and max(p_attn) > 0):
+        if scale is None:
             return weighted_values(weights, v[:, :kb])
         # mask the weights; scale the hd/kb times smaller output instead of the weights
         weights = weights * keep_mask(weights.shape, p_attn, weights.device, weights.dtype)
-        scale = torch.tensor([1.0 / (1.0 - p) for p in p_attn], dtype=weights.dtype, device=weights.device)
         out = weighted_values(weights, v[:, :kb])
-        return out.reshape(len(p_attn), -1).mul(scale[:, None]).view(out.shape)
+        return out.reshape(len(p_attn), -1).mul(scale).view(out.shape)
 
     def forward(self, x, k, v, mask, idx, p_attn, relu_p, res_p, plain, last_only=False):
         """last_only: compute the last step's output only (keys and values still span every step)."""

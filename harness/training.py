@@ -68,6 +68,20 @@ def predict_in_batches(fn: Callable[[Batch], torch.Tensor], data: SplitTensors, 
     return np.concatenate(outs, axis=0)
 
 
+def rng_state(device: torch.device) -> dict:
+    """torch's global random streams, for a checkpoint: dropout draws from them."""
+    return {"torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}
+
+
+def restore_rng_state(ck: dict, device: torch.device) -> None:
+    """Put back what rng_state saved, so a resumed run equals an uninterrupted one (older checkpoints lack it)."""
+    if "torch_rng" in ck:
+        torch.set_rng_state(ck["torch_rng"])
+    if ck.get("cuda_rng") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state_all(ck["cuda_rng"])
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     torch.save(obj, tmp)
@@ -116,11 +130,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
         module.load_state_dict(ck["module"])
         opt.load_state_dict(ck["optimizer"])
         gen.set_state(ck["generator"])
-        # Dropout draws from the global stream: restore it too, so a resumed run equals an uninterrupted one.
-        if "torch_rng" in ck:
-            torch.set_rng_state(ck["torch_rng"])
-        if ck.get("cuda_rng") is not None and device.type == "cuda":
-            torch.cuda.set_rng_state_all(ck["cuda_rng"])
+        restore_rng_state(ck, device)
         best, log, start_epoch = ck["best"], ck["log"], ck["epoch"] + 1
         # A checkpoint written at the early-stopping epoch must not train further.
         stopped = ck.get("stopped", ck["epoch"] - best["epoch"] >= train_cfg.patience)
@@ -167,9 +177,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
         if ckpt_path is not None:
             atomic_torch_save({"module": module.state_dict(), "optimizer": opt.state_dict(), "best": best,
                                "log": log, "epoch": epoch, "stopped": stop, "generator": gen.get_state(),
-                               "torch_rng": torch.get_rng_state(),
-                               "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
-                              ckpt_path)
+                               **rng_state(device)}, ckpt_path)
         if stop:
             break
     if bar is not None:

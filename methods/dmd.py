@@ -110,7 +110,8 @@ from harness.method import Method, RunContext
 from harness.predictions import make_predictions
 from harness.registry import register_method
 from harness.task import TaskError
-from harness.training import Batch, SplitTensors, atomic_torch_save, predict_in_batches
+from harness.training import (Batch, SplitTensors, atomic_torch_save, predict_in_batches, restore_rng_state,
+                              rng_state)
 
 # Paper priors (run.py): edges (teacher role, student role) with prior logit 1, all others 0.
 PAPER_PRIOR_EDGES = {"homo": {("L", "V"), ("L", "A")}, "hetero": {("L", "V"), ("L", "A"), ("V", "A")}}
@@ -1028,10 +1029,7 @@ class DMD(Method):
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
             gen.set_state(ck["generator"])
-            # dropout draws from torch's global stream: restore it, so a resumed run equals an uninterrupted one
-            torch.set_rng_state(ck["torch_rng"])
-            if ck["cuda_rng"] is not None and ctx.device.type == "cuda":
-                torch.cuda.set_rng_state_all(ck["cuda_rng"])
+            restore_rng_state(ck, ctx.device)  # dropout: a resumed run equals an uninterrupted one
             best, log, hist, start_epoch = ck["best"], ck["log"], ck["edge_history"], ck["epoch"] + 1
             resumed_stop = ck["stop_reason"]  # a checkpoint of the stopping epoch must not train further
             ctx.extra.setdefault("resumed_from_epoch", {})["student"] = start_epoch
@@ -1097,9 +1095,7 @@ class DMD(Method):
                 atomic_torch_save({"model": self.model.state_dict(), "optimizer": opt.state_dict(),
                                    "scheduler": sched.state_dict(), "generator": gen.get_state(), "best": best,
                                    "log": log, "edge_history": hist, "epoch": epoch, "stop_reason": stop,
-                                   "torch_rng": torch.get_rng_state(),
-                                   "cuda_rng": torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else None},
-                                  ckpt)
+                                   **rng_state(ctx.device)}, ckpt)
             if stop:
                 stop_reason = stop
                 break

@@ -5,7 +5,7 @@
 
 Every shape is timed for two variants of the same model, interleaved step by step so both see the same
 machine load (this CPU is shared by several agents):
-- `fast`      : methods/dmd.py as configured (fast_kernels=true): encoders of one shape run as one stacked
+- `fast`      : methods/dmd/ as configured (fast_kernels=true): encoders of one shape run as one stacked
                 group, the last layer of a last-step readout computes that step only, attention in blocks
                 of 16 query steps that skip the causally masked keys, the attention products with their
                 gradients in the fast orientation, dropout masks from 16-bit slices of PCG64 words;

@@ -29,7 +29,12 @@ NON_SEMANTIC_KEYS = ("results_dir", "overwrite", "device", "progress", "cache_di
                      "sweep_name")
 # Keys added after records existed, at the value that reproduces those records: left out of the key at that
 # value, so older records keep their run keys (resume finds them) and share leaderboard rows with new ones.
-KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "privileged"}
+KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "privileged",
+                   # the training loop's options, at the values of the loop every earlier record was trained with
+                   "train.optimizer": "adamw", "train.fused": "auto", "train.momentum": 0.0, "train.schedule": "none",
+                   "train.plateau_factor": 0.5, "train.plateau_patience": 5, "train.min_lr": 0.0,
+                   "train.drop_last": True, "train.accumulate": 1, "train.grad_clip_by": "norm",
+                   "train.select_on": "primary", "train.stop": "patience"}
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf", "submitit",
             "datasets", "pkd-harness")
 
@@ -139,7 +144,19 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             pass
     return {"git": git_sha(), "packages": versions, "python": platform.python_version(),
-            "host": socket.gethostname(), "platform": platform.platform()}
+            "host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu_model()}
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name: BLAS kernels, hence the last digits of a result, depend on it (as on thread count)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def git_sha() -> str:

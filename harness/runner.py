@@ -92,6 +92,8 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
     try:
         device = resolve_device(cfg.device)
         record["device"] = str(device)
+        # float reductions, and so the last digits of a result, depend on the intra-op thread count
+        record["torch_threads"] = torch.get_num_threads()
         t = time.perf_counter()
         task = build_task(cfg)
         task.check_fold(int(cfg.fold))

@@ -1,6 +1,6 @@
 """MT-PKDOT (Aslam et al., arXiv 2408.09035): multi-teacher structural privileged distillation.
 
-Spec: /work/shared/specs/pkdot.md §4 (and §3 for the structural OT loss, imported from methods/pkdot.py).
+Fidelity: docs/fidelity.md#mtpkdot (and #pkdot-loss for the structural OT loss, imported from methods/pkdot.py).
 
 Stage 1, self-distillation among teachers (`train_self_distil_wadn`). The candidate teachers are
   - one per modality m: an adapter A_m (two linear layers, H → width → H, no activation, as coded) on
@@ -25,10 +25,11 @@ Stage 3, the student (`train_student_mt`): as PKDOT's student. For each batch, e
 is scored with the task loss on the batch's labels (cross-entropy for classes; for regression
 train.regression_loss, MSE or 1 − CCC, the loss the student itself optimises) and the candidate with
 the lowest loss is distilled; ties go to the first in the order (modalities in the task's order, then
-the joint teacher), the spec's order {ẑ_v, ẑ_p, z_J}. Loss = 0.8 · task + 0.2 · S_ε(Z*, z_S)
-[+ 0.2 · L_cent when centroid=true; off by default as released, spec A3]. selection = `batch` is the
-faithful rule; `sample` chooses per sample (CCC is a batch statistic, so per sample the regression
-loss is the squared error) and OT-matches the mixed teacher set (A4); `joint` always distils z_J.
+the joint teacher), the official order {ẑ_v, ẑ_p, z_J}. Loss = 0.8 · task + 0.2 · S_ε(Z*, z_S)
+[+ 0.2 · L_cent when centroid=true; off by default as released, A3 of docs/fidelity.md#pkdot-bugs].
+selection = `batch` is the faithful rule; `sample` chooses per sample (CCC is a batch statistic, so per
+sample the regression loss is the squared error) and OT-matches the mixed teacher set (A4); `joint`
+always distils z_J.
 Teacher-choice counts per epoch go to the record (extra.teacher_choice) and the per-epoch log.
 
 B1 (batch-mixing attention) is fixed by construction (per-sample GatedFusion), as in PKDOT.
@@ -49,7 +50,7 @@ from harness.runner import derive_seed
 from harness.training import Batch, SplitTensors, fit
 from methods.blocks import Head, MultimodalNet, masked_mean, task_loss
 from methods.pkdot import build_student, check_config, ot_terms, predict_student, student_predictor, student_train_cfg
-from methods.teacher import build_net, get_teacher, teacher_key
+from methods.teacher import build_net, get_teacher, stored_training_summary, teacher_key
 
 
 class TeacherSet(nn.Module):
@@ -86,7 +87,7 @@ class TeacherSet(nn.Module):
 
 
 def select_teacher(losses: list[float] | torch.Tensor) -> int:
-    """Index of the lowest loss; ties go to the first candidate (spec order)."""
+    """Index of the lowest loss; ties go to the first candidate (the official order)."""
     values = [float(v) for v in losses]
     return min(range(len(values)), key=values.__getitem__)
 
@@ -153,13 +154,15 @@ def get_teacher_set(ctx: RunContext, cfg, teacher: MultimodalNet, train: Split, 
         train_cfg = OmegaConf.merge(ctx.cfg.train, {"max_epochs": int(s1.epochs), "patience": int(s1.patience),
                                                     "batch_size": int(s1.batch_size)})
         log = fit("mt_teachers", ts, loss_fn, predict_fn, train, val, ctx, train_cfg, params=groups)
-        return {"log": log, "val_task_loss": candidate_losses(ts, val, ctx)}
+        return {"log": log, "val_task_loss": candidate_losses(ts, val, ctx),
+                "training": ctx.extra["training"]["mt_teachers"]}
 
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
         ts, meta = ctx.teachers.get_or_train(stage1_key(ctx, cfg), build, train_fn, ctx.device)
     ctx.logs.setdefault("mt_teachers", meta.get("log", []))
     ctx.extra["mt_teachers"] = {"store_path": meta["store_path"], "reused": meta["reused"],
                                 "val_task_loss": meta.get("val_task_loss")}
+    ctx.extra.setdefault("training", {})["mt_teachers"] = {**stored_training_summary(meta), "reused": meta["reused"]}
     return ts, meta
 
 

@@ -53,7 +53,17 @@ def teacher_key(ctx: RunContext) -> dict:
     return {"role": "teacher", "task": cfg.task.name, "task_cfg": semantic_config(cfg)["task"],
             "fold": int(cfg.fold), "seed": int(cfg.seed),
             "model": OmegaConf.to_container(cfg.model, resolve=True),
-            "train": semantic_config(cfg.train, also_drop=("checkpoint",))}
+            "train": semantic_config(cfg)["train"]}
+
+
+def stored_training_summary(meta: dict) -> dict:
+    """How a stored model's training ended (harness.training.fit's summary); read from its log for models
+    stored before summaries existed (their stop reason is then unknown)."""
+    if "training" in meta:
+        return dict(meta["training"])
+    log = meta.get("log", [])
+    selected = [e["epoch"] for e in log if e.get("selected")]
+    return {"stop_reason": "unknown", "selected_epoch": selected[0] if selected else None, "epochs_run": len(log)}
 
 
 def get_teacher(ctx: RunContext, train: Split, val: Split) -> tuple[MultimodalNet, dict]:
@@ -72,13 +82,14 @@ def get_teacher(ctx: RunContext, train: Split, val: Split) -> tuple[MultimodalNe
         # run of the sweep was training it when it was preempted.
         log = fit("teacher", net, supervised_loss(net, ctx), predictor(net, ctx), train, val, ctx, ctx.cfg.train,
                   checkpoint_path=ctx.teachers.checkpoint_path(key))
-        return {"log": log}
+        return {"log": log, "training": ctx.extra["training"]["teacher"]}
 
     # The caller's random stream must not depend on whether the teacher was trained or loaded.
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
         net, meta = ctx.teachers.get_or_train(key, build, train_fn, ctx.device)
     ctx.logs.setdefault("teacher", meta.get("log", []))
     ctx.extra["teacher"] = {"store_path": meta["store_path"], "reused": meta["reused"]}
+    ctx.extra.setdefault("training", {})["teacher"] = {**stored_training_summary(meta), "reused": meta["reused"]}
     return net, meta
 
 

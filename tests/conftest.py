@@ -14,7 +14,7 @@ TINY = ["task.n_subjects=10", "task.samples_per_subject=12", "task.seq_len=8", "
         "train.patience=2", "model.hidden=16", "model.layers=1", "progress=false"]
 # Methods with their own network/training keys (not model.* / train.*) get their tiny settings here.
 METHOD_TINY = {"dmd": ["method.d=8", "method.heads=2", "method.layers=1", "method.training.max_epochs=2",
-                       "method.training.update_every=2"]}
+                       "method.training.accumulate=2"]}
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""DMD (methods/dmd.py): blocks, losses against hand and naive computations, GD-unit semantics, the
+"""DMD (methods/dmd/): blocks, losses against hand and naive computations, GD-unit semantics, the
 privileged firewall, and short end-to-end runs in both protocols re-scored independently."""
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def test_classification_heads_and_two_node_graph():
 
 
 def test_mosi_and_mosei_sizes_match_the_spec():
-    """§2.7 / §8: group sizes of the MOSI aligned model and MOSEI's T', homo heads and fusion width."""
+    """docs/fidelity.md#dmd-sizes: group sizes of the MOSI aligned model and MOSEI's T', homo heads and fusion width."""
     cfg = method_cfg()
     dims = {"text": 768, "audio": 5, "vision": 20}
     net, homo, het, _ = build_dmd(dims, {m: 50 for m in dims}, REG1, resolve_hparams(cfg, "mosi"), tuple(dims))
@@ -262,7 +262,7 @@ def test_orthogonality_loss_by_hand():
 
 
 def naive_margin_loss(feats, labels, scale=0.15, classification=False):
-    """The spec's §2.5 reading of the official HingeLoss, one anchor at a time."""
+    """docs/fidelity.md#dmd-losses: the reading of the official HingeLoss, one anchor at a time."""
     n = len(feats)
     norm = [math.sqrt(sum(v * v for v in f) + 1e-8) for f in feats]
     cos = [[sum(a * b for a, b in zip(feats[i], feats[j])) / (norm[i] * norm[j]) for j in range(n)] for i in range(n)]
@@ -364,7 +364,7 @@ def test_priors_edges_and_softmax_columns():
 
 
 def test_logit_distillation_detaches_the_teacher_side():
-    """§8: with the edge inputs frozen, L_logit sends no gradient to a teacher's logit; with the edge
+    """docs/fidelity.md#dmd-graph-distillation: with the edge inputs frozen, L_logit sends no gradient to a teacher's logit; with the edge
     path open (the faithful default) it does, through E."""
     nodes = ("s", "t1", "t2")
     edges = graph_edges(nodes, ("s",))  # s <- t1, s <- t2: t1, t2 are teachers only
@@ -401,7 +401,7 @@ def test_pool_step_targets():
 # ---------------------------------------------------------------------------------------------------
 
 TINY = ["method.d=8", "method.heads=2", "method.layers=1", "method.training.max_epochs=2",
-        "method.training.update_every=2", "method.training.eval_batch_size=64",
+        "method.training.accumulate=2", "method.training.eval_batch_size=64",
         "task.n_subjects=10", "task.samples_per_subject=8", "task.seq_len=8", "progress=false"]
 
 
@@ -503,11 +503,11 @@ def test_full_protocol_run_is_the_paper_model(tmp_path, monkeypatch):
     log = rec["logs"]["student"]
     assert [e["selected"] for e in log].count(True) == 1
     best = max(log, key=lambda e: e["val_ccc_mean"])  # the harness rule: the task's primary metric on validation
-    assert best["selected"] and rec["extra"]["dmd"]["stop_reason"] == "max_epochs"
+    assert best["selected"] and rec["extra"]["training"]["student"]["stop_reason"] == "max_epochs"
 
 
 def test_accumulation_clipping_and_schedule(tmp_path):
-    """update_every=2 over 4 batches: 2 optimiser steps an epoch; a trailing odd batch is dropped."""
+    """accumulate=2 over 4 batches: 2 optimiser steps an epoch; a trailing odd batch is dropped."""
     task = TASKS.get("synthetic")(_base_run_cfg().task)
     fold = task.load_fold(0)
     method = fit_hand(task.spec, fold.train, fold.val, tmp_path, {"method.training.max_epochs": 1,
@@ -524,7 +524,7 @@ def test_stops_once_the_learning_rate_is_below_min_lr(tmp_path):
     fold = task.load_fold(0)
     method = fit_hand(task.spec, fold.train, fold.val, tmp_path, {
         "method.training.max_epochs": 6, "method.training.min_lr": 2e-4}, task=task)  # lr 1e-4 < 2e-4
-    assert method.ctx.extra["dmd"]["stop_reason"] == "min_lr" and len(method.ctx.logs["student"]) == 1
+    assert method.ctx.extra["training"]["student"]["stop_reason"] == "min_lr" and len(method.ctx.logs["student"]) == 1
 
 
 def test_config_and_presets():
@@ -532,7 +532,8 @@ def test_config_and_presets():
     hp = resolve_hparams(cfg, "mosi")
     assert (hp["d"], hp["heads"], hp["layers"], hp["kernel"]) == (50, 10, 4, 5)
     assert hp["loss"]["homo_gd"] == hp["loss"]["het_gd"] == 0.05 and hp["loss"]["ort_mode"] == "per_sample"
-    assert hp["training"]["lr"] == 1e-4 and hp["training"]["update_every"] == 10 and hp["training"]["clip_value"] == 0.6
+    assert hp["training"]["lr"] == 1e-4 and hp["training"]["accumulate"] == 10 and hp["training"]["grad_clip"] == 0.6
+    assert hp["training"]["grad_clip_by"] == "value" and hp["training"]["optimizer"] == "adam"
     assert hp["training"]["select_on"] == "loss"  # the official KeyEval on the official datasets
     assert resolve_hparams(cfg, "synthetic")["training"]["select_on"] == "primary"
     mosei = resolve_hparams(cfg, "mosei")
@@ -666,7 +667,7 @@ def test_checkpoint_resume(tmp_path):
     stopped = fit_hand(spec, train, val, stop_dir, knobs)
     again = fit_hand(spec, train, val, stop_dir, knobs)
     assert len(stopped.ctx.logs["student"]) == len(again.ctx.logs["student"]) == 1
-    assert again.ctx.extra["dmd"]["stop_reason"] == "min_lr"
+    assert again.ctx.extra["training"]["student"]["stop_reason"] == "min_lr"
 
 
 def test_preset_auto_selects_on_validation_loss_for_classes_and_mosi_only():

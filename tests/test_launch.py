@@ -127,7 +127,7 @@ def test_resumed_training_equals_uninterrupted_training(tiny_cfg, tmp_path, monk
 def test_a_checkpoint_taken_at_early_stopping_does_not_train_further(tiny_cfg, monkeypatch):
     # lr=0: epoch 0 stays the best, so patience=2 stops training after epoch 2 of 8.
     knobs = ["method=student", "train.checkpoint=true", "train.max_epochs=8", "train.patience=2", "train.lr=0"]
-    preempt_after(monkeypatch, lambda path, state: state["stopped"])
+    preempt_after(monkeypatch, lambda path, state: state["stop_reason"] == "patience")
     with pytest.raises(Preempted):
         execute(tiny_cfg(*knobs))
     resumed = execute(tiny_cfg(*knobs))

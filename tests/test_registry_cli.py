@@ -26,7 +26,7 @@ def test_unknown_registry_name_suggests():
 @pytest.mark.parametrize("argv,expect", [
     (["run", "method=kdd"], "did you mean kd"),
     (["run", "task=synthetc"], "did you mean synthetic?"),
-    (["run", "train.lrr=0.1"], "did you mean train.lr?"),
+    (["run", "train.lrr=0.1"], "did you mean train.lr"),
     (["run", "seedd=1"], "did you mean seed?"),
     (["run", "seed=0,1"], "add -m"),
 ])

@@ -151,7 +151,7 @@ PREEMPTED = {
     # DMD's own loop and checkpoint (Adam, plateau schedule, accumulation groups, edge history); every epoch
     # runs (no early stop, no min_lr stop), ~1 s each.
     "dmd": ["task.n_subjects=10", "method.d=8", "method.heads=2", "method.layers=1", "method.training.max_epochs=30",
-            "method.training.early_stop=30", "method.training.min_lr=0"],
+            "method.training.patience=30", "method.training.min_lr=0"],
 }
 
 

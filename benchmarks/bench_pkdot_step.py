@@ -1,7 +1,7 @@
 """Cost of one PKDOT training step against one kd step, at official-code-like sizes.
 
 Both steps run on cached features (the official PKDOT student trains only its fusion on frozen 512-d
-backbone features, spec §9), one time step per modality (visual, physio), hidden size 512, binary
+backbone features, docs/fidelity.md#pkdot-model), one time step per modality (visual, physio), hidden size 512, binary
 classes, and include: the frozen teacher's forward, the student's forward and backward, AdamW.
 kd adds Hinton KD + FitNets (methods/kd.py); PKDOT adds the frozen teacher-encoder → T-Net path and
 the structural OT loss (methods/pkdot.py, k = 30, ε = 0.01). The ratio pkdot / kd is measured in the

@@ -5,7 +5,7 @@ Run from the repository root::
     PYTHONPATH=. python benchmarks/bench_sinkhorn.py [--sizes 64 128 256 512] [--reps 30]
         [--threads 1] [--device cpu] [--seed 0]
 
-Inputs are PKDOT-shaped (spec §3): random features z_T, z_S ∈ R^{B×512}, cosine-similarity
+Inputs are PKDOT-shaped (docs/fidelity.md#pkdot-loss): random features z_T, z_S ∈ R^{B×512}, cosine-similarity
 matrices minus their global min, per row the k=30 columns least similar to the teacher
 (``torch.topk(largest=False, sorted=True)``), gathered from both matrices -> clouds
 X_T, X_S ∈ R^{B×30} in float32. ε = 0.01 (blur 0.1). The gradient is taken w.r.t. the student
@@ -50,7 +50,7 @@ K = 30
 
 
 def pkdot_clouds(B: int, gen: torch.Generator, d: int = 512, k: int = K) -> tuple[Tensor, Tensor]:
-    """Teacher/student anchor clouds [B, k] as built by the PKDOT loss (spec §3.1, §9)."""
+    """Teacher/student anchor clouds [B, k] as built by the PKDOT loss (docs/fidelity.md#pkdot-loss)."""
     zt = torch.randn(B, d, generator=gen, dtype=torch.float64)
     zs = torch.randn(B, d, generator=gen, dtype=torch.float64)
 

@@ -62,12 +62,14 @@ def f1_macro(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def f1_weighted(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Support-weighted F1, supports counted in y_true (the argument order matters, see datasets.md §6.2)."""
+    """Support-weighted F1, supports counted in y_true (the argument order matters, see
+    docs/datasets.md#metrics-mmsa)."""
     return float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
 
 
-# --- MOSI / MOSEI sentiment: the MMSA suite (thuiar/MMSA and mdswyz/DMD utils/metricsTop.py; datasets.md §6.2,
-# dmd.md §4). Scores are fractions (papers show ×100); MAE and Corr on unclipped values. MMSA's names:
+# --- MOSI / MOSEI sentiment: the MMSA suite (thuiar/MMSA and mdswyz/DMD utils/metricsTop.py;
+# docs/datasets.md#metrics-mmsa). Scores are fractions (papers show ×100); MAE and Corr on unclipped values.
+# MMSA's names:
 # has0_acc2 = Has0_acc_2, has0_f1 = Has0_F1_score, non0_acc2 = Non0_acc_2 (DMD's "Acc_2"), non0_f1 =
 # Non0_F1_score (DMD's "F1_score"), acc5 = Mult_acc_5, acc7 = Mult_acc_7, mae = MAE, corr = Corr.
 
@@ -146,7 +148,7 @@ def acc3(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 # --- IEMOCAP as MulT-style four binary heads (neutral, happy, sad, angry): per-emotion accuracy and
 # f1_weighted come from the classification table below (`accuracy_<emotion>`, `f1_weighted_mean`...).
-# The 4-class view of the spec (datasets.md §6.3): accuracy ("WA" in SER papers) and unweighted average
+# The 4-class view (docs/datasets.md#iemocap-metrics): accuracy ("WA" in SER papers) and unweighted average
 # recall ("UA" = balanced accuracy), over the samples with exactly one emotion present.
 
 def four_class_view(y_true_binary: np.ndarray, prob_present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

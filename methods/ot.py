@@ -1,6 +1,6 @@
 """Debiased Sinkhorn divergence between uniform point clouds (the PKDOT loss kernel).
 
-Implements, from the spec (``/work/shared/specs/pkdot.md`` §3 and §9), the quantity that
+Implements (docs/fidelity.md#pkdot-loss and #pkdot-sinkhorn) the quantity that
 ``geomloss.SamplesLoss("sinkhorn", p=2, blur=eps**0.5, debias=True)`` computes with its
 "tensorized" backend, as a small batched log-domain solver:
 

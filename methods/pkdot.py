@@ -1,6 +1,7 @@
 """PKDOT (Aslam et al., FG 2024, arXiv 2401.15489): structural privileged distillation with optimal transport.
 
-Spec: /work/shared/specs/pkdot.md (§3 the loss, §2.4 the T-Net, §8 the official code's bugs).
+Fidelity: docs/fidelity.md#pkdot (#pkdot-loss the loss, #pkdot-tnet the T-Net, #pkdot-bugs the official
+code's bugs, with the ids A1-A4 and B1-B20 used below).
 
 Student = MultimodalNet on the student modalities whose fusion also has a slot for every privileged
 modality, filled by a T-Net that hallucinates the privileged pooled features. Loss per batch:
@@ -10,25 +11,26 @@ modality, filled by a T-Net that hallucinates the privileged pooled features. Lo
 with X_T, X_S the B × k "relational profiles" of the batch (structural_ot_loss below) and S_ε the
 debiased Sinkhorn divergence of methods/ot.py (geomloss convention: cost ½‖x − y‖², ε = blur²).
 
-Defaults and which official behaviour they follow (spec §3.3, §8):
+Defaults and which official behaviour they follow (docs/fidelity.md#pkdot-defaults, #pkdot-bugs):
 - k = 30 anchors, anchors = `lowest` (the k least similar batch samples to the teacher, as coded; the
   paper says "top-k", available as `highest`): A1 follows the code.
 - anchor_set = `per_row` (each row its own anchors, as coded) but SORTED by teacher similarity
   (torch.topk(sorted=True)) instead of np.argpartition's arbitrary order, so coordinate m means "the
-  m-th least similar anchor" in every row (A2); `shared` = one anchor set per batch (the spec's clean
+  m-th least similar anchor" in every row (A2); `shared` = one anchor set per batch (a clean
   variant). The self-similarity (the diagonal) is never an anchor.
 - shift = `min` (global min subtracted per matrix, B4 as coded); `affine` = (A + 1)/2.
 - ε = 0.01 with ε-scaling 0.5 from the bounding-box diameter, debiased: geomloss's
   SamplesLoss("sinkhorn", p=2, blur=0.1) as in the official code.
 - ot_weight 0.6, task_weight 1 (PKDOT_kfold.py); batch_size 128 (the code's B; k/B sets locality).
-- Centroid term (MT-PKDOT §4, off here as in PKDOT): ‖mean_rows cos(Z_T) − mean_rows cos(Z_S)‖₂.
+- Centroid term (docs/fidelity.md#mtpkdot-centroid, off here as in PKDOT):
+  ‖mean_rows cos(Z_T) − mean_rows cos(Z_S)‖₂.
 
 Bugs of the official code fixed here:
 - B1 (self-attention mixing the samples of a batch): fixed by construction, methods/blocks.py's
   GatedFusion acts on each sample alone, so predictions never depend on batch composition. There is
   no legacy batch-mixing mode.
 - B3: cosine matrices via F.normalize(eps=1e-8), no in-place division.
-- B5 (T-Net never loaded, random and frozen): the T-Net is trained first (MMD of spec §2.4 or MSE,
+- B5 (T-Net never loaded, random and frozen): the T-Net is trained first (MMD of docs/fidelity.md#pkdot-tnet or MSE,
   train split, epoch selected on the validation split), stored, frozen while the student trains,
   and used identically at test.
 - B6: no random frozen fc layers; the features are the teacher's trained encoder outputs.
@@ -71,7 +73,7 @@ __all__ = ["sinkhorn_divergence", "cosine_matrix", "shift_nonnegative", "anchor_
 
 
 # --------------------------------------------------------------------------------------------------
-# The structural loss (spec §3), shared with MT-PKDOT.
+# The structural loss (docs/fidelity.md#pkdot-loss), shared with MT-PKDOT.
 
 def cosine_matrix(z: torch.Tensor) -> torch.Tensor:
     """[..., B, d] -> [..., B, B] cosine similarities between the rows (B3: normalised with eps)."""
@@ -113,8 +115,8 @@ def anchor_indices(a_t: torch.Tensor, k: int, anchors: str = "lowest", anchor_se
 
 def structural_clouds(z_t: torch.Tensor, z_s: torch.Tensor, k: int = 30, anchors: str = "lowest",
                       anchor_set: str = "per_row", shift: str = "min") -> tuple[torch.Tensor, torch.Tensor]:
-    """The two B × k point clouds of §3.1: shifted cosine rows of teacher and student, gathered at the
-    teacher's anchors. k is capped at B − 1. The teacher side carries no gradient."""
+    """The two B × k point clouds of docs/fidelity.md#pkdot-loss: shifted cosine rows of teacher and student,
+    gathered at the teacher's anchors. k is capped at B − 1. The teacher side carries no gradient."""
     B = z_t.shape[-2]
     k = min(int(k), B - 1)
     with torch.no_grad():
@@ -146,7 +148,7 @@ def structural_ot_loss(z_t: torch.Tensor, z_s: torch.Tensor, k: int = 30, anchor
 
 
 def centroid_loss(z_t: torch.Tensor, z_s: torch.Tensor) -> torch.Tensor:
-    """MT-PKDOT's centroid term (spec §4, commented out in the released code):
+    """MT-PKDOT's centroid term (docs/fidelity.md#mtpkdot-centroid; commented out in the released code):
     ‖(1/B)Σ_i A_T[i, :] − (1/B)Σ_i A_S[i, :]‖₂ on the un-shifted cosine matrices."""
     with torch.no_grad():
         mean_t = cosine_matrix(z_t.detach()).mean(-2)
@@ -180,10 +182,10 @@ def ot_terms(cfg: DictConfig, z_t: torch.Tensor, z_s: torch.Tensor) -> tuple[tor
 
 
 # --------------------------------------------------------------------------------------------------
-# The T-Net (spec §2.4).
+# The T-Net (docs/fidelity.md#pkdot-tnet).
 
 def mmd_multi_kernel(x: torch.Tensor, y: torch.Tensor, n_kernels: int = 5, kernel_mul: float = 2.0) -> torch.Tensor:
-    """Multi-kernel Gaussian MMD² of the official mmd_loss.py (spec §2.4), a biased V-statistic.
+    """Multi-kernel Gaussian MMD² of the official mmd_loss.py (docs/fidelity.md#pkdot-tnet), a biased V-statistic.
 
     U = [x; y], σ² = mean of ‖u_i − u_j‖² over i ≠ j (detached), K = Σ_m exp(−D / (σ² · mul^(m − n//2))),
     MMD² = mean K_xx + mean K_yy − mean K_xy − mean K_yx (diagonals included).

@@ -4,7 +4,7 @@
   whatever a pickle names; ours builds only numpy arrays, dtypes and builtin containers and refuses
   any other global, naming the file and the global. Always `encoding="latin1"` (Python-2 pickles).
 - `as_float32`: the cast to float32 first, then NaN/±inf -> 0, counted (MOSEI audio overflows in the
-  cast; COVAREP has -inf; datasets.md §0 and §3.6).
+  cast; COVAREP has -inf; docs/datasets.md#general and #mmsa-cleaning).
 - `PickleTask`: what the three tasks share: `task.source=real|mimic`, the file lookup with one clear
   error, the mimic marker, `protocol=full|privileged`, the pickles' own train/valid/test as fold 0,
   and the optional feature cache (harness/cache.py).
@@ -99,7 +99,7 @@ def load_pickle(path: Path | str) -> Any:
 # Cleaning
 
 def as_float32(x: Any, where: str, in_place: bool = False, chunk_rows: int = 512) -> tuple[np.ndarray, dict[str, int]]:
-    """Cast to float32 FIRST, then count and zero NaN, +inf and -inf (datasets.md §0).
+    """Cast to float32 FIRST, then count and zero NaN, +inf and -inf (docs/datasets.md#general).
 
     `overflow` counts finite source values that became ±inf in the cast (MOSEI float64 audio).
     in_place: clean a float32 input in place instead of copying it (the loader owns what it unpickled).
@@ -398,7 +398,7 @@ class PickleTask(Task):
 
 
 # ---------------------------------------------------------------------------------------------------
-# MMSA "Processed" pickles (MOSI, MOSEI): datasets.md §3.1(a), dmd.md §1.1
+# MMSA "Processed" pickles (MOSI, MOSEI): docs/datasets.md#mmsa-files
 
 MMSA_METRICS = ("non0_acc2", "non0_f1", "has0_acc2", "has0_f1", "acc5", "acc7", "mae", "corr")
 
@@ -417,7 +417,7 @@ class MMSATask(PickleTask):
     file_description = "MMSA feature pickle (a 'Processed' file of thuiar/MMSA's README, which lists its SHA-256)"
     mimic_dims: dict[str, int] = {}
     mimic_unaligned_T: dict[str, int] = {}
-    mimic_mosei_quirks = False  # float64 audio that overflows float32 and a label > 3 (datasets.md §4)
+    mimic_mosei_quirks = False  # float64 audio that overflows float32 and a label > 3 (docs/datasets.md#mmsa-cleaning)
 
     @property
     def file_name(self) -> str:
@@ -454,7 +454,8 @@ class MMSATask(PickleTask):
                 raise TaskError(f"{where}['regression_labels']: {int((~np.isfinite(y)).sum())} non-finite labels "
                                 f"(at rows {np.flatnonzero(~np.isfinite(y))[:5].tolist()}...): the file is damaged")
             if self.cfg.clip_labels:
-                sinfo["labels_clipped"] = int((np.abs(y) > 3).sum())  # old MOSEI labels reach 11/3 (§4)
+                # old MOSEI labels reach 11/3 (docs/datasets.md#mmsa-cleaning)
+                sinfo["labels_clipped"] = int((np.abs(y) > 3).sum())
                 y = np.clip(y, -3.0, 3.0)
             splits[field_name] = Split(ids=ids, groups=np.array([group_of(i) for i in ids]), inputs=inputs,
                                        targets=y.astype(np.float32)[:, None], lengths=lengths)

@@ -1,6 +1,6 @@
 """`affwild2`: Aff-Wild2 valence-arousal estimation (ABAW VA challenge), per frame.
 
-On disk (datasets.md §2.1):
+On disk (docs/datasets.md#affwild2-files):
   <data_root>/<annotations_dir>/VA_Estimation_Challenge/{Train_Set,Validation_Set}/<track>.txt
       line 1 `valence,arousal`, then one `v,a` line per video frame (frame k = line k+1), values in [-1, 1],
       `-5` = invalid / unannotated frame. annotations_dir is found automatically (the edition-specific

@@ -1,6 +1,6 @@
 """`biovid`: BioVid Heat Pain Database, Part A (and Part B's facial EMG columns when present).
 
-On disk (datasets.md §1.1; every table is read by column name, never by position):
+On disk (docs/datasets.md#biovid-files; every table is read by column name, never by position):
   <data_root>/samples.csv                                     TAB-separated index with a header; columns
       subject_name, sample_name, class_id (0=BL1, 1..4=PA1..PA4) are required; class_name is checked when present.
   <data_root>/biosignals_filtered/<subject_name>/<sample_name>_bio.csv   (task.signals=raw: biosignals_raw/)
@@ -14,7 +14,7 @@ Modalities: `visual` (the student's, [T, D] frame features as stored) and `physi
 here from the signals with scipy (`physio_features`), one row per spectrogram frame [T=127, D]:
   - per EMG channel, PKDOT's spectrogram: keep 2.0 s <= time <= 5.0 s, scipy.signal.spectrogram(nperseg=16,
     noverlap=4, nfft=128) -> 65 bins x 127 frames, in dB (10·log10(PSD + 1e-20); task.physio.log_power).
-    fs is measured from the `time` column (the PKDOT code's fs=1000 is a bug, see pkdot.md B18; set
+    fs is measured from the `time` column (the PKDOT code's fs=1000 is a bug, B18 of docs/fidelity.md#pkdot-bugs; set
     task.physio.fs=1000 to reproduce it: it only rescales the PSD).
   - EDA: the gsr signal low-passed (Butterworth, 1 Hz, zero-phase) at each frame centre, and its slope (µS/s).
   - ECG: heart rate (bpm) from R peaks (5-20 Hz band-pass, squared, scipy.signal.find_peaks at >= 0.33 s
@@ -59,7 +59,8 @@ BINARY_CLASSES = {0: 0, 4: 1}  # class_id -> label: BL1 (no pain) vs PA4 (highes
 INDEX_COLUMNS = ("subject_name", "sample_name", "class_id")
 PROTOCOLS = ("group5", "loso", "folds_file")
 # 20 subjects with weak facial responses, dropped in the "reduced 67" variant; the list comes from public
-# Part-A code and is unverified against an official list (datasets.md §1.4). task.exclude_subjects=reduced67.
+# Part-A code and is unverified against an official list (docs/datasets.md#biovid-protocols).
+# task.exclude_subjects=reduced67.
 REDUCED67_EXCLUDE = (
     "082315_w_60 082414_m_64 082909_m_47 083009_w_42 083013_w_47 083109_m_60 083114_w_55 091914_m_46 092009_m_54 "
     "092014_m_56 092509_w_51 092714_m_64 100514_w_51 100914_m_39 101114_w_37 101209_w_61 101809_m_59 101916_m_40 "

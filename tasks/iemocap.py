@@ -1,4 +1,4 @@
-"""`iemocap`: IEMOCAP emotions as MulT's four binary tasks (datasets.md §5.2, §5.4, §6.3; dmd.md §1.3).
+"""`iemocap`: IEMOCAP emotions as MulT's four binary tasks (docs/datasets.md#iemocap).
 
 Files: MulT's `iemocap_data.pkl` (aligned) or `iemocap_data_noalign.pkl` (task.aligned=false) in
 `<data_root>/` (yaohungt/Multimodal-Transformer: src/dataset.py). Each of train/valid/test holds `text`
@@ -6,14 +6,15 @@ Files: MulT's `iemocap_data.pkl` (aligned) or `iemocap_data_noalign.pkl` (task.a
 in these pickles), `labels` [N, 4, 2] one-hot [absent, present] for (neutral, happy, sad, angry), and
 optionally `id`. Target: argmax over the pair, i.e. four binary heads (TargetSpec classification,
 4 dims x 2 classes). The file's own split is used as given (one fold; seeds vary initialisation only);
-MulT's split is not documented as session-based (§5.5). Protocols as mosi: privileged (default, student
-audio + vision, text privileged; task.student_modalities) or full (every modality at test, MulT's setting).
+MulT's split is not documented as session-based (docs/datasets.md#iemocap-files). Protocols as mosi:
+privileged (default, student audio + vision, text privileged; task.student_modalities) or full (every
+modality at test, MulT's setting).
 
 Metrics (MulT convention): per emotion `accuracy_<e>` and `f1_weighted_<e>` (sklearn, truth first), their
-means `accuracy_mean` / `f1_weighted_mean`, and with task.four_class_metrics the 4-class view of §6.3:
-`acc4` (SER "WA") and `uar4` (SER "UA", balanced accuracy) of the argmax over the four P(present), over
-the samples with exactly one emotion present. DMD's official code has no IEMOCAP path (dmd.md §1.3):
-results here are an extension, not a reproduction.
+means `accuracy_mean` / `f1_weighted_mean`, and with task.four_class_metrics the 4-class view
+(docs/datasets.md#iemocap-metrics): `acc4` (SER "WA") and `uar4` (SER "UA", balanced accuracy) of the
+argmax over the four P(present), over the samples with exactly one emotion present. DMD's official code
+has no IEMOCAP path (docs/fidelity.md#dmd-other-tasks): results here are an extension, not a reproduction.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class IEMOCAP(PickleTask):
     metric_choices = ("f1_weighted_mean", "accuracy_mean", *per_emotion, *FOUR_CLASS)
     published = [
         {"method": "DMD (aggregator listing)", "metrics": {"score (metric not stated)": 0.695},
-         "citation": "wizwand listing of Li, Wang, Cui, CVPR 2023, via specs/dmd.md §5",
+         "citation": "wizwand listing of Li, Wang, Cui, CVPR 2023, via docs/fidelity.md#dmd-reported-results",
          "setting": "unknown", "note": "unclear provenance: DMD's official code has no IEMOCAP path; verify"},
     ]
 

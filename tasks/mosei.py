@@ -1,4 +1,4 @@
-"""`mosei`: CMU-MOSEI utterance sentiment in [-3, 3] from the MMSA pickles (datasets.md §4, dmd.md §1, §4-5).
+"""`mosei`: CMU-MOSEI utterance sentiment in [-3, 3] from the MMSA pickles (docs/datasets.md#mmsa).
 
 Files: `<data_root>/MOSEI/Processed/aligned_50.pkl` or `unaligned_50.pkl`; standard split train 16326 /
 valid 1871 / test 4659, used as given (one fold; seeds vary the initialisation only). Text = frozen BERT

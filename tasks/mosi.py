@@ -1,9 +1,9 @@
-"""`mosi`: CMU-MOSI utterance sentiment in [-3, 3] from the MMSA pickles (datasets.md §3, dmd.md §1, §4-5).
+"""`mosi`: CMU-MOSI utterance sentiment in [-3, 3] from the MMSA pickles (docs/datasets.md#mmsa).
 
 Files: `<data_root>/MOSI/Processed/aligned_50.pkl` or `unaligned_50.pkl` (task.aligned), as thuiar/MMSA
 ships them; standard split train 1284 / valid 229 / test 686, used as given (one fold; seeds vary the
 initialisation only). Text = the file's frozen BERT features ([N, 50, 768]); the harness does not
-fine-tune BERT as DMD does (a deviation, dmd.md §7). Audio = 5-d COVAREP subset, vision = 20-d FACET
+fine-tune BERT as DMD does (a deviation, docs/fidelity.md#dmd-data). Audio = 5-d COVAREP subset, vision = 20-d FACET
 subset (dims read from the file). Metrics: the MMSA suite (harness/metrics.py), primary Non0 Acc-2
 (task.primary_metric). Protocols: task.protocol=privileged (default: the student keeps audio + vision,
 text is privileged; task.student_modalities changes it) or full (every modality at test, the setting of
@@ -17,9 +17,10 @@ from harness.registry import register_task
 from tasks._mmsa import MMSATask
 
 DMD = "Li, Wang, Cui. Decoupled Multimodal Distilling for Emotion Recognition. CVPR 2023"
-DMD_SPEC = "numbers gathered in specs/dmd.md §5 (the paper PDF was not read)"
-MMSA_STAT = "thuiar/MMSA results/result-stat.md (MMSA's own baselines on the same pickles), via specs/dmd.md §5"
-FULL_BERT = "protocol=full, aligned, BERT fine-tuned (DMD*); Non0 Acc-2/F1 by inference (dmd.md §4)"
+DMD_SPEC = "numbers gathered in docs/fidelity.md#dmd-reported-results (the paper PDF was not read)"
+MMSA_STAT = ("thuiar/MMSA results/result-stat.md (MMSA's own baselines on the same pickles), "
+             "via docs/fidelity.md#dmd-reported-results")
+FULL_BERT = "protocol=full, aligned, BERT fine-tuned (DMD*); Non0 Acc-2/F1 by inference (docs/datasets.md#metrics-mmsa)"
 
 
 @register_task

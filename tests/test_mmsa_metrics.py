@@ -8,7 +8,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from harness import metrics as M
 from harness.registry import TASKS
 
-TOY_P = np.array([0.5, 1.5, 2.5, -0.5, 0.0])  # dmd.md §8
+TOY_P = np.array([0.5, 1.5, 2.5, -0.5, 0.0])  # the worked example of docs/datasets.md#metrics-mmsa
 TOY_Y = np.array([0.0, 2.0, 2.0, 0.0, 0.0])
 
 
@@ -79,7 +79,7 @@ def test_mosi_task_scores_a_predictions_table_with_the_configured_primary_first(
                               "protocol": "full", "student_modalities": ["audio", "vision"],
                               "primary_metric": "acc7", "clip_labels": True, "mimic_dir": "/nonexistent",
                               "mimic": {"n_train": 12, "n_valid": 12, "n_test": 12, "seed": 0}})
-    task._dims = {"text": 768, "audio": 5, "vision": 20}  # the spec reads dims from the file: skip the file
+    task._dims = {"text": 768, "audio": 5, "vision": 20}  # task.spec reads dims from the file: skip the file
     scores = task.score(pd.DataFrame({"id": list("abcde"), "y_true_sentiment": TOY_Y, "y_pred_sentiment": TOY_P}))
     assert list(scores) == ["acc7", "non0_acc2", "non0_f1", "has0_acc2", "has0_f1", "acc5", "mae", "corr"]
     assert scores["acc7"] == 1.0 and scores["has0_f1"] == pytest.approx(8 / 9)

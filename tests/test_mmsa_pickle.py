@@ -82,7 +82,7 @@ def test_truncated_file_names_the_file(tmp_path):
         load_pickle(path)
 
 
-# --- Python-2 pickles (datasets.md §5.6-5.7): numpy buffers as BINSTRING (a py2 `str`) ------------------
+# --- Python-2 pickles (docs/datasets.md#general): numpy buffers as BINSTRING (a py2 `str`) --------------
 
 def _binstring(b: bytes) -> bytes:
     return (b"U" + bytes([len(b)]) + b) if len(b) < 256 else (b"T" + struct.pack("<i", len(b)) + b)
@@ -127,5 +127,5 @@ def test_python2_binstring_numpy_pickle_needs_latin1_and_loads(tmp_path):
     np.testing.assert_array_equal(got["train"]["audio"], arr)
     assert got["train"]["audio"].dtype == np.float32
     np.testing.assert_array_equal(got["train"]["id"], [b"Ses01F_impro01_F000", b"x"])
-    # the spec's trivial check: a 2-byte py2 str with bytes >= 0x80
+    # a trivial check: a 2-byte py2 str with bytes >= 0x80
     assert pickle.loads(b"\x80\x02U\x02\xe9\xe8q\x00.", encoding="latin1") == "\xe9\xe8"

@@ -28,7 +28,8 @@ def rand(*shape: int, seed: int, scale: float = 1.0, dtype: torch.dtype = F64) -
 
 
 def pkdot_clouds(B: int, seed: int, k: int = 30, d: int = 512, clusters: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of shifted cosine-similarity matrices gathered at the k least-similar anchors (spec §3).
+    """Rows of shifted cosine-similarity matrices gathered at the k least-similar anchors
+    (docs/fidelity.md#pkdot-loss).
 
     ``clusters > 0`` draws features around that many random centres, which spreads the
     similarities (and the clouds) out compared with i.i.d. Gaussian features.
@@ -336,7 +337,7 @@ def test_epsilon_schedule() -> None:
     # diameter 4 -> eps0 = 16, ratio 1/4: 16, 4, 1, 1/4, 1/16, 1/64 are > 0.01; 1/256 is not.
     expected = [16, 16, 4, 1, 0.25, 0.0625, 0.015625, 0.01]
     assert epsilon_schedule(4.0, 0.01, 0.5) == pytest.approx(expected, rel=1e-12)
-    # spec §3: diameter ≈ 11, eps 0.01 -> 121, 30.25, ..., 0.0295 then 0.01
+    # PKDOT's clouds (docs/fidelity.md#pkdot-sinkhorn): diameter ≈ 11, eps 0.01 -> 121, 30.25, ..., 0.0295 then 0.01
     sched = epsilon_schedule(11.0, 0.01, 0.5)
     assert sched[:3] == pytest.approx([121, 121, 30.25]) and sched[-2:] == pytest.approx([121 / 4**6, 0.01])
     assert epsilon_schedule(0.0, 0.01, 0.5) == [0.01, 0.01]

@@ -28,7 +28,8 @@ def np_cos(z):
 
 
 def np_clouds(zt, zs, k, anchors="lowest", anchor_set="per_row"):
-    """§3.1 written out with numpy: cosine matrices, global-min shift, sorted teacher anchors, gather."""
+    """docs/fidelity.md#pkdot-loss written out with numpy: cosine matrices, global-min shift, sorted teacher
+    anchors, gather."""
     at, as_ = np_cos(zt), np_cos(zs)
     B = len(zt)
     sign = 1.0 if anchors == "lowest" else -1.0

@@ -25,7 +25,7 @@ def single_thread():
 
 
 def ccc_by_formula(y, p):
-    """datasets.md §6.1, population moments."""
+    """docs/datasets.md#metrics-ccc, population moments."""
     my, mp = y.mean(), p.mean()
     return 2 * ((y - my) * (p - mp)).mean() / (y.var() + p.var() + (my - mp) ** 2)
 

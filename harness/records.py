@@ -34,7 +34,8 @@ KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "pri
                    "train.optimizer": "adamw", "train.fused": "auto", "train.momentum": 0.0, "train.schedule": "none",
                    "train.plateau_factor": 0.5, "train.plateau_patience": 5, "train.min_lr": 0.0,
                    "train.drop_last": True, "train.accumulate": 1, "train.grad_clip_by": "norm",
-                   "train.select_on": "primary", "train.stop": "patience"}
+                   "train.select_on": "primary", "train.stop": "patience",
+                   "method.privileged_control": "none", "task.privileged_signal": 1.0}
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf", "submitit",
             "datasets", "pkd-harness")
 

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import RECORD_SCHEMA_VERSION, __version__
+from harness.controls import apply_privileged_control
 from harness.method import RunContext
 from harness.predictions import make_predictions
 from harness.records import NON_SEMANTIC_KEYS, config_id, environment, read_record, run_dir, run_key, write_record
@@ -114,7 +115,15 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
         seed_everything(derive_seed(cfg.seed, cfg.task.name, cfg.fold, cfg.method.name))
         method = method_cls(cfg.method, ctx)
         t = time.perf_counter()
-        method.fit(data.train, data.val)
+        train, val = data.train, data.val
+        control = str(cfg.method.get("privileged_control", "none"))
+        if control != "none":  # the privileged-information control: the method never sees the real pairing
+            train = apply_privileged_control(train, spec.privileged_modalities, control,
+                                             derive_seed(cfg.seed, cfg.task.name, cfg.fold, "control", "train"))
+            val = apply_privileged_control(val, spec.privileged_modalities, control,
+                                           derive_seed(cfg.seed, cfg.task.name, cfg.fold, "control", "val"))
+            record["privileged_control"] = control
+        method.fit(train, val)
         timings["fit_s"] = time.perf_counter() - t
         # The privileged firewall: a student never receives the privileged test modalities.
         keep = spec.modalities if method_cls.uses_privileged_at_test else spec.student_modalities

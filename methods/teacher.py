@@ -53,7 +53,10 @@ def teacher_key(ctx: RunContext) -> dict:
     return {"role": "teacher", "task": cfg.task.name, "task_cfg": semantic_config(cfg)["task"],
             "fold": int(cfg.fold), "seed": int(cfg.seed),
             "model": OmegaConf.to_container(cfg.model, resolve=True),
-            "train": semantic_config(cfg)["train"]}
+            "train": semantic_config(cfg)["train"],
+            # a privileged-information control trains its own teacher, on the controlled data
+            **({"privileged_control": control} if (control := cfg.method.get("privileged_control", "none")) != "none"
+               else {})}
 
 
 def stored_training_summary(meta: dict) -> dict:

@@ -63,10 +63,12 @@ def generate(cfg) -> dict[str, np.ndarray]:
 
     drift = np.linspace(0, 1, T)[None, :, None]
     A_p = rng.standard_normal((L, cfg.physio_dim)) / np.sqrt(L)
-    physio = (u @ A_p)[:, None, :] * (1 + 0.2 * drift) + cfg.privileged_noise * rng.standard_normal((N, T, cfg.physio_dim))
+    signal = float(cfg.get("privileged_signal", 1.0))  # 0: the privileged streams are pure noise
+    physio = (signal * (u @ A_p))[:, None, :] * (1 + 0.2 * drift) \
+        + cfg.privileged_noise * rng.standard_normal((N, T, cfg.physio_dim))
     half = max(1, L // 2)
     A_a = rng.standard_normal((half, cfg.audio_dim)) / np.sqrt(half)
-    audio = (u[:, :half] @ A_a)[:, None, :] + 3 * cfg.privileged_noise * rng.standard_normal((N, T, cfg.audio_dim))
+    audio = (signal * (u[:, :half] @ A_a))[:, None, :] + 3 * cfg.privileged_noise * rng.standard_normal((N, T, cfg.audio_dim))
 
     a_v, a_a, a_p = _unit(rng, L), _unit(rng, L), _unit(rng, L)
     valence = np.tanh(0.9 * u @ a_v) + cfg.label_noise * rng.standard_normal(N)

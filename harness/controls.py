@@ -1,0 +1,48 @@
+"""Privileged-information controls (Provodin et al., arXiv 2408.14319): does a method's gain come from the
+privileged data, or from its extra loss and architecture?
+
+`method.privileged_control` on a distillation method (kd, pkdot, mtpkdot, dmd):
+- `none`: the method as published;
+- `zeros`: every privileged modality is replaced by zeros in the training and validation splits, before the
+  method sees anything, so wherever it would read them (teacher training, soft targets, the T-Net, DMD's
+  graph nodes) it reads zeros. Whatever the method still gains over the student does not come from the
+  privileged information;
+- `shuffle`: the privileged inputs (with their lengths) are permuted across the samples of each split by a
+  fixed permutation from the run's seed: their marginal statistics stay, their pairing with each sample goes.
+
+The control is applied by the runner (harness/runner.py), so no method can forget it; it is part of the run
+key and of the teacher store's key (a control's teacher is trained on the controlled data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from harness.data import Split
+from harness.task import TaskError
+
+CONTROLS = ("none", "zeros", "shuffle")
+
+
+def apply_privileged_control(split: Split, privileged: tuple[str, ...], control: str, seed: int) -> Split:
+    """The split with its privileged modalities zeroed or shuffled (`control`), every other field untouched."""
+    if control not in CONTROLS:
+        raise TaskError(f"method.privileged_control={control!r}: choose one of {', '.join(CONTROLS)}")
+    if control == "none":
+        return split
+    if not privileged:
+        raise TaskError(f"method.privileged_control={control}: this task variant has no privileged modality "
+                        f"(every modality is used at test), so there is nothing to control")
+    inputs, lengths = dict(split.inputs), dict(split.lengths)
+    if control == "zeros":
+        for m in privileged:
+            inputs[m] = np.zeros_like(split.inputs[m])
+    else:
+        perm = np.random.default_rng(seed).permutation(len(split))
+        for m in privileged:
+            inputs[m] = split.inputs[m][perm]
+            if m in lengths:
+                lengths[m] = np.asarray(split.lengths[m])[perm]
+    return replace(split, inputs=inputs, lengths=lengths)

@@ -68,12 +68,20 @@ def generate(cfg) -> dict[str, np.ndarray]:
         + cfg.privileged_noise * rng.standard_normal((N, T, cfg.physio_dim))
     half = max(1, L // 2)
     A_a = rng.standard_normal((half, cfg.audio_dim)) / np.sqrt(half)
-    audio = (signal * (u[:, :half] @ A_a))[:, None, :] + 3 * cfg.privileged_noise * rng.standard_normal((N, T, cfg.audio_dim))
+    audio = (signal * (u[:, :half] @ A_a))[:, None, :] \
+        + 3 * cfg.privileged_noise * rng.standard_normal((N, T, cfg.audio_dim))
 
     a_v, a_a, a_p = _unit(rng, L), _unit(rng, L), _unit(rng, L)
     valence = np.tanh(0.9 * u @ a_v) + cfg.label_noise * rng.standard_normal(N)
     arousal = np.tanh(0.9 * u @ a_a) + cfg.label_noise * rng.standard_normal(N)
     score = u @ a_p + cfg.label_noise * rng.standard_normal(N)
+    explained = float(cfg.get("explained_label_noise", 0.0))
+    if explained > 0:  # drawn last, so the streams above are the same whatever its value
+        e = rng.standard_normal((N, 3))  # per-sample label noise of valence, arousal and the class score
+        valence, arousal = valence + explained * e[:, 0], arousal + explained * e[:, 1]
+        score = score + explained * e[:, 2]
+        B = np.linalg.qr(rng.standard_normal((cfg.physio_dim, 3)))[0].T  # 3 orthonormal physio directions
+        physio = physio + (e @ B)[:, None, :]  # the privileged stream shows it at every step; the face never does
     level = np.searchsorted(np.quantile(score, [0.2, 0.4, 0.6, 0.8]), score)  # 0..4
     return {"subject": subject, "visual": visual, "physio": physio, "audio": audio,
             "valence": valence, "arousal": arousal, "level": level}
@@ -154,5 +162,19 @@ class Synthetic(Task):
         train_idx, test_idx = list(outer.split(full.ids, groups=full.groups))[fold]
         inner = GroupShuffleSplit(n_splits=1, test_size=c.val_fraction, random_state=int(c.data_seed) + fold)
         tr, va = next(inner.split(train_idx, groups=full.groups[train_idx]))
-        return FoldData(train=full.subset(train_idx[tr]), val=full.subset(train_idx[va]), test=full.subset(test_idx),
-                        info={"n_subjects": int(c.n_subjects)})
+        train = full.subset(train_idx[tr])
+        k = c.get("labelled_per_subject")
+        if k is not None:  # fewer labelled training samples per subject (validation and test keep theirs)
+            if not 1 <= int(k) <= int(c.samples_per_subject):
+                raise TaskError(f"task.labelled_per_subject={k}: choose 1..{c.samples_per_subject} or null (all)")
+            order = np.random.default_rng(int(c.data_seed) + 7919 * fold).permutation(len(train))
+            seen: dict[str, int] = {}
+            keep_rows = []
+            for i in order:
+                g = train.groups[i]
+                if seen.get(g, 0) < int(k):
+                    seen[g] = seen.get(g, 0) + 1
+                    keep_rows.append(i)
+            train = train.subset(np.sort(np.array(keep_rows)))
+        return FoldData(train=train, val=full.subset(train_idx[va]), test=full.subset(test_idx),
+                        info={"n_subjects": int(c.n_subjects), "n_train": len(train)})

@@ -60,3 +60,34 @@ def test_bad_config_names_the_key():
         task("task.privileged=[eeg]")
     with pytest.raises(TaskError, match="fold=7"):
         task().check_fold(7)
+
+
+def _ridge_r2(d, mod):
+    x_tr, x_te = d.train.inputs[mod].mean(1), d.test.inputs[mod].mean(1)
+    model = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(x_tr, d.train.targets)
+    return r2_score(d.test.targets, model.predict(x_te))
+
+
+def test_explained_label_noise_is_in_the_labels_and_in_physio_only():
+    base, noisy = task().load_fold(0), task("task.explained_label_noise=0.5").load_fold(0)
+    assert (noisy.train.inputs["visual"] == base.train.inputs["visual"]).all()  # the face does not show it
+    added = noisy.train.targets - base.train.targets
+    assert 0.4 < added.std() < 0.6  # the noise added to valence/arousal has the asked std
+    # physio explains the noisier labels linearly as well as it explained the clean ones
+    assert _ridge_r2(noisy, "physio") > 0.8
+
+
+def test_labelled_per_subject_keeps_k_training_samples_per_subject_and_nothing_else_changes():
+    base, few = task().load_fold(0), task("task.labelled_per_subject=3").load_fold(0)
+    subjects, counts = np.unique(few.train.groups, return_counts=True)
+    assert (counts == 3).all() and set(subjects) == set(base.train.groups)
+    assert set(few.train.ids) <= set(base.train.ids)
+    assert (few.val.ids == base.val.ids).all() and (few.test.ids == base.test.ids).all()
+    from harness.task import TaskError
+    with pytest.raises(TaskError, match="task.labelled_per_subject=0"):
+        task("task.labelled_per_subject=0").load_fold(0)
+
+
+def test_privileged_signal_zero_makes_physio_pure_noise():
+    d = task("task.privileged_signal=0", "task.privileged_noise=1.0").load_fold(0)
+    assert _ridge_r2(d, "physio") < 0.05

@@ -39,6 +39,7 @@ from omegaconf import DictConfig
 from harness.data import Split
 from harness.method import RunContext
 from harness.predictions import make_predictions
+from harness.schema import LOOP_CHOICES
 
 # The loop's options and the values that give the loop the harness has always had. A train config
 # without one of these keys (an older record, a method's partial override) means that value.
@@ -47,9 +48,7 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "plateau_patience": 5, "min_lr": 0.0, "accumulate": 1, "grad_clip": None, "grad_clip_by": "norm",
     "select_on": "primary", "stop": "patience", "patience": 12, "min_delta": 0.0, "drop_last": True,
 }
-CHOICES = {"optimizer": ("adamw", "adam", "rmsprop", "sgd"), "fused": ("auto", True, False),
-           "schedule": ("none", "plateau"), "grad_clip_by": ("norm", "value"), "select_on": ("primary", "loss"),
-           "stop": ("patience", "budget")}
+CHOICES = LOOP_CHOICES  # the loop's choices, from the config schema (one place for them)
 
 
 @dataclass

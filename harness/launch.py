@@ -45,7 +45,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.records import read_record, run_dir
 from harness.runner import execute
+from harness.schema import ConfigError
 from harness.sweeps import in_flight, new_sweep_id, sweeps_dir, write_manifest
+from harness.task import TaskError
 
 SUBMITIT_EXECUTORS = ("slurm", "local")
 
@@ -94,12 +96,21 @@ def launch(runs: list[PlannedRun], launcher: DictConfig) -> list[dict]:
         print(f"resume: {skipped} of {len(runs)} runs already have a record and are skipped (overwrite=true recomputes)")
     name = launcher.name
     if name == "inprocess":
-        records = []
+        records, not_run = [], []
+        common = set.intersection(*(set(r.overrides) for r in todo)) if todo else set()  # what tells runs apart
         for i, r in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {' '.join(r.overrides) or '(defaults)'}")
             if r.cfg.overwrite:
                 clear_checkpoints(r.folder)
-            rec = execute(r.cfg, r.overrides)
+            try:
+                rec = execute(r.cfg, r.overrides)
+            except (ConfigError, TaskError) as e:  # found with the data: nothing written, the sweep goes on
+                if len(todo) == 1:
+                    raise
+                first = str(e).splitlines()[0]
+                print(f"  -> not run: {first}")
+                not_run.append(f"{first} ({' '.join(o for o in r.overrides if o not in common)})")
+                continue
             line = f"  -> {rec['status']}"
             if rec["status"] == "ok":
                 pm = rec.get("primary_metric")
@@ -108,6 +119,10 @@ def launch(runs: list[PlannedRun], launcher: DictConfig) -> list[dict]:
                 line += f"  {rec['error']}" if len(todo) > 1 else "  (error below)"
             print(line)
             records.append(rec)
+        if not_run:
+            summary = (f"{len(not_run)} of {len(todo)} runs were not run (no folder or record); {len(records)} ran "
+                       f"({sum(r['status'] == 'ok' for r in records)} ok), their records are written")
+            raise ConfigError("\n".join(not_run), lines=[*not_run, summary])
         return records
     raise ValueError(f"launcher '{name}' is not implemented")
 
@@ -152,7 +167,14 @@ class RunJob(submitit.helpers.Checkpointable):
                 if cfg.overwrite:
                     clear_checkpoints(folder)
             print(f"[{i + 1}/{len(self.runs)}] {' '.join(spec['overrides']) or '(defaults)'} -> {folder}", flush=True)
-            rec = execute(cfg, spec["overrides"], launch=self.launch_info())
+            try:
+                rec = execute(cfg, spec["overrides"], launch=self.launch_info())
+            except (ConfigError, TaskError) as e:  # a config or data mistake found with the data: no record
+                first = str(e).splitlines()[0]
+                print(f"  -> not run: {first}", flush=True)
+                summary.append({"run_dir": spec["run_dir"], "status": "not run", "error": first})
+                failed.append(f"{spec['run_dir']}: not run: {first}")
+                continue
             if i not in self.finished:
                 self.finished.append(i)
             resumed = (rec.get("extra") or {}).get("resumed_from_epoch")
@@ -162,8 +184,8 @@ class RunJob(submitit.helpers.Checkpointable):
             if rec["status"] != "ok":
                 failed.append(f"{spec['run_dir']}: {rec.get('error')}")
         if failed:
-            raise RunFailed(f"{len(failed)} of {len(self.runs)} runs failed (their records carry the error): "
-                            + "; ".join(failed))
+            raise RunFailed(f"{len(failed)} of {len(self.runs)} runs failed (their records carry the error; a run "
+                            "'not run' has a config or data mistake and no record): " + "; ".join(failed))
         return summary
 
     def checkpoint(self, *args, **kwargs):
@@ -188,19 +210,11 @@ class RunJob(submitit.helpers.Checkpointable):
 
 
 def check_launcher(launcher: DictConfig) -> None:
-    if launcher.executor == "slurm":
-        if shutil.which("sbatch") is None or shutil.which("srun") is None:
-            raise LaunchError(f"launcher={launcher.name} needs SLURM (sbatch and srun on PATH), not found "
-                              "here; run from a SLURM login node, or use launcher=local on a workstation")
-        # SLURM may send the --signal up to 60 s early; the job must have started its handler by then.
-        if launcher.timeout_min * 60 <= launcher.signal_delay_s + 60:
-            raise LaunchError(f"launcher.timeout_min={launcher.timeout_min} is too short for launcher.signal_delay_s="
-                              f"{launcher.signal_delay_s}: the checkpoint signal would come before the run starts; "
-                              f"use launcher.timeout_min >= {int((launcher.signal_delay_s + 60) // 60) + 1} "
-                              "or lower launcher.signal_delay_s")
-    for key in ("timeout_min", "cpus_per_task"):
-        if launcher.get(key) is not None and launcher[key] <= 0:
-            raise LaunchError(f"launcher.{key}={launcher[key]} must be positive")
+    """What only this machine can tell: SLURM's commands are here. The launcher's values (and the time limit
+    against the checkpoint signal) are checked with every other config value (harness/schema.py)."""
+    if launcher.executor == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
+        raise LaunchError(f"launcher={launcher.name} needs SLURM (sbatch and srun on PATH), not found "
+                          "here; run from a SLURM login node, or use launcher=local on a workstation")
 
 
 def _source_root() -> Path | None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from harness.data import Split
+from harness.data import Split, TaskSpec
 
 if TYPE_CHECKING:
     from harness.task import Task
@@ -55,6 +55,12 @@ class Method:
     def __init__(self, cfg: DictConfig, ctx: RunContext):
         self.cfg = cfg  # this method's own config node (`method.*`)
         self.ctx = ctx
+
+    @classmethod
+    def check(cls, cfg: DictConfig, spec: TaskSpec) -> None:
+        """Fail (harness.schema.ConfigError, one line) on a config this method cannot run on this task's data,
+        e.g. a modality the task lacks. Called by the runner after the fold is loaded, before the run's folder
+        exists, so a config mistake writes no record. `cfg` is the whole run config."""
 
     def fit(self, train: Split, val: Split) -> None:
         raise NotImplementedError

@@ -33,10 +33,11 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from harness.data import Split, TargetSpec
+from harness.data import Split, TargetSpec, TaskSpec
 from harness.method import Method, RunContext
 from harness.predictions import make_predictions
 from harness.registry import register_method
+from harness.schema import ConfigError
 from harness.task import TaskError
 from harness.training import Batch, SplitTensors, fit, predict_in_batches
 from harness.training import make_optimizer as _loop_optimizer
@@ -146,6 +147,27 @@ class DMD(Method):
     name = "dmd"
     description = ("DMD (CVPR 2023): decoupled homo/hetero spaces + graph distillation units; privileged protocol: "
                    "learned edges distil privileged nodes into the student's (text = precomputed features, no BERT)")
+
+    @classmethod
+    def check(cls, cfg: DictConfig, spec: TaskSpec) -> None:
+        """The graph against the task's modalities, and the preset's values (they depend on the task)."""
+        nodes = tuple(spec.modalities)
+        if len(nodes) < 2:
+            raise ConfigError(f"DMD needs at least 2 modalities (its graph's nodes), the task has {list(nodes)}")
+        hp = resolve_hparams(cfg.method, str(cfg.task.name), spec.target.kind)
+        if hp["d"] % hp["heads"]:
+            raise ConfigError(f"method.d={hp['d']} must be divisible by method.heads={hp['heads']}"
+                              + (f" (preset: {hp['preset_applied']})" if hp.get("preset_applied") else ""))
+        roles = hp["gd"].get("roles")
+        if roles and (len(nodes) != 3 or sorted(roles) != sorted(nodes)):
+            three = "" if len(nodes) == 3 else " and needs 3 of them: set method.gd.roles=null"
+            raise ConfigError(f"method.gd.roles={list(roles)} must list the task's modalities {list(nodes)} as "
+                              f"[L, V, A]{three}")
+        loop = {**OmegaConf.to_container(cfg.train, resolve=True), **hp["training"]}
+        if loop.get("stop") == "budget" and loop.get("select_on") == "loss":
+            raise ConfigError("method.training.stop=budget keeps the last epoch, but DMD selects on the validation "
+                              f"loss here ({hp.get('preset_applied') or 'method.training.select_on=loss'}): set "
+                              "method.training.stop=patience, or method.preset=none with select_on=primary")
 
     def __init__(self, cfg: DictConfig, ctx: RunContext):
         super().__init__(cfg, ctx)

@@ -38,6 +38,18 @@ class RunContext:
     logs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # free-form facts a method wants in its record (teacher choice counts, edge weights...)
     extra: dict[str, Any] = field(default_factory=dict)
+    # config values the run used other than asked, on purpose: the record's top-level `adjusted`
+    adjusted: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def adjust(self, key: str, asked: Any, used: Any, why: str) -> None:
+        """Record that config value `key` (dotted path) was used as `used` instead of `asked`, and why.
+        Adjusted again to another value (another model of the run), `used` lists each value and `why` each reason."""
+        entry = self.adjusted.get(key)
+        if entry is None:
+            self.adjusted[key] = {"asked": asked, "used": used, "why": why}
+        elif used != entry["used"] and not (isinstance(entry["used"], list) and used in entry["used"]):
+            entry["used"] = (entry["used"] if isinstance(entry["used"], list) else [entry["used"]]) + [used]
+            entry["why"] = f"{entry['why']}; {why}"
 
     @property
     def spec(self):

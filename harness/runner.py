@@ -164,6 +164,8 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
             record["status"] = "ok"
         except Exception as e:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
             failure = (e, traceback.format_exc())
+    # Config values used other than asked, on purpose (k capped at the batch size, a preset's values...).
+    record["adjusted"] = ctx.adjusted if ctx is not None else {}
     if failure is not None:
         error, record["traceback"] = failure
         record["status"] = "failed"

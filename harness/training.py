@@ -186,7 +186,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
         predict_fn: Callable[[Batch], torch.Tensor] | None, train: Split, val: Split | None, ctx: RunContext,
         train_cfg: DictConfig | dict, params: list | None = None, checkpoint_path: Path | None = None,
         evaluate: Callable[[], dict] | None = None, epoch_hook: Callable[[int, int], dict] | None = None,
-        batch_seed: int | None = None) -> list[dict]:
+        batch_seed: int | None = None, config_key: str = "train") -> list[dict]:
     """Train `module` (its parameters, or `params`: tensors or param groups) with loss_fn; select on val.
 
     loss_fn(batch) returns the loss and a dict of its named parts (logged per epoch, averaged).
@@ -195,6 +195,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     returns {"metrics": {...}, "loss": float | None} for the validation split (DMD: pooled targets, its own
     val loss). `epoch_hook(epoch, n_batches)` returns extra fields for the epoch's log entry.
     `batch_seed` seeds the batch-order generator (default: one draw from the run's seeded global stream).
+    `config_key` is where train_cfg's values come from (DMD: method.training), for the record's `adjusted`.
     The selected state (best validation score; the last epoch under stop=budget) is restored at the end.
     Returns the per-epoch log, also stored in ctx.logs[name]; the summary goes to ctx.extra["training"][name].
     With train_cfg.checkpoint, the state after every epoch (weights, optimizer, scheduler, best state, log,
@@ -231,6 +232,9 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     if n_batches == 0:
         raise ValueError(f"{name}: the training split has {train_t.n} samples, no full batch of {bs}")
     accumulate = max(1, min(int(opts["accumulate"]), n_batches))
+    if accumulate < int(opts["accumulate"]):
+        ctx.adjust(f"{config_key}.accumulate", int(opts["accumulate"]), accumulate,
+                   f"an epoch of {name} has {n_batches} batches")
     clip, clip_by = opts.get("grad_clip"), opts["grad_clip_by"]
     max_epochs, patience, min_lr = int(opts["max_epochs"]), int(opts["patience"]), float(opts["min_lr"])
     # Batch order: its own generator, seeded from the run's (seeded) global stream unless the method says.

@@ -52,12 +52,13 @@ from methods.blocks import Head, MultimodalNet, masked_mean, task_loss
 from methods.pkdot import (
     build_student,
     check_structural,
+    note_k_cap,
     ot_terms,
     predict_student,
     student_predictor,
     student_train_cfg,
 )
-from methods.teacher import build_net, get_teacher, stored_training_summary, teacher_key
+from methods.teacher import build_net, get_teacher, note_stored_adjustments, stored_training_summary, teacher_key
 
 
 class TeacherSet(nn.Module):
@@ -170,6 +171,8 @@ def get_teacher_set(ctx: RunContext, cfg, teacher: MultimodalNet, train: Split, 
     ctx.extra["mt_teachers"] = {"store_path": meta["store_path"], "reused": meta["reused"],
                                 "val_task_loss": meta.get("val_task_loss")}
     ctx.extra.setdefault("training", {})["mt_teachers"] = {**stored_training_summary(meta), "reused": meta["reused"]}
+    if meta["reused"]:
+        note_stored_adjustments(ctx, "mt_teachers", ctx.extra["training"]["mt_teachers"])
     return ts, meta
 
 
@@ -204,6 +207,7 @@ class MTPKDOT(Method):
 
     def fit(self, train: Split, val: Split) -> None:
         ctx, cfg = self.ctx, self.cfg
+        note_k_cap(ctx, cfg, len(train), student_train_cfg(ctx, cfg))
         teacher, _ = get_teacher(ctx, train, val)  # the stored one (copied by stage 1; feeds the T-Net)
         teachers, _ = get_teacher_set(ctx, cfg, teacher, train, val)
         self.student = build_student(ctx, cfg, teacher, train, val)

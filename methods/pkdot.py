@@ -70,7 +70,7 @@ from methods.ot import sinkhorn_divergence
 from methods.teacher import build_net, get_teacher, teacher_key
 
 __all__ = ["sinkhorn_divergence", "cosine_matrix", "shift_nonnegative", "anchor_indices", "structural_clouds",
-           "structural_ot_loss", "centroid_loss", "mmd_multi_kernel", "TNet", "get_tnet", "PKDOT"]
+           "structural_ot_loss", "centroid_loss", "mmd_multi_kernel", "TNet", "get_tnet", "PKDOT", "note_k_cap"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,6 +166,19 @@ def check_structural(cfg: DictConfig, spec: TaskSpec) -> None:
                           f"T-Net to hallucinate, and task.{key}={cfg.task[key]} leaves none "
                           f"({'+'.join(spec.modalities)} all at test): set method.tnet.enabled=false or "
                           f"task.{key}=privileged")
+
+
+def note_k_cap(ctx: RunContext, cfg: DictConfig, n_train: int, train_cfg: DictConfig) -> None:
+    """k is capped at B − 1 in each batch (structural_clouds); where the cap bites, the record says so
+    (`adjusted`): B is the batch size, or the training split when it is smaller, or a short last batch."""
+    k, bs = int(cfg.k), int(train_cfg.batch_size)
+    full = min(bs, n_train)
+    if k > full - 1:
+        ctx.adjust("method.k", k, full - 1, f"k must be < the batch size ({full}"
+                   + (", the whole training split" if full < bs else "") + ")")
+    short = n_train % bs if (not train_cfg.get("drop_last", True) and n_train > bs) else 0
+    if short and k > short - 1:
+        ctx.adjust("method.k", k, short - 1, f"the last batch of each epoch has {short} samples (drop_last=false)")
 
 
 def ot_terms(cfg: DictConfig, z_t: torch.Tensor, z_s: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -376,6 +389,7 @@ class PKDOT(Method):
 
     def fit(self, train: Split, val: Split) -> None:
         ctx, cfg = self.ctx, self.cfg
+        note_k_cap(ctx, cfg, len(train), student_train_cfg(ctx, cfg))
         teacher, _ = get_teacher(ctx, train, val)
         self.student = build_student(ctx, cfg, teacher, train, val)
         target, reg = ctx.spec.target, ctx.cfg.train.regression_loss

@@ -2,7 +2,8 @@
 
 The schema and the YAML files cannot drift apart; every default config is valid; a bad value of any group
 fails in one line at the prompt with exit status 2 and creates nothing; a sweep reports each problem once,
-with the runs that have it; checks that need the data fail the same way before a run's folder exists.
+with the runs that have it; checks that need the data fail the same way before a run's folder exists; a
+value the run changes on purpose (pkdot's k capped at the batch size) is in the record and the leaderboard.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from omegaconf import OmegaConf
 import harness.training
 from harness.cli import main
 from harness.config import compose_one, group_options
+from harness.leaderboard import write_leaderboard
+from harness.method import RunContext
+from harness.records import read_record, run_dir
 from harness.schema import GROUP_TABLES, LOOP_CHOICES, MAY_BE_ABSENT, ROOT, TASKS, ConfigError, show
 from harness.validate import check_runs, problems
 from tests.conftest import TINY
@@ -295,3 +299,58 @@ def test_an_inprocess_sweep_runs_the_others_and_reports_the_run_it_could_not_run
     assert err[1] == "harness: error: 1 of 2 runs were not run (no folder or record); 1 ran (1 ok), their " \
                      "records are written"
     assert [p.name for p in (tmp_path / "results" / "synthetic").iterdir()] == ["student"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Values a run changes on purpose: in the record (`adjusted`) and footnoted on the leaderboard
+
+
+def test_pkdot_k_cap_is_in_the_record_and_the_leaderboard(tmp_path):
+    code, _, _ = run_cli(tmp_path, "method=pkdot", "method.k=500", *TINY)
+    assert code == 0
+    cfg = compose_one(["method=pkdot", "method.k=500", *TINY, f"results_dir={tmp_path / 'results'}",
+                       f"cache_dir={tmp_path / 'cache'}"])
+    rec = read_record(run_dir(cfg))
+    n_train = rec["n_samples"]["train"]
+    assert n_train < 128  # the tiny training split is smaller than pkdot's batch: one batch of all of it
+    assert rec["adjusted"] == {"method.k": {"asked": 500, "used": n_train - 1,
+                                            "why": f"k must be < the batch size ({n_train}, the whole training split)"}}
+    text, _ = write_leaderboard(tmp_path / "results", tmp_path / "lb.md", None)
+    label = "pkdot [" + " ".join(o for o in rec["overrides"] if o.startswith(("method.", "train.", "model."))) + "]"
+    assert (f"- {label}: method.k 500 → {n_train - 1} (k must be < the batch size ({n_train}, the whole training "
+            "split)), 1 run") in text.splitlines()
+
+
+def test_k_cap_rule_for_full_and_short_batches():
+    from methods.pkdot import note_k_cap
+
+    class Ctx:  # what note_k_cap uses of a RunContext
+        adjust = RunContext.adjust
+
+        def __init__(self):
+            self.adjusted = {}
+
+    def caps(k, n, bs, drop_last=True):
+        ctx = Ctx()
+        note_k_cap(ctx, OmegaConf.create({"k": k}), n, OmegaConf.create({"batch_size": bs, "drop_last": drop_last}))
+        return ctx.adjusted.get("method.k")
+
+    assert caps(30, 1000, 128) is None and caps(127, 1000, 128) is None
+    assert caps(128, 1000, 128) == {"asked": 128, "used": 127, "why": "k must be < the batch size (128)"}
+    # 1000 = 7 x 128 + 104: without drop_last the last batch has 104 samples
+    assert caps(110, 1000, 128, drop_last=False) == {
+        "asked": 110, "used": 103, "why": "the last batch of each epoch has 104 samples (drop_last=false)"}
+    assert caps(500, 1000, 128, drop_last=False)["used"] == [127, 103]
+
+
+def test_dmd_preset_changes_are_recorded_as_adjusted():
+    from methods.dmd.method import preset_changes, resolve_hparams
+
+    cfg = compose_one(["method=dmd"]).method
+    changes = preset_changes(cfg, resolve_hparams(cfg, "mosei", "regression"))
+    assert changes["method.d"] == (50, 30) and changes["method.heads"] == (10, 6)
+    assert changes["method.training.select_on"] == ("primary", "loss")
+    assert preset_changes(cfg, resolve_hparams(cfg, "synthetic", "regression")) == {}
+    assert preset_changes(cfg, resolve_hparams(cfg, "synthetic", "classification")) == {
+        "method.training.select_on": ("primary", "loss")}
+

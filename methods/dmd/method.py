@@ -27,6 +27,7 @@ is broadcast to every step. Every deviation and its reason: docs/fidelity.md#dmd
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,6 +104,19 @@ def resolve_hparams(cfg: DictConfig, task_name: str, target_kind: str | None = N
     return hp
 
 
+def preset_changes(cfg: DictConfig, hp: dict) -> dict[str, tuple[Any, Any]]:
+    """The configured values the preset replaced, as {dotted key: (configured, used)}."""
+    asked = OmegaConf.to_container(cfg, resolve=True)
+    out = {}
+    for key, used in hp.items():
+        if key == "training":
+            out.update({f"method.training.{k}": (asked["training"].get(k), v) for k, v in used.items()
+                        if asked["training"].get(k) != v})
+        elif key != "preset_applied" and asked.get(key) != used and (asked.get(key) or used):
+            out[f"method.{key}"] = (asked.get(key), used)
+    return out
+
+
 def make_optimizer(params: list[torch.Tensor], training: dict) -> torch.optim.Optimizer:
     """DMD's optimizer through the loop's: the official Adam (default betas and eps, the config's lr and weight
     decay, 0: the official code ignores its config value), fused (one kernel over every tensor) where torch
@@ -172,6 +186,9 @@ class DMD(Method):
     def __init__(self, cfg: DictConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
         self.hp = resolve_hparams(cfg, str(ctx.cfg.task.name), ctx.spec.target.kind)
+        for key, (asked, used) in preset_changes(cfg, self.hp).items():
+            ctx.adjust(key, asked, used, f"method.preset={cfg.preset} applied {self.hp['preset_applied']} "
+                                         "(method.preset=none keeps the configured values)")
 
     # --- data helpers ------------------------------------------------------------------------
     def _targets_split(self, split: Split) -> Split:
@@ -209,6 +226,12 @@ class DMD(Method):
                                 f"(fix the task's loader or its *_dim config)")
         seq_lens = {m: (train.inputs[m].shape[1] if train.inputs[m].ndim == 3 else 1) for m in spec.modalities}
         net, homo, het, graph = build_dmd(dict(spec.modalities), seq_lens, spec.target, hp, spec.student_modalities)
+        for m in net.nodes:  # kernels longer than a modality's sequence are cut to it
+            own = m in hp["kernel_by_modality"]
+            asked = int(hp["kernel_by_modality"][m] if own else hp["kernel"])
+            if net.kernels[m] != asked:
+                ctx.adjust(f"method.kernel_by_modality.{m}" if own else "method.kernel", asked, net.kernels[m],
+                           f"cut to {m}'s sequence length, {net.seq_lens[m]}")
         self.net, self.graph = net.to(ctx.device), graph
         self.model = nn.ModuleDict({"net": self.net, "homo_gd": homo, "het_gd": het}).to(ctx.device)
         dmd_loss = DMDLoss(self.net, self.model["homo_gd"], self.model["het_gd"], hp["loss"])
@@ -239,7 +262,7 @@ class DMD(Method):
         # The batch order of DMD's original loop, seeded from the run's seed itself (no draw from the stream).
         log = fit("student", self.model, loss_fn, None, self._targets_split(train), val, ctx, train_cfg,
                   checkpoint_path=ctx.run_dir / "checkpoint_dmd.pt", evaluate=evaluate, epoch_hook=edges_of_epoch,
-                  batch_seed=int(torch.initial_seed()) % (2**63))
+                  batch_seed=int(torch.initial_seed()) % (2**63), config_key="method.training")
         hist = {u: [e[f"edges_{u}"] for e in log] for u in ("homo", "hetero")}
         summary = ctx.extra["training"]["student"]
         self._record(train, val, hist, summary["selected_epoch"], summary["accumulate"], summary["batches_per_epoch"])

@@ -11,7 +11,9 @@ follows the sweep and `harness leaderboard` reads whatever has finished.
 - local: submitit's LocalExecutor; the runs are dealt to `parallelism` background workers, each
   running its share one after the other.
 - Each job calls harness.runner.execute: a run that fails writes a failed record carrying the error,
-  and its job exits with an error (sacct FAILED, the log ends with the traceback).
+  and its job exits with an error (sacct FAILED, the log ends with the traceback). Config values are all
+  checked before submission (harness/validate.py); a mistake only the data shows (a fold the data lacks)
+  writes no record: the job's other runs go on and the job fails naming it.
 - A job that is preempted or reaches its time limit gets SIGUSR2 from SLURM; submitit calls
   RunJob.checkpoint() and requeues it, and the run resumes from its own per-epoch checkpoint
   (train.checkpoint=true, set by the presets). Its record says how often it was requeued and the

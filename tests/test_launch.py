@@ -391,8 +391,8 @@ def test_local_launcher_sweep_status_and_resend(tmp_path, capsys):
     folders = [Path(r["run_dir"]) for r in manifest["runs"]]
     _wait_for_records(folders, timeout=240)
     _wait_for_workers(manifest, timeout=60)
-    by_lr = {r["overrides"][1]: r for r in manifest["runs"]}
-    good, bad = by_lr["train.lr=0.002"], by_lr["train.lr=1e30"]
+    by_lr = {float(r["overrides"][1].removeprefix("train.lr=")): r for r in manifest["runs"]}
+    good, bad = by_lr[0.002], by_lr[1e30]
     ok, failed = read_record(Path(good["run_dir"])), read_record(Path(bad["run_dir"]))
     assert ok["status"] == "ok" and ok["launch"]["sweep_id"] == manifest["sweep_id"]
     assert ok["launch"]["job_id"] == good["job_id"]
@@ -414,7 +414,7 @@ def test_local_launcher_sweep_status_and_resend(tmp_path, capsys):
     newest = read_manifests(results)[-1]
     assert newest["sweep_id"] != manifest["sweep_id"]
     assert (newest["n_submitted"], newest["n_skipped_recorded"]) == (1, 1)
-    assert [r["overrides"][1] for r in newest["runs"]] == ["train.lr=1e30"]
+    assert [r["overrides"][1] for r in newest["runs"]] == [bad["overrides"][1]]
     os.kill(int(newest["jobs"][0]["job_id"]), signal.SIGINT)  # it would fail the same way: stop the worker
 
 

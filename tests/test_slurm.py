@@ -123,11 +123,11 @@ def test_a_failing_run_fails_alone_and_is_the_only_one_sent_again(partition, tmp
     # the prompt and never reaches the cluster: tests/test_schema.py)
     sweep = ("method=student", "train.lr=0.002,1e30", *TINY)
     m = send(tmp_path, partition, *sweep)
-    states = {s.run["overrides"][1]: s for s in wait(m)}
-    good, bad = "train.lr=0.002", "train.lr=1e30"
+    states = {float(s.run["overrides"][1].removeprefix("train.lr=")): s for s in wait(m)}
+    good, bad = 0.002, 1e30
     assert states[good].state == "done" and states[bad].state == "failed"
     assert "NaN" in states[bad].detail or "non-finite" in states[bad].detail
-    job = {r["overrides"][1]: r for r in m["runs"]}
+    job = {float(r["overrides"][1].removeprefix("train.lr=")): r for r in m["runs"]}
     ok, failed = read_record(Path(job[good]["run_dir"])), read_record(Path(job[bad]["run_dir"]))
     assert ok["status"] == "ok"
     assert failed["status"] == "failed" and failed["error"].split(":")[0] in states[bad].detail
@@ -146,7 +146,7 @@ def test_a_failing_run_fails_alone_and_is_the_only_one_sent_again(partition, tmp
 
     again = send(tmp_path, partition, *sweep)
     assert (again["n_submitted"], again["n_skipped_recorded"]) == (1, 1)
-    assert [r["overrides"][1] for r in again["runs"]] == [bad]
+    assert [r["overrides"][1] for r in again["runs"]] == [job[bad]["overrides"][1]]
     subprocess.run(["scancel", again["runs"][0]["job_id"]], check=True)  # it would fail the same way
 
 

@@ -20,12 +20,14 @@ from tabulate import tabulate
 from harness.config import Composer, ConfigError, expand
 from harness.registry import METHODS, TASKS, UnknownNameError
 from harness.task import TaskError
+from harness.validate import check_runs
 
 USAGE_EXIT = 2
 
 
-def _fail(msg: str) -> int:
-    print(f"harness: error: {msg}", file=sys.stderr)
+def _fail(msg: str | list[str]) -> int:
+    for line in [msg] if isinstance(msg, str) else msg:
+        print(f"harness: error: {line}", file=sys.stderr)
     return USAGE_EXIT
 
 
@@ -39,8 +41,11 @@ def cmd_run(args) -> int:
         runs = [PlannedRun(o, cfg) for o, cfg in zip(combos, composer.compose_many(combos))]
     if args.cfg:
         print(OmegaConf.to_yaml(runs[0].cfg))
+        check_runs([(runs[0].overrides, runs[0].cfg)])  # and says what is wrong with it, if anything
         return 0
-    # Name errors surface before anything trains.
+    # Every value of every run is checked before the first run starts or the first job is submitted:
+    # a mistake costs one line per distinct problem (exit status 2), and no folder, record or job is made.
+    check_runs([(r.overrides, r.cfg) for r in runs])
     for r in runs:
         METHODS.get(r.cfg.method.name)
         TASKS.get(r.cfg.task.name)
@@ -138,6 +143,7 @@ def cmd_data(args) -> int:
         return _fail("usage: harness data mimic task=NAME out=DIR [task.key=value ...]")
     with Composer() as composer:
         cfg = composer.compose([f"task={kv['task']}"] + [o for o in args.overrides if o.startswith("task.")])
+    check_runs([([], cfg)])
     root = TASKS.get(cfg.task.name).write_mimic(Path(kv["out"]), cfg.task)
     print(f"wrote a mimic {cfg.task.name} dataset (real on-disk format, not real data) to {root}")
     print(f"run on it with: harness run task={cfg.task.name} task.data_root={root}")
@@ -176,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, UnknownNameError, TaskError) as e:  # bad input: one message, no traceback
+    except ConfigError as e:  # bad input: one line per problem, no traceback
+        return _fail(e.lines)
+    except (UnknownNameError, TaskError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return 130

@@ -9,7 +9,6 @@ launcher (in-process, submitit local, SLURM) is our own config group `launcher`.
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 from importlib import resources
 
@@ -20,15 +19,12 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from harness.registry import unknown_name_message
+from harness.schema import ConfigError, unknown_key_message
 
 CONFIG_MODULE = "harness.conf"
 GROUPS = ("method", "task", "launcher")
 # Hydra's own launcher group spelling is accepted as an alias of ours.
 ALIASES = {"hydra/launcher": "launcher"}
-
-
-class ConfigError(ValueError):
-    """A bad command line: the message is one line saying what to change."""
 
 
 def group_options(group: str) -> list[str]:
@@ -158,10 +154,7 @@ class Composer:
         for o in overrides:
             key = o.partition("=")[0].lstrip("+~")
             if key not in GROUPS and key not in known:
-                same_depth = [k for k in known if k.count(".") == key.count(".")]
-                close = difflib.get_close_matches(key, same_depth, n=2, cutoff=0.6)
-                hint = f" did you mean {' or '.join(close)}?" if close else " (see `harness run --cfg` for all keys)"
-                return f"unknown config key '{key}';{hint}"
+                return unknown_key_message(key, known)
         return str(error).splitlines()[0]
 
 

@@ -21,9 +21,8 @@ from dataclasses import replace
 import numpy as np
 
 from harness.data import Split
+from harness.schema import PRIVILEGED_CONTROLS as CONTROLS
 from harness.task import TaskError
-
-CONTROLS = ("none", "zeros", "shuffle")
 
 
 def apply_privileged_control(split: Split, privileged: tuple[str, ...], control: str, seed: int) -> Split:

@@ -11,7 +11,9 @@ follows the sweep and `harness leaderboard` reads whatever has finished.
 - local: submitit's LocalExecutor; the runs are dealt to `parallelism` background workers, each
   running its share one after the other.
 - Each job calls harness.runner.execute: a run that fails writes a failed record carrying the error,
-  and its job exits with an error (sacct FAILED, the log ends with the traceback).
+  and its job exits with an error (sacct FAILED, the log ends with the traceback). Config values are all
+  checked before submission (harness/validate.py); a mistake only the data shows (a fold the data lacks)
+  writes no record: the job's other runs go on and the job fails naming it.
 - A job that is preempted or reaches its time limit gets SIGUSR2 from SLURM; submitit calls
   RunJob.checkpoint() and requeues it, and the run resumes from its own per-epoch checkpoint
   (train.checkpoint=true, set by the presets). Its record says how often it was requeued and the
@@ -45,7 +47,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.records import read_record, run_dir
 from harness.runner import execute
+from harness.schema import ConfigError
 from harness.sweeps import in_flight, new_sweep_id, sweeps_dir, write_manifest
+from harness.task import TaskError
 
 SUBMITIT_EXECUTORS = ("slurm", "local")
 
@@ -94,12 +98,21 @@ def launch(runs: list[PlannedRun], launcher: DictConfig) -> list[dict]:
         print(f"resume: {skipped} of {len(runs)} runs already have a record and are skipped (overwrite=true recomputes)")
     name = launcher.name
     if name == "inprocess":
-        records = []
+        records, not_run = [], []
+        common = set.intersection(*(set(r.overrides) for r in todo)) if todo else set()  # what tells runs apart
         for i, r in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {' '.join(r.overrides) or '(defaults)'}")
             if r.cfg.overwrite:
                 clear_checkpoints(r.folder)
-            rec = execute(r.cfg, r.overrides)
+            try:
+                rec = execute(r.cfg, r.overrides)
+            except (ConfigError, TaskError) as e:  # found with the data: nothing written, the sweep goes on
+                if len(todo) == 1:
+                    raise
+                first = str(e).splitlines()[0]
+                print(f"  -> not run: {first}")
+                not_run.append(f"{first} ({' '.join(o for o in r.overrides if o not in common)})")
+                continue
             line = f"  -> {rec['status']}"
             if rec["status"] == "ok":
                 pm = rec.get("primary_metric")
@@ -108,6 +121,10 @@ def launch(runs: list[PlannedRun], launcher: DictConfig) -> list[dict]:
                 line += f"  {rec['error']}" if len(todo) > 1 else "  (error below)"
             print(line)
             records.append(rec)
+        if not_run:
+            summary = (f"{len(not_run)} of {len(todo)} runs were not run (no folder or record); {len(records)} ran "
+                       f"({sum(r['status'] == 'ok' for r in records)} ok), their records are written")
+            raise ConfigError("\n".join(not_run), lines=[*not_run, summary])
         return records
     raise ValueError(f"launcher '{name}' is not implemented")
 
@@ -152,7 +169,14 @@ class RunJob(submitit.helpers.Checkpointable):
                 if cfg.overwrite:
                     clear_checkpoints(folder)
             print(f"[{i + 1}/{len(self.runs)}] {' '.join(spec['overrides']) or '(defaults)'} -> {folder}", flush=True)
-            rec = execute(cfg, spec["overrides"], launch=self.launch_info())
+            try:
+                rec = execute(cfg, spec["overrides"], launch=self.launch_info())
+            except (ConfigError, TaskError) as e:  # a config or data mistake found with the data: no record
+                first = str(e).splitlines()[0]
+                print(f"  -> not run: {first}", flush=True)
+                summary.append({"run_dir": spec["run_dir"], "status": "not run", "error": first})
+                failed.append(f"{spec['run_dir']}: not run: {first}")
+                continue
             if i not in self.finished:
                 self.finished.append(i)
             resumed = (rec.get("extra") or {}).get("resumed_from_epoch")
@@ -162,8 +186,8 @@ class RunJob(submitit.helpers.Checkpointable):
             if rec["status"] != "ok":
                 failed.append(f"{spec['run_dir']}: {rec.get('error')}")
         if failed:
-            raise RunFailed(f"{len(failed)} of {len(self.runs)} runs failed (their records carry the error): "
-                            + "; ".join(failed))
+            raise RunFailed(f"{len(failed)} of {len(self.runs)} runs failed (their records carry the error; a run "
+                            "'not run' has a config or data mistake and no record): " + "; ".join(failed))
         return summary
 
     def checkpoint(self, *args, **kwargs):
@@ -188,19 +212,11 @@ class RunJob(submitit.helpers.Checkpointable):
 
 
 def check_launcher(launcher: DictConfig) -> None:
-    if launcher.executor == "slurm":
-        if shutil.which("sbatch") is None or shutil.which("srun") is None:
-            raise LaunchError(f"launcher={launcher.name} needs SLURM (sbatch and srun on PATH), not found "
-                              "here; run from a SLURM login node, or use launcher=local on a workstation")
-        # SLURM may send the --signal up to 60 s early; the job must have started its handler by then.
-        if launcher.timeout_min * 60 <= launcher.signal_delay_s + 60:
-            raise LaunchError(f"launcher.timeout_min={launcher.timeout_min} is too short for launcher.signal_delay_s="
-                              f"{launcher.signal_delay_s}: the checkpoint signal would come before the run starts; "
-                              f"use launcher.timeout_min >= {int((launcher.signal_delay_s + 60) // 60) + 1} "
-                              "or lower launcher.signal_delay_s")
-    for key in ("timeout_min", "cpus_per_task"):
-        if launcher.get(key) is not None and launcher[key] <= 0:
-            raise LaunchError(f"launcher.{key}={launcher[key]} must be positive")
+    """What only this machine can tell: SLURM's commands are here. The launcher's values (and the time limit
+    against the checkpoint signal) are checked with every other config value (harness/schema.py)."""
+    if launcher.executor == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
+        raise LaunchError(f"launcher={launcher.name} needs SLURM (sbatch and srun on PATH), not found "
+                          "here; run from a SLURM login node, or use launcher=local on a workstation")
 
 
 def _source_root() -> Path | None:

@@ -18,6 +18,7 @@ from tabulate import tabulate
 from harness.metrics import higher_is_better
 from harness.records import atomic_write_text, iter_records
 from harness.registry import TASKS
+from harness.schema import show
 
 # Overrides that change a method's own setting are shown in its row label; task overrides already
 # define the section, and paths / launcher settings do not change results.
@@ -40,6 +41,7 @@ def collect(results_dir: Path | str) -> pd.DataFrame:
         row["variant"] = rec.get("task_variant") or ""
         row["overrides"] = " ".join(o for o in rec.get("overrides") or [] if o.startswith(LABEL_PREFIXES))
         row["dir"] = rec["_dir"]
+        row["adjusted"] = rec.get("adjusted") or {}
         if row["data_source"] is None:  # failed before the task loaded: take it from the config
             row["data_source"] = "?"
         for k, v in (rec.get("metrics") or {}).items():
@@ -133,6 +135,7 @@ def render(summary: pd.DataFrame, df: pd.DataFrame) -> str:
         lines.append("")
         if failures:
             lines += ["Failed runs (not averaged):", *failures, ""]
+        lines += adjusted_footnote(df, task, variant, source)
     published = published_table()
     if published:
         lines += ["## Published reference numbers (real datasets, as stated by the papers)", "",
@@ -143,6 +146,25 @@ def render(summary: pd.DataFrame, df: pd.DataFrame) -> str:
         if notes:
             lines += ["Notes on comparing the harness with these numbers:", *notes, ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def adjusted_footnote(df: pd.DataFrame, task: str, variant: str, source: str) -> list[str]:
+    """Footnote lines naming the section's runs that used a config value other than the one asked for (their
+    records' `adjusted`: k capped at the batch size, a preset's values...), grouped by row and adjustment."""
+    if df.empty or "adjusted" not in df:
+        return []
+    sec = df[(df.task == task) & (df.variant == variant) & (df.data_source == source)]
+    notes: dict[tuple[str, str, str, str, str], int] = {}
+    for r in sec.itertuples():
+        label = r.method + (f" [{r.overrides}]" if r.overrides else "")
+        for key, a in (r.adjusted if isinstance(r.adjusted, dict) else {}).items():
+            note = (label, key, show(a.get("asked")), show(a.get("used")), a.get("why", ""))
+            notes[note] = notes.get(note, 0) + 1
+    if not notes:
+        return []
+    return ["Adjusted values (the run used another value than its config asked for):",
+            *(f"- {label}: {key} {asked} → {used} ({why}), {n} run{'s' if n > 1 else ''}"
+              for (label, key, asked, used, why), n in notes.items()), ""]
 
 
 def task_note(task: str) -> str:

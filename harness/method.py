@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from harness.data import Split
+from harness.data import Split, TaskSpec
 
 if TYPE_CHECKING:
     from harness.task import Task
@@ -38,6 +38,18 @@ class RunContext:
     logs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # free-form facts a method wants in its record (teacher choice counts, edge weights...)
     extra: dict[str, Any] = field(default_factory=dict)
+    # config values the run used other than asked, on purpose: the record's top-level `adjusted`
+    adjusted: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def adjust(self, key: str, asked: Any, used: Any, why: str) -> None:
+        """Record that config value `key` (dotted path) was used as `used` instead of `asked`, and why.
+        Adjusted again to another value (another model of the run), `used` lists each value and `why` each reason."""
+        entry = self.adjusted.get(key)
+        if entry is None:
+            self.adjusted[key] = {"asked": asked, "used": used, "why": why}
+        elif used != entry["used"] and not (isinstance(entry["used"], list) and used in entry["used"]):
+            entry["used"] = (entry["used"] if isinstance(entry["used"], list) else [entry["used"]]) + [used]
+            entry["why"] = f"{entry['why']}; {why}"
 
     @property
     def spec(self):
@@ -55,6 +67,12 @@ class Method:
     def __init__(self, cfg: DictConfig, ctx: RunContext):
         self.cfg = cfg  # this method's own config node (`method.*`)
         self.ctx = ctx
+
+    @classmethod
+    def check(cls, cfg: DictConfig, spec: TaskSpec) -> None:
+        """Fail (harness.schema.ConfigError, one line) on a config this method cannot run on this task's data,
+        e.g. a modality the task lacks. Called by the runner after the fold is loaded, before the run's folder
+        exists, so a config mistake writes no record. `cfg` is the whole run config."""
 
     def fit(self, train: Split, val: Split) -> None:
         raise NotImplementedError

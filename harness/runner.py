@@ -6,6 +6,7 @@ import hashlib
 import random
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import RECORD_SCHEMA_VERSION, __version__
-from harness.controls import apply_privileged_control
-from harness.method import RunContext
+from harness.controls import CONTROLS, apply_privileged_control
+from harness.data import FoldData
+from harness.method import Method, RunContext
 from harness.predictions import make_predictions
 from harness.records import NON_SEMANTIC_KEYS, config_id, environment, read_record, run_dir, run_key, write_record
 from harness.registry import METHODS, TASKS
+from harness.schema import ConfigError
+from harness.task import Task, TaskError
 from harness.teachers import TeacherStore
+from harness.validate import check_config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -28,7 +33,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} was asked for but CUDA is not available here (use device=auto or cpu)")
+        raise ConfigError(f"device={name} was asked for but CUDA is not available here (use device=auto or cpu)")
     return dev
 
 
@@ -62,20 +67,52 @@ def build_task(cfg: DictConfig):
     return TASKS.get(cfg.task.name)(cfg.task)
 
 
+@dataclass
+class Prepared:
+    """What a run needs before training, all of it checked: made before the run's folder exists."""
+    device: torch.device
+    task: Task
+    data: FoldData
+    method_cls: type[Method]
+    load_s: float
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Check the config (harness/validate.py), the device, the fold against the task's data and the method
+    against the task's modalities; load the fold. A config or data mistake raises ConfigError or TaskError
+    (one line) and nothing is written; the CLI turns it into exit status 2."""
+    check_config(cfg)
+    device = resolve_device(cfg.device)
+    t = time.perf_counter()
+    task = build_task(cfg)
+    task.check_fold(int(cfg.fold))
+    data = task.load_fold(int(cfg.fold))
+    load_s = time.perf_counter() - t
+    method_cls = METHODS.get(cfg.method.name)
+    method_cls.check(cfg, task.spec)
+    control = str(cfg.method.get("privileged_control", "none"))
+    if control not in CONTROLS:
+        raise TaskError(f"method.privileged_control={control!r}: choose one of {', '.join(CONTROLS)}")
+    if control != "none" and not task.spec.privileged_modalities:
+        raise TaskError(f"method.privileged_control={control}: this task variant has no privileged modality "
+                        f"(every modality is used at test), so there is nothing to control")
+    return Prepared(device, task, data, method_cls, load_s)
+
+
 def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: bool = False,
             launch: dict | None = None) -> dict:
     """Run one config and write its record; return the record.
 
-    A run whose ok record exists is skipped unless cfg.overwrite. A run that raises writes a failed
-    record carrying the error text (and re-raises only with raise_errors). `launch` (sweep id, job id,
-    requeue count... from harness/launch.py) is stored in the record as is.
+    A run whose ok record exists is skipped unless cfg.overwrite. A config or data mistake (ConfigError,
+    TaskError from `prepare`) is raised before the run's folder is made: no record. A run that raises
+    after that writes a failed record carrying the error text (and re-raises only with raise_errors).
+    `launch` (sweep id, job id, requeue count... from harness/launch.py) is stored in the record as is.
     """
     folder = run_dir(cfg)
     existing = read_record(folder)
     if existing is not None and existing.get("status") == "ok" and not cfg.overwrite:
         existing["skipped"] = True
         return existing
-    folder.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     record: dict[str, Any] = {
@@ -89,62 +126,69 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
     }
     if launch is not None:
         record["launch"] = launch
-    predictions = None
+    predictions, ctx, failure = None, None, None
     try:
-        device = resolve_device(cfg.device)
-        record["device"] = str(device)
-        # float reductions, and so the last digits of a result, depend on the intra-op thread count
-        record["torch_threads"] = torch.get_num_threads()
-        t = time.perf_counter()
-        task = build_task(cfg)
-        task.check_fold(int(cfg.fold))
-        data = task.load_fold(int(cfg.fold))
-        timings["load_s"] = time.perf_counter() - t
-        spec = task.spec
-        record.update(task_variant=task.variant(), data_source=task.data_source,
-                      data_fingerprint=data.fingerprint(), data_info=data.info, primary_metric=spec.primary_metric,
-                      modalities=dict(spec.modalities), student_modalities=list(spec.student_modalities),
-                      privileged_modalities=list(spec.privileged_modalities),
-                      n_samples={"train": len(data.train), "val": len(data.val), "test": len(data.test)})
-        method_cls = METHODS.get(cfg.method.name)
-        record["bound"] = method_cls.bound
-        record["uses_privileged_at_test"] = method_cls.uses_privileged_at_test
-        ctx = RunContext(cfg=cfg, task=task, fold=int(cfg.fold), seed=int(cfg.seed), device=device,
-                         teachers=TeacherStore(Path(cfg.cache_dir) / "teachers"), run_dir=folder,
-                         progress=bool(cfg.progress))
-        seed_everything(derive_seed(cfg.seed, cfg.task.name, cfg.fold, cfg.method.name))
-        method = method_cls(cfg.method, ctx)
-        t = time.perf_counter()
-        train, val = data.train, data.val
-        control = str(cfg.method.get("privileged_control", "none"))
-        if control != "none":  # the privileged-information control: the method never sees the real pairing
-            train = apply_privileged_control(train, spec.privileged_modalities, control,
-                                             derive_seed(cfg.seed, cfg.task.name, cfg.fold, "control", "train"))
-            val = apply_privileged_control(val, spec.privileged_modalities, control,
-                                           derive_seed(cfg.seed, cfg.task.name, cfg.fold, "control", "val"))
-            record["privileged_control"] = control
-        method.fit(train, val)
-        timings["fit_s"] = time.perf_counter() - t
-        # The privileged firewall: a student never receives the privileged test modalities.
-        keep = spec.modalities if method_cls.uses_privileged_at_test else spec.student_modalities
-        test = data.test.restrict(tuple(keep))
-        t = time.perf_counter()
-        outputs = method.predict(test)
-        timings["predict_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        predictions = make_predictions(test, outputs, spec.target)
-        record["metrics"] = task.score(predictions)
-        timings["score_s"] = time.perf_counter() - t
-        record["logs"] = ctx.logs
-        record["extra"] = ctx.extra
-        record["status"] = "ok"
-    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
+        prep = prepare(cfg)
+    except (ConfigError, TaskError):
+        raise  # a config or data mistake: one line at the prompt, no folder, no record
+    except Exception as e:  # noqa: BLE001 - anything else fails the run with a record, as a training error does
+        prep, failure = None, (e, traceback.format_exc())
+    folder.mkdir(parents=True, exist_ok=True)
+    if prep is not None:
+        try:
+            task, data, method_cls = prep.task, prep.data, prep.method_cls
+            # float reductions, and so the last digits of a result, depend on the intra-op thread count
+            record.update(device=str(prep.device), torch_threads=torch.get_num_threads())
+            timings["load_s"] = prep.load_s
+            spec = task.spec
+            record.update(task_variant=task.variant(), data_source=task.data_source,
+                          data_fingerprint=data.fingerprint(), data_info=data.info, primary_metric=spec.primary_metric,
+                          modalities=dict(spec.modalities), student_modalities=list(spec.student_modalities),
+                          privileged_modalities=list(spec.privileged_modalities),
+                          n_samples={"train": len(data.train), "val": len(data.val), "test": len(data.test)})
+            record["bound"] = method_cls.bound
+            record["uses_privileged_at_test"] = method_cls.uses_privileged_at_test
+            ctx = RunContext(cfg=cfg, task=task, fold=int(cfg.fold), seed=int(cfg.seed), device=prep.device,
+                             teachers=TeacherStore(Path(cfg.cache_dir) / "teachers"), run_dir=folder,
+                             progress=bool(cfg.progress))
+            seed_everything(derive_seed(cfg.seed, cfg.task.name, cfg.fold, cfg.method.name))
+            method = method_cls(cfg.method, ctx)
+            t = time.perf_counter()
+            train, val = data.train, data.val
+            control = str(cfg.method.get("privileged_control", "none"))
+            if control != "none":  # the privileged-information control: the method never sees the real pairing
+                train = apply_privileged_control(train, spec.privileged_modalities, control,
+                                                 derive_seed(cfg.seed, cfg.task.name, cfg.fold, "control", "train"))
+                val = apply_privileged_control(val, spec.privileged_modalities, control,
+                                               derive_seed(cfg.seed, cfg.task.name, cfg.fold, "control", "val"))
+                record["privileged_control"] = control
+            method.fit(train, val)
+            timings["fit_s"] = time.perf_counter() - t
+            # The privileged firewall: a student never receives the privileged test modalities.
+            keep = spec.modalities if method_cls.uses_privileged_at_test else spec.student_modalities
+            test = data.test.restrict(tuple(keep))
+            t = time.perf_counter()
+            outputs = method.predict(test)
+            timings["predict_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            predictions = make_predictions(test, outputs, spec.target)
+            record["metrics"] = task.score(predictions)
+            timings["score_s"] = time.perf_counter() - t
+            record["logs"] = ctx.logs
+            record["extra"] = ctx.extra
+            record["status"] = "ok"
+        except Exception as e:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
+            failure = (e, traceback.format_exc())
+    # Config values used other than asked, on purpose (k capped at the batch size, a preset's values...).
+    record["adjusted"] = ctx.adjusted if ctx is not None else {}
+    if failure is not None:
+        error, record["traceback"] = failure
         record["status"] = "failed"
-        record["error"] = f"{type(e).__name__}: {e}"
-        record["traceback"] = traceback.format_exc()
+        record["error"] = f"{type(error).__name__}: {error}"
+        predictions = None
         if raise_errors:
             _finish(record, folder, None, timings, t_start)
-            raise
+            raise error
     _finish(record, folder, predictions, timings, t_start)
     return record
 

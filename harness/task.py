@@ -55,6 +55,12 @@ class Task:
     def n_folds(self) -> int:
         raise NotImplementedError
 
+    @property
+    def config_n_folds(self) -> int | None:
+        """The number of folds when the config alone fixes it (no data read), else None. `harness run` checks
+        `fold` against it before anything runs; the runner checks it against n_folds after loading."""
+        return None
+
     def load_fold(self, fold: int) -> FoldData:
         raise NotImplementedError
 
@@ -86,10 +92,11 @@ class Task:
         """Appended to variant(): full-protocol runs never share a leaderboard row with privileged ones."""
         return f", {self.modality_protocol_key}=full (all modalities at test)" if self.full_protocol else ""
 
-    def check_fold(self, fold: int) -> None:
-        if not 0 <= fold < self.n_folds:
-            raise TaskError(f"fold={fold} is out of range for task '{self.name}', which has folds 0..{self.n_folds - 1}"
-                            f" (set fold=0..{self.n_folds - 1})")
+    def check_fold(self, fold: int, n_folds: int | None = None) -> None:
+        n = self.n_folds if n_folds is None else n_folds
+        if not 0 <= fold < n:
+            raise TaskError(f"fold={fold} is out of range for task '{self.name}', which has folds 0..{n - 1}"
+                            f" (set fold=0..{n - 1})")
 
     def score(self, predictions: pd.DataFrame) -> dict[str, float]:
         """Metrics of a predictions table (see harness.predictions), primary metric first."""

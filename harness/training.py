@@ -39,6 +39,7 @@ from omegaconf import DictConfig
 from harness.data import Split
 from harness.method import RunContext
 from harness.predictions import make_predictions
+from harness.schema import LOOP_CHOICES
 
 # The loop's options and the values that give the loop the harness has always had. A train config
 # without one of these keys (an older record, a method's partial override) means that value.
@@ -47,9 +48,7 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "plateau_patience": 5, "min_lr": 0.0, "accumulate": 1, "grad_clip": None, "grad_clip_by": "norm",
     "select_on": "primary", "stop": "patience", "patience": 12, "min_delta": 0.0, "drop_last": True,
 }
-CHOICES = {"optimizer": ("adamw", "adam", "rmsprop", "sgd"), "fused": ("auto", True, False),
-           "schedule": ("none", "plateau"), "grad_clip_by": ("norm", "value"), "select_on": ("primary", "loss"),
-           "stop": ("patience", "budget")}
+CHOICES = LOOP_CHOICES  # the loop's choices, from the config schema (one place for them)
 
 
 @dataclass
@@ -187,7 +186,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
         predict_fn: Callable[[Batch], torch.Tensor] | None, train: Split, val: Split | None, ctx: RunContext,
         train_cfg: DictConfig | dict, params: list | None = None, checkpoint_path: Path | None = None,
         evaluate: Callable[[], dict] | None = None, epoch_hook: Callable[[int, int], dict] | None = None,
-        batch_seed: int | None = None) -> list[dict]:
+        batch_seed: int | None = None, config_key: str = "train") -> list[dict]:
     """Train `module` (its parameters, or `params`: tensors or param groups) with loss_fn; select on val.
 
     loss_fn(batch) returns the loss and a dict of its named parts (logged per epoch, averaged).
@@ -196,6 +195,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     returns {"metrics": {...}, "loss": float | None} for the validation split (DMD: pooled targets, its own
     val loss). `epoch_hook(epoch, n_batches)` returns extra fields for the epoch's log entry.
     `batch_seed` seeds the batch-order generator (default: one draw from the run's seeded global stream).
+    `config_key` is where train_cfg's values come from (DMD: method.training), for the record's `adjusted`.
     The selected state (best validation score; the last epoch under stop=budget) is restored at the end.
     Returns the per-epoch log, also stored in ctx.logs[name]; the summary goes to ctx.extra["training"][name].
     With train_cfg.checkpoint, the state after every epoch (weights, optimizer, scheduler, best state, log,
@@ -232,6 +232,9 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     if n_batches == 0:
         raise ValueError(f"{name}: the training split has {train_t.n} samples, no full batch of {bs}")
     accumulate = max(1, min(int(opts["accumulate"]), n_batches))
+    if accumulate < int(opts["accumulate"]):
+        ctx.adjust(f"{config_key}.accumulate", int(opts["accumulate"]), accumulate,
+                   f"an epoch of {name} has {n_batches} batches")
     clip, clip_by = opts.get("grad_clip"), opts["grad_clip_by"]
     max_epochs, patience, min_lr = int(opts["max_epochs"]), int(opts["patience"]), float(opts["min_lr"])
     # Batch order: its own generator, seeded from the run's (seeded) global stream unless the method says.

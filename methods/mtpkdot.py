@@ -41,16 +41,24 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from harness.data import Split, TargetSpec
+from harness.data import Split, TargetSpec, TaskSpec
 from harness.method import Method, RunContext
 from harness.registry import register_method
 from harness.runner import derive_seed
 from harness.training import Batch, SplitTensors, fit
 from methods.blocks import Head, MultimodalNet, masked_mean, task_loss
-from methods.pkdot import build_student, check_config, ot_terms, predict_student, student_predictor, student_train_cfg
-from methods.teacher import build_net, get_teacher, stored_training_summary, teacher_key
+from methods.pkdot import (
+    build_student,
+    check_structural,
+    note_k_cap,
+    ot_terms,
+    predict_student,
+    student_predictor,
+    student_train_cfg,
+)
+from methods.teacher import build_net, get_teacher, note_stored_adjustments, stored_training_summary, teacher_key
 
 
 class TeacherSet(nn.Module):
@@ -163,6 +171,8 @@ def get_teacher_set(ctx: RunContext, cfg, teacher: MultimodalNet, train: Split, 
     ctx.extra["mt_teachers"] = {"store_path": meta["store_path"], "reused": meta["reused"],
                                 "val_task_loss": meta.get("val_task_loss")}
     ctx.extra.setdefault("training", {})["mt_teachers"] = {**stored_training_summary(meta), "reused": meta["reused"]}
+    if meta["reused"]:
+        note_stored_adjustments(ctx, "mt_teachers", ctx.extra["training"]["mt_teachers"])
     return ts, meta
 
 
@@ -191,11 +201,13 @@ class MTPKDOT(Method):
     name = "mtpkdot"
     description = "MT-PKDOT: self-distilled modality/joint teachers, per-batch best teacher distilled by entropic OT"
 
+    @classmethod
+    def check(cls, cfg: DictConfig, spec: TaskSpec) -> None:
+        check_structural(cfg, spec)
+
     def fit(self, train: Split, val: Split) -> None:
         ctx, cfg = self.ctx, self.cfg
-        check_config(cfg)
-        if cfg.selection not in ("batch", "sample", "joint"):
-            raise ValueError(f"method.selection must be batch, sample or joint, got {cfg.selection!r}")
+        note_k_cap(ctx, cfg, len(train), student_train_cfg(ctx, cfg))
         teacher, _ = get_teacher(ctx, train, val)  # the stored one (copied by stage 1; feeds the T-Net)
         teachers, _ = get_teacher_set(ctx, cfg, teacher, train, val)
         self.student = build_student(ctx, cfg, teacher, train, val)

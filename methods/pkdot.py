@@ -59,17 +59,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from harness.data import Split
+from harness.data import Split, TaskSpec
 from harness.method import Method, RunContext
-from harness.registry import register_method
+from harness.registry import TASKS, register_method
 from harness.runner import derive_seed
+from harness.schema import ConfigError
 from harness.training import Batch, SplitTensors, fit, predict_in_batches
 from methods.blocks import MultimodalNet, NetOutput, task_loss
 from methods.ot import sinkhorn_divergence
 from methods.teacher import build_net, get_teacher, teacher_key
 
 __all__ = ["sinkhorn_divergence", "cosine_matrix", "shift_nonnegative", "anchor_indices", "structural_clouds",
-           "structural_ot_loss", "centroid_loss", "mmd_multi_kernel", "TNet", "get_tnet", "PKDOT"]
+           "structural_ot_loss", "centroid_loss", "mmd_multi_kernel", "TNet", "get_tnet", "PKDOT", "note_k_cap"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,19 +156,29 @@ def centroid_loss(z_t: torch.Tensor, z_s: torch.Tensor) -> torch.Tensor:
     return (mean_t - cosine_matrix(z_s).mean(-2)).norm(dim=-1)
 
 
-CHOICES = {"anchors": ("lowest", "highest"), "anchor_set": ("per_row", "shared"), "shift": ("min", "affine")}
+def check_structural(cfg: DictConfig, spec: TaskSpec) -> None:
+    """PKDOT / MT-PKDOT on this task (Method.check): the T-Net hallucinates the privileged modalities, so with
+    it enabled the task must leave one privileged. The option values themselves are checked by the config
+    schema (harness/schema.py) before anything runs."""
+    if cfg.method.tnet.enabled and not spec.privileged_modalities:
+        key = TASKS.get(cfg.task.name).modality_protocol_key
+        raise ConfigError(f"method={cfg.method.name} with method.tnet.enabled=true needs a privileged modality for its "
+                          f"T-Net to hallucinate, and task.{key}={cfg.task[key]} leaves none "
+                          f"({'+'.join(spec.modalities)} all at test): set method.tnet.enabled=false or "
+                          f"task.{key}=privileged")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Fail before any training on a misspelt option (method.anchors=..., method.tnet.loss=...)."""
-    bad = [f"method.{k}={cfg[k]!r} (one of {', '.join(v)})" for k, v in CHOICES.items() if cfg[k] not in v]
-    for k, v in {"loss": ("mmd", "mse"), "arch": ("mlp", "linear")}.items():
-        if cfg.tnet[k] not in v:
-            bad.append(f"method.tnet.{k}={cfg.tnet[k]!r} (one of {', '.join(v)})")
-    if int(cfg.k) < 1 or not float(cfg.epsilon) > 0:
-        bad.append(f"method.k={cfg.k} must be >= 1 and method.epsilon={cfg.epsilon} > 0")
-    if bad:
-        raise ValueError("invalid option: " + "; ".join(bad))
+def note_k_cap(ctx: RunContext, cfg: DictConfig, n_train: int, train_cfg: DictConfig) -> None:
+    """k is capped at B − 1 in each batch (structural_clouds); where the cap bites, the record says so
+    (`adjusted`): B is the batch size, or the training split when it is smaller, or a short last batch."""
+    k, bs = int(cfg.k), int(train_cfg.batch_size)
+    full = min(bs, n_train)
+    if k > full - 1:
+        ctx.adjust("method.k", k, full - 1, f"k must be < the batch size ({full}"
+                   + (", the whole training split" if full < bs else "") + ")")
+    short = n_train % bs if (not train_cfg.get("drop_last", True) and n_train > bs) else 0
+    if short and k > short - 1:
+        ctx.adjust("method.k", k, short - 1, f"the last batch of each epoch has {short} samples (drop_last=false)")
 
 
 def ot_terms(cfg: DictConfig, z_t: torch.Tensor, z_s: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -372,9 +383,13 @@ class PKDOT(Method):
     name = "pkdot"
     description = "PKDOT: T-Net-hallucinated privileged slot + entropic-OT matching of teacher/student batch structure"
 
+    @classmethod
+    def check(cls, cfg: DictConfig, spec: TaskSpec) -> None:
+        check_structural(cfg, spec)
+
     def fit(self, train: Split, val: Split) -> None:
         ctx, cfg = self.ctx, self.cfg
-        check_config(cfg)
+        note_k_cap(ctx, cfg, len(train), student_train_cfg(ctx, cfg))
         teacher, _ = get_teacher(ctx, train, val)
         self.student = build_student(ctx, cfg, teacher, train, val)
         target, reg = ctx.spec.target, ctx.cfg.train.regression_loss

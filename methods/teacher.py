@@ -69,6 +69,13 @@ def stored_training_summary(meta: dict) -> dict:
     return {"stop_reason": "unknown", "selected_epoch": selected[0] if selected else None, "epochs_run": len(log)}
 
 
+def note_stored_adjustments(ctx: RunContext, name: str, summary: dict) -> None:
+    """A model reused from the store was not trained in this run: its summary says what its training cut."""
+    if summary.get("accumulate_reduced"):
+        ctx.adjust("train.accumulate", int(ctx.cfg.train.accumulate), summary["accumulate"],
+                   f"an epoch of {name} has {summary['batches_per_epoch']} batches")
+
+
 def get_teacher(ctx: RunContext, train: Split, val: Split) -> tuple[MultimodalNet, dict]:
     """The stored teacher for this run's key, trained on `train` (all modalities) the first time."""
     modalities = tuple(ctx.spec.modalities)
@@ -93,6 +100,8 @@ def get_teacher(ctx: RunContext, train: Split, val: Split) -> tuple[MultimodalNe
     ctx.logs.setdefault("teacher", meta.get("log", []))
     ctx.extra["teacher"] = {"store_path": meta["store_path"], "reused": meta["reused"]}
     ctx.extra.setdefault("training", {})["teacher"] = {**stored_training_summary(meta), "reused": meta["reused"]}
+    if meta["reused"]:
+        note_stored_adjustments(ctx, "teacher", ctx.extra["training"]["teacher"])
     return net, meta
 
 

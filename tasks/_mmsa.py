@@ -283,6 +283,10 @@ class PickleTask(Task):
     def n_folds(self) -> int:
         return 1  # the pickle's own train/valid/test; seeds vary initialisation only
 
+    @property
+    def config_n_folds(self) -> int:
+        return self.n_folds
+
     def read(self, data: dict, path: Path) -> tuple[dict[str, Split], dict]:
         raise NotImplementedError
 

@@ -254,6 +254,10 @@ class AffWild2(Task):
     def n_folds(self) -> int:
         return 1
 
+    @property
+    def config_n_folds(self) -> int:
+        return self.n_folds
+
     def variant(self) -> str:
         return (f"valence/arousal per frame, official Validation_Set as test, windows of {self.cfg.window}"
                 + self.protocol_suffix())

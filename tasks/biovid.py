@@ -305,6 +305,10 @@ class BioVid(Task):
                         target=target, metrics=("accuracy", "f1_macro"))
 
     @property
+    def config_n_folds(self) -> int | None:
+        return int(self.cfg.n_folds) if self.cfg.protocol == "group5" else None  # loso, folds_file: the data says
+
+    @property
     def n_folds(self) -> int:
         c = self.cfg
         if c.protocol == "group5":

@@ -118,6 +118,10 @@ class Synthetic(Task):
         return int(self.cfg.n_folds)
 
     @property
+    def config_n_folds(self) -> int:
+        return self.n_folds
+
+    @property
     def spec(self) -> TaskSpec:
         c = self.cfg
         dims = {"visual": c.visual_dim, "physio": c.physio_dim, "audio": c.audio_dim}

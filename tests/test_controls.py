@@ -8,7 +8,7 @@ import pytest
 
 from harness.controls import apply_privileged_control
 from harness.data import Split
-from harness.records import run_key
+from harness.records import run_dir, run_key
 from harness.registry import METHODS
 from harness.runner import execute
 from harness.task import TaskError
@@ -82,6 +82,8 @@ def test_the_control_is_in_the_run_key_and_the_teacher_key(tiny_cfg):
     assert b["extra"]["teacher"]["reused"] is False  # its own teacher, trained on zeros
 
 
-def test_a_control_on_a_task_without_privileged_modalities_fails_in_one_line(tiny_cfg):
-    rec = execute(tiny_cfg("method=kd", "task.protocol=full", "method.privileged_control=zeros"))
-    assert rec["status"] == "failed" and "nothing to control" in rec["error"]
+def test_a_control_on_a_task_without_privileged_modalities_fails_in_one_line_before_anything_runs(tiny_cfg):
+    cfg = tiny_cfg("method=kd", "task.protocol=full", "method.privileged_control=zeros")
+    with pytest.raises(TaskError, match="nothing to control"):
+        execute(cfg)
+    assert not run_dir(cfg).exists()

@@ -15,6 +15,7 @@ from harness.method import RunContext
 from harness.records import run_dir
 from harness.registry import METHODS
 from harness.runner import build_task, derive_seed, execute, resolve_device
+from harness.schema import ConfigError
 from harness.teachers import TeacherStore
 from harness.training import SplitTensors
 from methods.mtpkdot import per_sample_task_loss, select_teacher, select_teacher_per_sample
@@ -197,9 +198,10 @@ def test_end_to_end_and_rescoring(method, target, tiny_cfg):
 
 @pytest.mark.parametrize("method", ["pkdot", "mtpkdot"])
 def test_misspelt_options_fail_before_training(method, tiny_cfg):
-    rec = execute(tiny_cfg(f"method={method}", "method.anchors=top"))
-    assert rec["status"] == "failed" and "method.anchors='top'" in rec["error"]
-    assert "teacher" not in rec.get("extra", {}) and not rec.get("logs")
+    cfg = tiny_cfg(f"method={method}", "method.anchors=top")
+    with pytest.raises(ConfigError, match=r"^method.anchors='top': expected one of lowest, highest$"):
+        execute(cfg)
+    assert not run_dir(cfg).exists()  # a config mistake leaves no record, not even a failed one
 
 
 def make_ctx(cfg):

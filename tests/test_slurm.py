@@ -119,29 +119,34 @@ def test_sweep_completes_with_records_and_leaderboard_and_resend_after_a_crash(p
 
 
 def test_a_failing_run_fails_alone_and_is_the_only_one_sent_again(partition, tmp_path, capsys):
-    m = send(tmp_path, partition, "method=student", "fold=0,9", *TINY)  # the synthetic task has folds 0..4
-    states = {s.run["fold"]: s for s in wait(m)}
-    assert states[0].state == "done" and states[9].state == "failed"
-    assert "TaskError: fold=9 is out of range" in states[9].detail
-    job = {r["fold"]: r for r in m["runs"]}
-    ok, failed = read_record(Path(job[0]["run_dir"])), read_record(Path(job[9]["run_dir"]))
+    # train.lr=1e30 diverges while training: a failed record (a config mistake such as fold=9 is refused at
+    # the prompt and never reaches the cluster: tests/test_schema.py)
+    sweep = ("method=student", "train.lr=0.002,1e30", *TINY)
+    m = send(tmp_path, partition, *sweep)
+    states = {float(s.run["overrides"][1].removeprefix("train.lr=")): s for s in wait(m)}
+    good, bad = 0.002, 1e30
+    assert states[good].state == "done" and states[bad].state == "failed"
+    assert "NaN" in states[bad].detail or "non-finite" in states[bad].detail
+    job = {float(r["overrides"][1].removeprefix("train.lr=")): r for r in m["runs"]}
+    ok, failed = read_record(Path(job[good]["run_dir"])), read_record(Path(job[bad]["run_dir"]))
     assert ok["status"] == "ok"
-    assert failed["status"] == "failed" and "fold=9 is out of range" in failed["error"]
-    assert failed["launch"]["job_id"] == job[9]["job_id"]
+    assert failed["status"] == "failed" and failed["error"].split(":")[0] in states[bad].detail
+    assert failed["launch"]["job_id"] == job[bad]["job_id"]
     # The job's own exit status says it failed; its log does not claim success.
-    sacct = final_sacct([job[0]["job_id"], job[9]["job_id"]], [job[0]["job_id"], job[9]["job_id"]])
-    assert (sacct[job[0]["job_id"]], sacct[job[9]["job_id"]]) == ("COMPLETED", "FAILED")
-    log = Path(job[9]["stderr"]).read_text() + Path(job[9]["stdout"]).read_text()
+    ids = [job[good]["job_id"], job[bad]["job_id"]]
+    sacct = final_sacct(ids, ids)
+    assert (sacct[job[good]["job_id"]], sacct[job[bad]["job_id"]]) == ("COMPLETED", "FAILED")
+    log = Path(job[bad]["stderr"]).read_text() + Path(job[bad]["stdout"]).read_text()
     assert "RunFailed" in log and "Job completed successfully" not in log
     capsys.readouterr()
     assert main(["status", "--results", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
     assert "2 runs: 1 done, 0 running, 0 pending, 1 failed" in out
-    assert "TaskError: fold=9 is out of range" in out and job[9]["stderr"] in out
+    assert failed["error"].splitlines()[0] in out and job[bad]["stderr"] in out
 
-    again = send(tmp_path, partition, "method=student", "fold=0,9", *TINY)
+    again = send(tmp_path, partition, *sweep)
     assert (again["n_submitted"], again["n_skipped_recorded"]) == (1, 1)
-    assert [r["fold"] for r in again["runs"]] == [9]
+    assert [r["overrides"][1] for r in again["runs"]] == [job[bad]["overrides"][1]]
     subprocess.run(["scancel", again["runs"][0]["job_id"]], check=True)  # it would fail the same way
 
 

@@ -79,7 +79,8 @@ def test_cli_without_data_fails_with_one_message(tmp_path, capsys):
                  f"results_dir={tmp_path / 'r'}", f"cache_dir={tmp_path / 'c'}", "progress=false"])
     out = capsys.readouterr()
     text = out.out + out.err
-    assert code == 1
+    assert code == 2  # a data mistake: one message and no record (not even a failed one)
+    assert not (tmp_path / "r").exists()
     assert text.count("no data at task.data_root=") == 1 and "Traceback" not in text
     assert "task.source=mimic" in text and "harness data mimic task=affwild2 out=DIR" in text
 

@@ -119,6 +119,7 @@ def test_accumulation_is_cut_to_the_batches_of_an_epoch_and_recorded(data, tmp_p
     _, log, ctx = run_fit(data, tmp_path, batch_size=n // 2, accumulate=50, stop="budget", max_epochs=1)
     summary = ctx.extra["training"]["m"]
     assert summary["accumulate"] == 2 and summary["accumulate_reduced"] and log[0]["optimizer_steps"] == 1
+    assert ctx.adjusted == {"train.accumulate": {"asked": 50, "used": 2, "why": "an epoch of m has 2 batches"}}
 
 
 def test_norm_clipping_clips_the_summed_gradient_before_the_step(data, tmp_path):

@@ -27,16 +27,18 @@ is broadcast to every step. Every deviation and its reason: docs/fidelity.md#dmd
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from harness.data import Split, TargetSpec
+from harness.data import Split, TargetSpec, TaskSpec
 from harness.method import Method, RunContext
 from harness.predictions import make_predictions
 from harness.registry import register_method
+from harness.schema import ConfigError
 from harness.task import TaskError
 from harness.training import Batch, SplitTensors, fit, predict_in_batches
 from harness.training import make_optimizer as _loop_optimizer
@@ -102,6 +104,19 @@ def resolve_hparams(cfg: DictConfig, task_name: str, target_kind: str | None = N
     return hp
 
 
+def preset_changes(cfg: DictConfig, hp: dict) -> dict[str, tuple[Any, Any]]:
+    """The configured values the preset replaced, as {dotted key: (configured, used)}."""
+    asked = OmegaConf.to_container(cfg, resolve=True)
+    out = {}
+    for key, used in hp.items():
+        if key == "training":
+            out.update({f"method.training.{k}": (asked["training"].get(k), v) for k, v in used.items()
+                        if asked["training"].get(k) != v})
+        elif key != "preset_applied" and asked.get(key) != used and (asked.get(key) or used):
+            out[f"method.{key}"] = (asked.get(key), used)
+    return out
+
+
 def make_optimizer(params: list[torch.Tensor], training: dict) -> torch.optim.Optimizer:
     """DMD's optimizer through the loop's: the official Adam (default betas and eps, the config's lr and weight
     decay, 0: the official code ignores its config value), fused (one kernel over every tensor) where torch
@@ -147,9 +162,33 @@ class DMD(Method):
     description = ("DMD (CVPR 2023): decoupled homo/hetero spaces + graph distillation units; privileged protocol: "
                    "learned edges distil privileged nodes into the student's (text = precomputed features, no BERT)")
 
+    @classmethod
+    def check(cls, cfg: DictConfig, spec: TaskSpec) -> None:
+        """The graph against the task's modalities, and the preset's values (they depend on the task)."""
+        nodes = tuple(spec.modalities)
+        if len(nodes) < 2:
+            raise ConfigError(f"DMD needs at least 2 modalities (its graph's nodes), the task has {list(nodes)}")
+        hp = resolve_hparams(cfg.method, str(cfg.task.name), spec.target.kind)
+        if hp["d"] % hp["heads"]:
+            raise ConfigError(f"method.d={hp['d']} must be divisible by method.heads={hp['heads']}"
+                              + (f" (preset: {hp['preset_applied']})" if hp.get("preset_applied") else ""))
+        roles = hp["gd"].get("roles")
+        if roles and (len(nodes) != 3 or sorted(roles) != sorted(nodes)):
+            three = "" if len(nodes) == 3 else " and needs 3 of them: set method.gd.roles=null"
+            raise ConfigError(f"method.gd.roles={list(roles)} must list the task's modalities {list(nodes)} as "
+                              f"[L, V, A]{three}")
+        loop = {**OmegaConf.to_container(cfg.train, resolve=True), **hp["training"]}
+        if loop.get("stop") == "budget" and loop.get("select_on") == "loss":
+            raise ConfigError("method.training.stop=budget keeps the last epoch, but DMD selects on the validation "
+                              f"loss here ({hp.get('preset_applied') or 'method.training.select_on=loss'}): set "
+                              "method.training.stop=patience, or method.preset=none with select_on=primary")
+
     def __init__(self, cfg: DictConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
         self.hp = resolve_hparams(cfg, str(ctx.cfg.task.name), ctx.spec.target.kind)
+        for key, (asked, used) in preset_changes(cfg, self.hp).items():
+            ctx.adjust(key, asked, used, f"method.preset={cfg.preset} applied {self.hp['preset_applied']} "
+                                         "(method.preset=none keeps the configured values)")
 
     # --- data helpers ------------------------------------------------------------------------
     def _targets_split(self, split: Split) -> Split:
@@ -187,6 +226,12 @@ class DMD(Method):
                                 f"(fix the task's loader or its *_dim config)")
         seq_lens = {m: (train.inputs[m].shape[1] if train.inputs[m].ndim == 3 else 1) for m in spec.modalities}
         net, homo, het, graph = build_dmd(dict(spec.modalities), seq_lens, spec.target, hp, spec.student_modalities)
+        for m in net.nodes:  # kernels longer than a modality's sequence are cut to it
+            own = m in hp["kernel_by_modality"]
+            asked = int(hp["kernel_by_modality"][m] if own else hp["kernel"])
+            if net.kernels[m] != asked:
+                ctx.adjust(f"method.kernel_by_modality.{m}" if own else "method.kernel", asked, net.kernels[m],
+                           f"cut to {m}'s sequence length, {net.seq_lens[m]}")
         self.net, self.graph = net.to(ctx.device), graph
         self.model = nn.ModuleDict({"net": self.net, "homo_gd": homo, "het_gd": het}).to(ctx.device)
         dmd_loss = DMDLoss(self.net, self.model["homo_gd"], self.model["het_gd"], hp["loss"])
@@ -217,7 +262,7 @@ class DMD(Method):
         # The batch order of DMD's original loop, seeded from the run's seed itself (no draw from the stream).
         log = fit("student", self.model, loss_fn, None, self._targets_split(train), val, ctx, train_cfg,
                   checkpoint_path=ctx.run_dir / "checkpoint_dmd.pt", evaluate=evaluate, epoch_hook=edges_of_epoch,
-                  batch_seed=int(torch.initial_seed()) % (2**63))
+                  batch_seed=int(torch.initial_seed()) % (2**63), config_key="method.training")
         hist = {u: [e[f"edges_{u}"] for e in log] for u in ("homo", "hetero")}
         summary = ctx.extra["training"]["student"]
         self._record(train, val, hist, summary["selected_epoch"], summary["accumulate"], summary["batches_per_epoch"])

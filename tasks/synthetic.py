@@ -16,6 +16,40 @@ Generator (all from `data_seed`):
   the latent factors, noisier; it helps, but alone it cannot explain the labels (a weaker teacher).
 - Folds: GroupKFold over subjects (shuffled by data_seed); validation = val_fraction of the training
   subjects (GroupShuffleSplit), so model selection never sees test subjects.
+- Knobs for the mechanisms by which privileged information can help (both off by default):
+  `explained_label_noise` (label noise the physio stream shows and the face never does: what the
+  privileged information can explain) and `labelled_per_subject` (fewer labelled training samples).
+  `label_noise` is noise no stream shows (a clean privileged view lets a teacher smooth it away);
+  `privileged_signal=0` makes the privileged streams pure noise (a negative control).
+
+Recalibration (issue "Comparisons a reviewer can trust"), PRE-REGISTERED on 2026-12-01 before any
+distillation method was run on the new settings.
+- Why: with the generator above (latent_gain 3.0, subject_shift 0.8) the regression student is selected
+  at epoch 0-1 in every seed (validation CCC peaks at epoch 1 while the training loss keeps falling), and
+  the 5-class student sits near chance (accuracy 0.21-0.30): the lower bound is a barely trained network
+  and differences between methods are early-stopping noise.
+- Criteria, judged on student and teacher runs ONLY (5 seeds, fold 0, both targets): the student's
+  selected epoch >= 5 in every seed; the student clearly above chance (mean 5-class accuracy >= 0.40,
+  mean regression CCC >= 0.45); the teacher at least 0.15 above the student.
+- Screened with `python scripts/calibrate_synthetic.py --grid G --seeds S --methods student` (grids
+  in that script; seed 0 unless said; student alone unless said):
+  | candidate                          | regression CCC (selected epoch) | 5-class acc (selected) |
+  | current (gain 3, shift .8)         | 0.42, 0.35 (1, 1) seeds 0-1      | 0.28, 0.23 (46, 22)    |
+  | 100 samples per subject            | 0.40, 0.43 (0, 1) seeds 0-1      | 0.31, 0.33 (0, 1)      |
+  | clearer face (gain 6, shift .4)    | 0.70 (59 of 60: the cap)         | 0.41 (35)              |
+  | clearer face, lr 5e-4              | 0.73 (59 of 60: the cap)         | 0.34 (50)              |
+  | much clearer (gain 10, shift .2,   | 0.90 (26): the teacher's 0.97 is | not run                |
+  |   visual_noise .1)                 |   less than 0.15 above           |                        |
+  | clearer face, min_delta 1e-3       | 0.70, 0.70 (42, 28); teacher     | 0.41, 0.39 (35, 31);   |
+  |   (round3, seeds 0-1, + teacher)   |   0.97, 0.97                     |   teacher 0.74, 0.72   |
+  The clearer face crept up by < 0.001 CCC an epoch until the 60-epoch cap; on a validation split of
+  280 samples CCC's standard error is about 0.02, so such steps are noise: min_delta 1e-3 stops there.
+- CHOSEN: task.latent_gain = 6.0, task.subject_shift = 0.4, train.min_delta = 0.001 (root default,
+  every task: an improvement below 0.001 of a metric is noise at the validation sizes of this field);
+  everything else as above; the two new knobs stay off. Risk stated in advance: the 5-class student
+  met its floor only at the mean of two seeds (0.400); the 5-seed runs decide, and are reported
+  whatever they show. These values become the defaults together with the re-run of the committed
+  sweep (all six methods, both targets, the zeros controls), which had not started when this was written.
 """
 
 from __future__ import annotations
@@ -106,7 +140,8 @@ class Synthetic(Task):
         if cfg.target not in ("regression", "classes"):
             raise TaskError(f"task.target={cfg.target!r}: choose regression or classes")
         if cfg.target == "classes" and cfg.n_classes not in (2, 5):
-            raise TaskError(f"task.n_classes={cfg.n_classes}: the synthetic task has 5 levels (5) or lowest-vs-highest (2)")
+            raise TaskError(f"task.n_classes={cfg.n_classes}: the synthetic task has 5 levels (5) or "
+                            f"lowest-vs-highest (2)")
         self.full_protocol  # noqa: B018 -- validates task.protocol up front
 
     @property

@@ -35,8 +35,8 @@ KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "pri
                    "train.plateau_factor": 0.5, "train.plateau_patience": 5, "train.min_lr": 0.0,
                    "train.drop_last": True, "train.accumulate": 1, "train.grad_clip_by": "norm",
                    "train.select_on": "primary", "train.stop": "patience"}
-PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf", "submitit",
-            "datasets", "pkd-harness")
+PACKAGES = ("torch", "numpy", "scipy", "statsmodels", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf",
+            "submitit", "datasets", "pkd-harness")
 
 
 def _drop(d: dict, dotted: str) -> None:

@@ -16,9 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import RECORD_SCHEMA_VERSION, __version__
 from harness.method import RunContext
-from harness.predictions import make_predictions
+from harness.predictions import make_predictions, prediction_rows
 from harness.records import NON_SEMANTIC_KEYS, config_id, environment, read_record, run_dir, run_key, write_record
 from harness.registry import METHODS, TASKS
+from harness.stats import metric_ci
 from harness.teachers import TeacherStore
 
 
@@ -55,6 +56,27 @@ def describing_overrides(overrides: list[str]) -> list[str]:
             continue
         out.append(o)
     return out
+
+
+def bootstrap_resamples(cfg: DictConfig) -> int:
+    """stats.bootstrap_resamples, checked before anything is trained (0 = no test-set CI)."""
+    value = OmegaConf.select(cfg, "stats.bootstrap_resamples", default=1000)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"stats.bootstrap_resamples={value!r}: give a whole number of resamples >= 0 "
+                         f"(1000 by default, 0 = no test-set bootstrap CI)")
+    return value
+
+
+def record_metrics_ci(cfg: DictConfig, task, test, predictions, n_resamples: int) -> dict:
+    """`metrics_ci`: cluster bootstrap CI of the primary metric over the task's independent test units,
+    re-scored with the task's own metric; seeded by the run key, so a re-run gives the same interval."""
+    units = np.asarray(task.bootstrap_units(test))
+    if len(units) != len(test):
+        raise ValueError(f"task '{task.name}': bootstrap_units gave {len(units)} unit ids for {len(test)} test rows")
+    metric = task.spec.primary_metric
+    return metric_ci(predictions, units[prediction_rows(test, task.spec.target)],
+                     lambda table: task.score(table, (metric,))[metric], metric, task.bootstrap_unit, n_resamples,
+                     derive_seed(run_key(cfg), "bootstrap"))
 
 
 def build_task(cfg: DictConfig):
@@ -94,6 +116,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
         record["device"] = str(device)
         # float reductions, and so the last digits of a result, depend on the intra-op thread count
         record["torch_threads"] = torch.get_num_threads()
+        n_resamples = bootstrap_resamples(cfg)
         t = time.perf_counter()
         task = build_task(cfg)
         task.check_fold(int(cfg.fold))
@@ -126,6 +149,10 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
         predictions = make_predictions(test, outputs, spec.target)
         record["metrics"] = task.score(predictions)
         timings["score_s"] = time.perf_counter() - t
+        if n_resamples:
+            t = time.perf_counter()
+            record["metrics_ci"] = record_metrics_ci(cfg, task, test, predictions, n_resamples)
+            timings["bootstrap_s"] = time.perf_counter() - t
         record["logs"] = ctx.logs
         record["extra"] = ctx.extra
         record["status"] = "ok"

@@ -42,7 +42,8 @@ def make_predictions(split: Split, outputs: np.ndarray, target: TargetSpec) -> p
     if outputs.shape[: len(expect_lead)] != expect_lead:
         raise ValueError(f"method outputs have shape {outputs.shape}, targets {y.shape}: they must agree")
     if target.per_step:
-        steps = split.step_index if split.step_index is not None else np.broadcast_to(np.arange(y.shape[1]), y.shape[:2])
+        steps = split.step_index if split.step_index is not None else \
+            np.broadcast_to(np.arange(y.shape[1]), y.shape[:2])
         n_idx, t_idx = valid_steps(split)
         row_ids = np.char.add(np.char.add(ids[n_idx], ":"), steps[n_idx, t_idx].astype(str))
         y, outputs = y[n_idx, t_idx], outputs[n_idx, t_idx]

@@ -41,8 +41,9 @@ REFERENCE = "student"
 CONTROL_KEY = "method.privileged_control"
 CONTROLS = ("zeros", "shuffle")
 CONTROL_ROLE = {"zeros": "control: privileged input zeroed", "shuffle": "control: privileged input shuffled"}
-# The model a run is scored on, whose training is checked: the student, or the teacher of `teacher` runs.
-EVALUATED_MODELS = ("student", "teacher")
+# The model a run is scored on, whose training is checked: the student (DMD's too), or the teacher of the
+# upper bound's runs (`teacher`).
+EVALUATED_MODEL = {"upper_bound": "teacher"}
 STOP_REASONS = ("patience", "max_epochs", "min_lr", "budget", "unknown")
 EARLY_EPOCH = 1  # selected at epoch <= 1 (epochs counted from 0): possibly undertrained
 
@@ -106,8 +107,8 @@ def _training(rec: dict, path: Path) -> dict:
     """Selected epoch and stop reason of the evaluated model: extra.training.<model>, else logs.<model>."""
     training = (rec.get("extra") or {}).get("training") or {}
     logs = rec.get("logs") or {}
-    model = next((m for m in EVALUATED_MODELS if m in training or m in logs), None)
-    if model is None:
+    model = EVALUATED_MODEL.get(rec.get("bound") or "", "student")
+    if model not in training and model not in logs:
         return {"selected_epoch": None, "stop_reason": None}
     if model in training:
         summary = training[model]

@@ -198,3 +198,16 @@ def test_metric_ci_record_field():
     assert one["accuracy"] is None and "no bootstrap interval" in one["note"]
     with pytest.raises(ValueError, match="7 unit ids for 8 prediction rows"):
         metric_ci(preds, units[:7], acc, "accuracy", "subject", 200, seed=3)
+
+
+def test_sign_flip_beyond_the_exact_limit_draws_random_patterns_reproducibly():
+    from harness.stats import EXACT_SIGN_FLIP_MAX_N, SIGN_FLIP_DRAWS
+
+    rng = np.random.default_rng(8)
+    d = rng.normal(0.1, 1.0, EXACT_SIGN_FLIP_MAX_N + 4)
+    res = paired_test(d, seed=3)
+    assert not res.sign_flip_exact and res.min_p_sign_flip == 0.0
+    assert res.p_sign_flip == paired_test(d, seed=3).p_sign_flip  # seeded
+    signs = rng.choice((-1, 1), size=(200_000, d.size))  # an independent Monte Carlo estimate of the same p
+    mc = np.mean(np.abs(signs @ d) >= abs(d.sum()))
+    assert res.p_sign_flip == pytest.approx(mc, abs=4 * math.sqrt(mc * (1 - mc) / SIGN_FLIP_DRAWS) + 1e-3)

@@ -19,6 +19,17 @@ def column_suffixes(target: TargetSpec) -> list[str]:
     return [f"_{d}" for d in target.dims]
 
 
+def valid_steps(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """(split row, step) of every valid step of a per-step target, in the order of the predictions table."""
+    mask = split.target_mask if split.target_mask is not None else np.ones(split.targets.shape[:2], bool)
+    return np.nonzero(mask)
+
+
+def prediction_rows(split: Split, target: TargetSpec) -> np.ndarray:
+    """The split row each row of make_predictions' table comes from (several per sample for per-step targets)."""
+    return valid_steps(split)[0] if target.per_step else np.arange(len(split))
+
+
 def make_predictions(split: Split, outputs: np.ndarray, target: TargetSpec) -> pd.DataFrame:
     """Build the predictions table from a method's raw outputs.
 
@@ -31,9 +42,9 @@ def make_predictions(split: Split, outputs: np.ndarray, target: TargetSpec) -> p
     if outputs.shape[: len(expect_lead)] != expect_lead:
         raise ValueError(f"method outputs have shape {outputs.shape}, targets {y.shape}: they must agree")
     if target.per_step:
-        mask = split.target_mask if split.target_mask is not None else np.ones(y.shape[:2], bool)
-        steps = split.step_index if split.step_index is not None else np.broadcast_to(np.arange(y.shape[1]), y.shape[:2])
-        n_idx, t_idx = np.nonzero(mask)
+        steps = split.step_index if split.step_index is not None else \
+            np.broadcast_to(np.arange(y.shape[1]), y.shape[:2])
+        n_idx, t_idx = valid_steps(split)
         row_ids = np.char.add(np.char.add(ids[n_idx], ":"), steps[n_idx, t_idx].astype(str))
         y, outputs = y[n_idx, t_idx], outputs[n_idx, t_idx]
     else:

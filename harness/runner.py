@@ -19,10 +19,11 @@ from harness import RECORD_SCHEMA_VERSION, __version__
 from harness.controls import CONTROLS, apply_privileged_control
 from harness.data import FoldData
 from harness.method import Method, RunContext
-from harness.predictions import make_predictions
+from harness.predictions import make_predictions, prediction_rows
 from harness.records import NON_SEMANTIC_KEYS, config_id, environment, read_record, run_dir, run_key, write_record
 from harness.registry import METHODS, TASKS
 from harness.schema import ConfigError
+from harness.stats import metric_ci
 from harness.task import Task, TaskError
 from harness.teachers import TeacherStore
 from harness.validate import check_config
@@ -61,6 +62,27 @@ def describing_overrides(overrides: list[str]) -> list[str]:
             continue
         out.append(o)
     return out
+
+
+def bootstrap_resamples(cfg: DictConfig) -> int:
+    """stats.bootstrap_resamples, checked before anything is trained (0 = no test-set CI)."""
+    value = OmegaConf.select(cfg, "stats.bootstrap_resamples", default=1000)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"stats.bootstrap_resamples={value!r}: give a whole number of resamples >= 0 "
+                         f"(1000 by default, 0 = no test-set bootstrap CI)")
+    return value
+
+
+def record_metrics_ci(cfg: DictConfig, task, test, predictions, n_resamples: int) -> dict:
+    """`metrics_ci`: cluster bootstrap CI of the primary metric over the task's independent test units,
+    re-scored with the task's own metric; seeded by the run key, so a re-run gives the same interval."""
+    units = np.asarray(task.bootstrap_units(test))
+    if len(units) != len(test):
+        raise ValueError(f"task '{task.name}': bootstrap_units gave {len(units)} unit ids for {len(test)} test rows")
+    metric = task.spec.primary_metric
+    return metric_ci(predictions, units[prediction_rows(test, task.spec.target)],
+                     lambda table: task.score(table, (metric,))[metric], metric, task.bootstrap_unit, n_resamples,
+                     derive_seed(run_key(cfg), "bootstrap"))
 
 
 def build_task(cfg: DictConfig):
@@ -137,6 +159,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
     if prep is not None:
         try:
             task, data, method_cls = prep.task, prep.data, prep.method_cls
+            n_resamples = bootstrap_resamples(cfg)
             # float reductions, and so the last digits of a result, depend on the intra-op thread count
             record.update(device=str(prep.device), torch_threads=torch.get_num_threads())
             timings["load_s"] = prep.load_s
@@ -174,6 +197,10 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
             predictions = make_predictions(test, outputs, spec.target)
             record["metrics"] = task.score(predictions)
             timings["score_s"] = time.perf_counter() - t
+            if n_resamples:
+                t = time.perf_counter()
+                record["metrics_ci"] = record_metrics_ci(cfg, task, test, predictions, n_resamples)
+                timings["bootstrap_s"] = time.perf_counter() - t
             record["logs"] = ctx.logs
             record["extra"] = ctx.extra
             record["status"] = "ok"

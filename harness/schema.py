@@ -237,7 +237,7 @@ ROOT: dict[str, Field] = {
     "cache_dir": str_(),
     "overwrite": bool_(),
     "progress": bool_(),
-    "stats.bootstrap_resamples": optional(int_(ge=0)),
+    "stats.bootstrap_resamples": int_(ge=0),
     **{f"model.{k}": f for k, f in MODEL.items()},
     **{f"train.{k}": f for k, f in TRAIN.items()},
 }
@@ -445,7 +445,6 @@ RULES["launcher/slurm_cpu"] = RULES["launcher/slurm"]
 
 # Keys with an entry that a YAML need not have, and why (tests/test_schema.py allows exactly these to be absent).
 MAY_BE_ABSENT = (
-    "stats.bootstrap_resamples",      # root: the statistics work adds `stats:` to config.yaml
     "method.training.*",              # dmd: its block sets only the `train` keys DMD changes; the others apply as is
 )
 

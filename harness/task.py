@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from harness.data import FoldData, TaskSpec
+from harness.data import FoldData, Split, TaskSpec
 from harness.metrics import higher_is_better, score_columns
 from harness.predictions import columns_by_dim
 
@@ -37,6 +38,10 @@ class Task:
     # Printed under every leaderboard section of this task and beside its published numbers: what the
     # harness does differently from the papers (e.g. frozen text features), so no row is misread.
     leaderboard_note: ClassVar[str] = ""
+    # The independent unit of the test set, resampled whole by a run's test-set bootstrap CI (`metrics_ci`):
+    # "sample" (each test row its own unit, the default) or the name of what `Split.groups` holds when the
+    # groups are the independent units ("subject", "video"). Frames are never units.
+    bootstrap_unit: ClassVar[str] = "sample"
 
     def __init__(self, cfg: DictConfig | dict):
         self.cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
@@ -98,11 +103,18 @@ class Task:
             raise TaskError(f"fold={fold} is out of range for task '{self.name}', which has folds 0..{n - 1}"
                             f" (set fold=0..{n - 1})")
 
-    def score(self, predictions: pd.DataFrame) -> dict[str, float]:
-        """Metrics of a predictions table (see harness.predictions), primary metric first."""
+    def score(self, predictions: pd.DataFrame, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
+        """Metrics of a predictions table (see harness.predictions), primary metric first; `metrics`: only these."""
         target = self.spec.target
         yt, yp = columns_by_dim(predictions, target)
-        return score_columns(yt, yp, self.spec.metrics, target.kind)
+        return score_columns(yt, yp, metrics or self.spec.metrics, target.kind)
+
+    def bootstrap_units(self, test: Split) -> np.ndarray:
+        """The unit id of each row of the test split (see `bootstrap_unit`): row numbers for "sample", else
+        `test.groups`. A per-step target's frames inherit their sample's unit (harness.predictions)."""
+        if self.bootstrap_unit == "sample":
+            return np.arange(len(test))
+        return np.asarray(test.groups)
 
     def metric_higher_is_better(self, metric: str) -> bool:
         return self.spec.higher_is_better.get(metric, higher_is_better(metric))

@@ -417,6 +417,7 @@ class MMSATask(PickleTask):
     """
 
     target = TargetSpec("regression", ("sentiment",))
+    bootstrap_unit = "video"  # Split.groups = the video of `<video>$_$<clip>`: a video's clips share speaker and topic
     metric_choices = MMSA_METRICS + ("mult_acc2", "mult_f1", "acc3")
     file_description = "MMSA feature pickle (a 'Processed' file of thuiar/MMSA's README, which lists its SHA-256)"
     mimic_dims: dict[str, int] = {}

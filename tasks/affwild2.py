@@ -177,6 +177,7 @@ def window_starts(n: int, window: int, stride: int | None = None) -> np.ndarray:
 @register_task
 class AffWild2(Task):
     name = "affwild2"
+    bootstrap_unit = "video"  # Split.groups = the video of each track window; frames are never units
     description = "Aff-Wild2 valence/arousal per frame: face features -> VA; audio privileged"
     mimic_version = 2  # bump when write_mimic changes: source=mimic then writes a fresh tree
     published = [

@@ -230,6 +230,7 @@ def read_fold_file(path: Path) -> list[tuple[int, str, int, int, int, int]]:
 class BioVid(Task):
     modality_protocol_key = "modality_protocol"  # `protocol` is the fold scheme here
     name = "biovid"
+    bootstrap_unit = "subject"  # Split.groups = subject_name: a subject's samples share face and physiology
     description = "BioVid heat pain (Part A/B): face video features -> pain; physiological signals privileged"
     mimic_version = 3  # bump when write_mimic changes: source=mimic then writes a fresh tree
     published = [

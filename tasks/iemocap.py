@@ -39,6 +39,7 @@ FOUR_CLASS = {"acc4": acc4, "uar4": uar4}
 @register_task
 class IEMOCAP(PickleTask):
     name = "iemocap"
+    bootstrap_unit = "sample"  # MulT's test utterances are resampled one by one (Split.groups holds the dialog)
     description = ("IEMOCAP neutral/happy/sad/angry as 4 binary tasks from MulT pickles; per-emotion acc/F1 "
                    "(+ 4-class WA/UA); pickle's own split, seeds vary init only")
     look_in = (".", "IEMOCAP")
@@ -89,9 +90,9 @@ class IEMOCAP(PickleTask):
             info[key] = sinfo
         return splits, info
 
-    def score(self, predictions: pd.DataFrame) -> dict[str, float]:
+    def score(self, predictions: pd.DataFrame, metrics: tuple[str, ...] | None = None) -> dict[str, float]:
         """Per-emotion metrics through score_columns; acc4/uar4 need P(present) of every emotion at once."""
-        names = self.spec.metrics
+        names = metrics or self.spec.metrics
         yt, yp = columns_by_dim(predictions, self.target)
         out = score_columns(yt, yp, [n for n in names if n not in FOUR_CLASS], "classification")
         if any(n in FOUR_CLASS for n in names):

@@ -1,13 +1,17 @@
 """The leaderboard is a pure function of the records: check its numbers against pandas/numpy by hand."""
 
+import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import ttest_rel
 
-from harness.leaderboard import collect, render, summarise, write_leaderboard
+from harness.leaderboard import LeaderboardError, collect, compare, render, summarise, write_leaderboard
+from harness.records import semantic_config
+from harness.teachers import stable_hash
 
 
 def fake_record(root: Path, method, seed, fold, value, status="ok", bound="", error=None, cid="c1"):
@@ -90,3 +94,222 @@ def test_frozen_text_note_sits_under_mmsa_sections_and_beside_published_numbers(
     synthetic = text.split("## synthetic")[1].split("## ")[0]
     assert f"Note: {note}" in mosi and "Note:" not in synthetic
     assert f"- mosi: {note}" in text.split("## Published reference numbers")[1]
+
+
+# --- paired statistics, controls, flags: records written as dicts, numbers checked against scipy -------------
+
+def write(root: Path, method: str, seed: int, value: float, fold: int = 0, control: str | None = None,
+          task_variant: str = "valence/arousal regression", **extra_fields) -> Path:
+    """A record with a config (so privileged-information controls can be matched) and any extra fields."""
+    method_cfg = {"name": method, "lr": 0.01}
+    if control is not None:
+        method_cfg["privileged_control"] = control
+    config = {"method": method_cfg, "task": {"name": "synthetic", "target": "regression"}, "seed": seed,
+              "fold": fold, "results_dir": "/somewhere"}
+    cid = stable_hash(semantic_config(config, also_drop=("seed", "fold")), n=8)
+    rec = {"schema_version": 1, "run_key": f"f{fold}-s{seed}-{cid}", "config_id": cid, "method": method,
+           "task": "synthetic", "task_variant": task_variant, "fold": fold, "seed": seed, "status": "ok",
+           "bound": {"student": "lower_bound", "teacher": "upper_bound"}.get(method, ""),
+           "primary_metric": "ccc_mean", "data_source": "synthetic", "config": config,
+           "overrides": [f"method.privileged_control={control}"] if control else [],
+           "metrics": {"ccc_mean": value, "mae_mean": 1 - value}, **extra_fields}
+    d = root / "synthetic" / method / rec["run_key"]
+    d.mkdir(parents=True)
+    (d / "record.json").write_text(json.dumps(rec))
+    return d / "record.json"
+
+
+def section_rows(text: str) -> dict[str, list[str]]:
+    """{row label: cells} of the first section's table."""
+    table = text.split("## synthetic")[1].split("\n\n")[2]
+    lines = [l for l in table.splitlines() if l.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for l in lines[1:]:
+        cells = [c.strip() for c in l.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def holm_by_hand(p):
+    order = np.argsort(p)
+    adj = np.maximum.accumulate(np.array(p)[order] * (len(p) - np.arange(len(p))))
+    out = np.empty(len(p))
+    out[order] = np.minimum(adj, 1)
+    return out
+
+
+STUDENT = [0.30, 0.36, 0.28, 0.40, 0.33]
+METHODS = {"kd": [0.33, 0.37, 0.33, 0.42, 0.36],      # a small consistent gain
+           "pkdot": [0.35, 0.30, 0.31, 0.36, 0.36],   # noise
+           "teacher": [0.90, 0.93, 0.91, 0.94, 0.92]}
+
+
+def test_paired_delta_ci_p_values_and_holm_against_scipy(tmp_path):
+    for s, v in enumerate(STUDENT):
+        write(tmp_path, "student", s, v)
+    for m, vs in METHODS.items():
+        for s, v in enumerate(vs):
+            write(tmp_path, m, s, v)
+    df = collect(tmp_path)
+    cmp = compare(df).set_index("method")
+    p_ref = {m: ttest_rel(vs, STUDENT).pvalue for m, vs in METHODS.items()}
+    holm_ref = dict(zip(p_ref, holm_by_hand(list(p_ref.values()))))
+    for m, vs in METHODS.items():
+        c = cmp.loc[m]
+        d = np.subtract(vs, STUDENT)
+        ci = ttest_rel(vs, STUDENT).confidence_interval(0.95)
+        assert c.n == 5 and c["mean"] == pytest.approx(d.mean())
+        assert (c.ci_low, c.ci_high) == pytest.approx((ci.low, ci.high))
+        assert c.p_t == pytest.approx(p_ref[m]) and c.p_holm == pytest.approx(holm_ref[m])
+        signs = np.array(list(itertools.product((-1, 1), repeat=5)))
+        assert c.p_sign_flip == pytest.approx(np.mean(np.abs(signs @ d) >= abs(d.sum()) - 1e-12))
+        assert c.significant == (holm_ref[m] < 0.05)
+    assert cmp.loc["teacher"].significant and not cmp.loc["pkdot"].significant
+    rows = section_rows(render(summarise(df), df))
+    kd = cmp.loc["kd"]
+    cell = rows["kd"]["Δ ccc_mean vs student [95% CI], paired t p"]
+    assert cell.startswith(f"{kd['mean']:+.3f} [{kd.ci_low:+.3f}, {kd.ci_high:+.3f}] p=")
+    assert cell.endswith(" *") == bool(kd.significant)
+    assert rows["teacher"]["Δ ccc_mean vs student [95% CI], paired t p"].endswith("p<0.001 *")
+    # 5 pairs: the header states the exact test's floor, 2/2^5
+    assert rows["kd"]["sign-flip p (exact; min 0.0625 at n=5)"] == "0.0625"
+    assert rows["kd"]["pairs"] == "5" and rows["student"]["pairs"] == ""
+    text = render(summarise(df), df)
+    assert "Holm's correction over the section's 3 comparisons with the student" in text
+
+
+def test_unpaired_runs_are_counted_named_and_left_out(tmp_path):
+    for s in (0, 1, 2, 3, 4):
+        write(tmp_path, "student", s, STUDENT[s])
+    for s in (0, 1, 2, 3, 5):  # no seed 4, an extra seed 5
+        write(tmp_path, "kd", s, 0.5 + 0.01 * s)
+    df = collect(tmp_path)
+    c = compare(df).iloc[0]
+    assert c.n == 4 and c.unpaired == ["f0-s5"] and c.unpaired_reference == ["f0-s4"]
+    assert c["mean"] == pytest.approx(np.mean([0.5 + 0.01 * s - STUDENT[s] for s in range(4)]))
+    text = render(summarise(df), df)
+    assert "- kd vs student: kd f0-s5 (no student partner); student f0-s4 (no kd partner)" in text
+    rows = section_rows(text)
+    assert rows["kd"]["runs"] == "5" and rows["kd"]["pairs"] == "4"
+    assert "sign-flip p (exact; min 0.125 at n=4)" in rows["kd"]
+
+
+def test_privileged_information_control_rows_and_method_minus_control(tmp_path):
+    kd = [0.40, 0.45, 0.43, 0.47, 0.41]
+    zeros = [0.35, 0.41, 0.40, 0.42, 0.37]
+    for s in range(5):
+        write(tmp_path, "student", s, STUDENT[s])
+        write(tmp_path, "kd", s, kd[s])  # older records: no privileged_control key at all = none
+        write(tmp_path, "kd", s, zeros[s], control="zeros")
+        if s != 4:
+            write(tmp_path, "kd", s, kd[s] - 0.001 * s, control="shuffle")
+        write(tmp_path, "pkdot", s, 0.3, control="none")  # explicit none, no control runs of its own
+    df = collect(tmp_path)
+    assert set(df[df.method == "kd"].control) == {"none", "zeros", "shuffle"}
+    text = render(summarise(df), df)
+    rows = section_rows(text)
+    assert "kd · PI zeros" in rows and "kd · PI shuffle" in rows
+    assert "privileged_control=" not in text.split("## synthetic")[1]  # never the raw override text
+    assert rows["kd · PI zeros"]["role"] == "control: privileged input zeroed"
+    order = [r for r in rows]
+    assert order.index("kd · PI zeros") == order.index("kd") + 1
+    assert order.index("kd · PI shuffle") == order.index("kd") + 2
+    cmp = compare(df)
+    vs_zeros = cmp[cmp.reference == "PI zeros"]
+    assert list(vs_zeros.method) == ["kd"]  # pkdot has no control runs
+    c = vs_zeros.iloc[0]
+    ref = ttest_rel(kd, zeros)
+    assert c["mean"] == pytest.approx(np.mean(np.subtract(kd, zeros))) and c.p_t == pytest.approx(ref.pvalue)
+    cell = rows["kd"]["Δ vs PI zeros [95% CI], paired t p"]
+    assert cell == f"{c['mean']:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] p<0.001 * (n=5)"  # 5 consistent pairs
+    assert rows["pkdot"]["Δ vs PI zeros [95% CI], paired t p"] == ""
+    # the control rows are compared with the student too; each reference is its own Holm family
+    assert len(cmp[(cmp.reference == "student") & (cmp.method == "kd")]) == 3
+    assert ("Holm's correction over each family of the section: 4 comparisons with the student; 1 with PI zeros; "
+            "1 with PI shuffle.") in text
+    assert "- kd vs PI shuffle: kd f0-s4 (no PI shuffle partner)" in text
+    assert rows["kd"]["Δ vs PI shuffle [95% CI], paired t p"].endswith("(n=4)")
+
+
+def test_bad_control_value_names_the_file_and_field(tmp_path):
+    path = write(tmp_path, "kd", 0, 0.4, control="noise")
+    with pytest.raises(LeaderboardError, match=rf"{path}: config.method.privileged_control = 'noise'"):
+        collect(tmp_path)
+
+
+def test_possibly_undertrained_runs_are_flagged_with_counts(tmp_path):
+    def summary(model, reason, epoch):
+        return {"extra": {"training": {model: {"stop_reason": reason, "selected_epoch": epoch, "epochs_run": 9}}}}
+
+    def logs(epoch):
+        return {"logs": {"student": [{"epoch": e, "selected": e == epoch} for e in range(epoch + 3)]}}
+
+    write(tmp_path, "student", 0, 0.3, **summary("student", "patience", 0))     # selected at epoch 0: flag
+    write(tmp_path, "student", 1, 0.3, **summary("student", "max_epochs", 30))  # hit the cap: flag
+    write(tmp_path, "student", 2, 0.3, **summary("student", "budget", 1))       # fixed budget: no flag
+    write(tmp_path, "student", 3, 0.3, **logs(1))                               # older record, epoch 1: flag
+    write(tmp_path, "student", 4, 0.3, **logs(7))                               # older record, epoch 7: fine
+    write(tmp_path, "kd", 0, 0.3, **{"extra": {"training": {"teacher": {"stop_reason": "max_epochs",
+                                                                        "selected_epoch": 0},
+                                                            "student": {"stop_reason": "min_lr",
+                                                                        "selected_epoch": 12}}}})
+    write(tmp_path, "teacher", 0, 0.9, **summary("teacher", "max_epochs", 40))  # the teacher row's own model
+    df = collect(tmp_path)
+    summ = summarise(df)
+    student = summ[summ.method == "student"].iloc[0]
+    assert (student.n_flagged, student.n_selected_early, student.n_max_epochs) == (3, 2, 1)
+    text = render(summ, df)
+    assert "Possibly undertrained: 4 of 7 runs" in text
+    assert ("- student: 3 of 5 (selected at epoch ≤ 1: f0-s0 (epoch 0), f0-s3 (epoch 1); "
+            "stopped at max_epochs: f0-s1)") in text
+    assert "- teacher: 1 of 1 (stopped at max_epochs: f0-s0)" in text
+    assert "- kd:" not in text  # kd's own teacher hit its cap, but kd is scored on its student
+
+
+def test_bad_training_summary_names_the_file_and_field(tmp_path):
+    path = write(tmp_path, "student", 0, 0.3,
+                 extra={"training": {"student": {"stop_reason": "tired", "selected_epoch": 3}}})
+    with pytest.raises(LeaderboardError, match=rf"{path}: extra.training.student.stop_reason = 'tired'"):
+        collect(tmp_path)
+
+
+def test_a_single_run_shows_its_bootstrap_ci_instead_of_a_std(tmp_path):
+    ci = {"ccc_mean": [0.351, 0.449], "unit": "subject", "n_units": 8, "n_resamples": 1000}
+    write(tmp_path, "student", 0, 0.4, metrics_ci=ci)
+    for s in range(3):
+        write(tmp_path, "kd", s, 0.4 + s / 100, metrics_ci=ci)
+    text = render(summarise(collect(tmp_path)), collect(tmp_path))
+    rows = section_rows(text)
+    assert rows["student"]["ccc_mean"] == "0.400 [0.351, 0.449]"
+    assert rows["kd"]["ccc_mean"] == f"0.410 ± {np.std([0.40, 0.41, 0.42], ddof=1):.3f}"  # 3 runs: ± std
+    assert "- student: subjects resampled (8 in the test split, 1000 resamples)" in text
+    assert rows["kd"]["Δ ccc_mean vs student [95% CI], paired t p"] == "+0.000 (1 pair: no test)"
+
+
+def test_bad_metrics_ci_names_the_file_and_field(tmp_path):
+    path = write(tmp_path, "student", 0, 0.4, metrics_ci={"ccc_mean": [0.3], "unit": "subject"})
+    with pytest.raises(LeaderboardError, match=rf"{path}: metrics_ci.ccc_mean = \[0.3\]"):
+        collect(tmp_path)
+
+
+def test_two_runs_of_one_row_with_the_same_fold_and_seed_name_both_files(tmp_path):
+    first = write(tmp_path, "student", 0, 0.4)
+    write(tmp_path, "kd", 0, 0.5)
+    dup = first.parent.with_name(first.parent.name + "-copy")
+    dup.mkdir()
+    (dup / "record.json").write_text(first.read_text())
+    with pytest.raises(LeaderboardError, match="two runs with fold=0, seed=0"):
+        compare(collect(tmp_path))
+
+
+def test_csv_carries_the_comparisons_on_the_primary_metric_line(tmp_path):
+    for s, v in enumerate(STUDENT):
+        write(tmp_path, "student", s, v)
+        write(tmp_path, "kd", s, METHODS["kd"][s])
+    write_leaderboard(tmp_path, tmp_path / "lb.md", tmp_path / "lb.csv")
+    csv = pd.read_csv(tmp_path / "lb.csv")
+    kd = csv[(csv.method == "kd") & (csv.metric == "ccc_mean")].iloc[0]
+    assert kd.vs_student_n == 5 and kd.vs_student_p_t == pytest.approx(ttest_rel(METHODS["kd"], STUDENT).pvalue)
+    assert kd.vs_student_delta == pytest.approx(np.mean(np.subtract(METHODS["kd"], STUDENT)))
+    assert pd.isna(csv[(csv.method == "kd") & (csv.metric == "mae_mean")].iloc[0].vs_student_delta)

@@ -116,3 +116,52 @@ def test_sweep_goes_on_after_a_failure(tiny_cfg, monkeypatch, capsys):
     recs = [json.loads(p.read_text()) for p in sorted(__import__("pathlib").Path(root).glob("*/*/*/record.json"))]
     assert sorted((r["method"], r["status"]) for r in recs) == [("kd", "failed")] * 2 + [("student", "ok")] * 2
     assert all("kd exploded" in r["error"] for r in recs if r["status"] == "failed")
+
+
+def test_record_carries_a_subject_bootstrap_ci_that_an_independent_bootstrap_reproduces(tiny_cfg):
+    """metrics_ci: whole test subjects resampled, each resample re-scored; rebuilt here from predictions.csv
+    with subjects read from the ids, CCC from np.cov and scipy's bootstrap, seeded as the record says."""
+    from scipy.stats import bootstrap
+
+    from harness.runner import derive_seed
+
+    cfg = tiny_cfg("method=student", "task.n_subjects=20", "stats.bootstrap_resamples=300")
+    rec = execute(cfg)
+    assert rec["status"] == "ok", rec.get("traceback")
+    ci = read_record(run_dir(cfg))["metrics_ci"]
+    pred = pd.read_csv(run_dir(cfg) / "predictions.csv")
+    subjects = pred.id.str.split("-").str[0]  # ids are <subject>-<sample>
+    order = list(dict.fromkeys(subjects))  # units in order of first appearance, as harness.stats numbers them
+    assert ci["unit"] == "subject" and ci["n_units"] == len(order) == 4 and ci["n_resamples"] == 300
+    assert ci["seed"] == derive_seed(rec["run_key"], "bootstrap") and ci["method"] == "percentile"
+    rows_of = [np.flatnonzero(subjects.to_numpy() == s) for s in order]
+
+    def ccc_mean(units):
+        r = np.concatenate([rows_of[u] for u in units])
+        return np.mean([ccc_independent(pred[f"y_true_{d}"].to_numpy()[r], pred[f"y_pred_{d}"].to_numpy()[r])
+                        for d in ("valence", "arousal")])
+
+    ref = bootstrap((np.arange(len(order)),), ccc_mean, n_resamples=300, vectorized=False, method="percentile",
+                    rng=np.random.default_rng(ci["seed"])).confidence_interval
+    assert ci["ccc_mean"] == pytest.approx([ref.low, ref.high], abs=1e-5)  # predictions.csv keeps 7 digits
+    assert ci["ccc_mean"][0] < ci["ccc_mean"][1]
+    assert rec["timings"]["bootstrap_s"] > 0
+
+
+def test_statistics_settings_change_neither_the_run_key_nor_the_row_label(tiny_cfg):
+    from harness.records import config_id, run_key
+    from harness.runner import describing_overrides
+
+    base, other = tiny_cfg(), tiny_cfg("stats.bootstrap_resamples=7")
+    assert run_key(other) == run_key(base) and config_id(other) == config_id(base)
+    assert describing_overrides(["stats.bootstrap_resamples=7", "train.lr=0.01"]) == ["train.lr=0.01"]
+
+
+def test_bootstrap_setting_checked_before_training_and_zero_turns_it_off(tiny_cfg):
+    from harness.schema import ConfigError
+    bad_cfg = tiny_cfg("method=student", "stats.bootstrap_resamples=-5")
+    with pytest.raises(ConfigError, match="stats.bootstrap_resamples=-5"):
+        execute(bad_cfg)
+    assert not run_dir(bad_cfg).exists()  # nothing was trained or written
+    off = execute(tiny_cfg("method=student", "stats.bootstrap_resamples=0", "overwrite=true"))
+    assert off["status"] == "ok" and "metrics_ci" not in off and "bootstrap_s" not in off["timings"]

@@ -115,7 +115,7 @@ BAD = [
     (["device=cuda0"], "device='cuda0': expected auto, cpu, cuda, cuda:<index> or mps; did you mean cuda?"),
     (["overwrite=yes"], "overwrite='yes': expected true or false"),
     (["progress=1"], "progress=1: expected true or false"),
-    (["+stats.bootstrap_resamples=-5"], "stats.bootstrap_resamples=-5: expected an integer >= 0"),
+    (["stats.bootstrap_resamples=-5"], "stats.bootstrap_resamples=-5: expected an integer >= 0"),
     (["+extra.note=x"], "unknown config key 'extra' (see `harness run --cfg` for all keys)"),
     # train
     (["train.lr=abc"], "train.lr='abc': expected a float > 0"),

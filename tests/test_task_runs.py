@@ -51,6 +51,9 @@ def test_biovid_run_on_the_mimic_tree_rescored(tmp_path):
     assert record["metrics"]["f1_macro"] == pytest.approx(f1_score(pred.y_true, pred.y_pred, average="macro"))
     assert set(pred.id.str.split("-").str[1]) <= {"BL1", "PA4"}
     assert np.array_equal(pred.y_true, (pred.id.str.split("-").str[1] == "PA4").astype(int))
+    # the test-set CI resamples whole subjects (sample names are <subject>-<class>-<n>)
+    ci = record["metrics_ci"]
+    assert ci["unit"] == "subject" and ci["n_units"] == pred.id.str.split("-").str[0].nunique()
 
 
 def test_affwild2_run_on_the_mimic_tree_rescored(tmp_path):
@@ -72,6 +75,12 @@ def test_affwild2_run_on_the_mimic_tree_rescored(tmp_path):
             ccc_by_formula(pred[f"y_true_{dim}"].to_numpy(), pred[f"y_pred_{dim}"].to_numpy()), rel=1e-4)
     assert record["metrics"]["ccc_mean"] == pytest.approx(
         (record["metrics"]["ccc_valence"] + record["metrics"]["ccc_arousal"]) / 2)
+    # the test-set CI resamples whole videos (a video's _left/_right tracks together), never frames
+    videos = pred.id.str.split(":").str[0].str.replace(r"_(left|right)$", "", regex=True)
+    ci = record["metrics_ci"]
+    assert ci["unit"] == "video" and ci["n_units"] == videos.nunique() < pred.id.str.split(":").str[0].nunique()
+    lo, hi = ci["ccc_mean"]
+    assert lo < hi
 
 
 def test_cli_without_data_fails_with_one_message(tmp_path, capsys):
@@ -97,3 +106,24 @@ def test_cli_data_mimic_writes_a_tree_that_loads_as_mimic(tmp_path, capsys):
     # a folder holding other files (maybe someone's real data) is never written into
     assert main(["data", "mimic", "task=affwild2", f"out={tmp_path}"]) == 2
     assert "is not empty and is not a mimic tree" in capsys.readouterr().err
+
+
+def test_each_task_declares_its_independent_bootstrap_unit():
+    """Subjects (BioVid, synthetic), videos (Aff-Wild2, MOSI, MOSEI), single samples (IEMOCAP, the default);
+    per-step targets: every frame inherits its window's unit."""
+    from harness.data import Split, TargetSpec
+    from harness.predictions import prediction_rows
+    from harness.registry import TASKS
+    from harness.task import Task
+
+    assert {name: cls.bootstrap_unit for name, cls in TASKS.items()} == {
+        "synthetic": "subject", "biovid": "subject", "affwild2": "video", "mosi": "video", "mosei": "video",
+        "iemocap": "sample"}
+    split = Split(ids=np.array(["a", "b", "c"]), groups=np.array(["v1", "v2", "v1"]),
+                  inputs={"x": np.zeros((3, 4, 1), np.float32)}, targets=np.zeros((3, 4, 1), np.float32),
+                  target_mask=np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]], bool))
+    task = Task({})
+    assert task.bootstrap_units(split).tolist() == [0, 1, 2]
+    task.bootstrap_unit = "video"
+    per_frame = task.bootstrap_units(split)[prediction_rows(split, TargetSpec("regression", ("v",), per_step=True))]
+    assert per_frame.tolist() == ["v1", "v1", "v2", "v1", "v1", "v1"]

@@ -4,11 +4,11 @@
 
 DIR is a checkout of another commit (e.g. `git worktree add /tmp/before fe298c8`, the last commit with DMD's
 own loop). Each measurement is one fresh `harness run` in its own interpreter (PYTHONPATH = the tree), with
-a fixed number of epochs (min_delta = -1e9, so every epoch is "better" and nothing stops early), a fresh
-teacher store (kd trains its teacher and its student) and `--threads` intra-op threads. The two trees
-alternate run by run, so both see the same machine load; the ratio this/baseline is the figure that does
-not depend on the load. Both trees must accept the overrides below (they exist before and after the merge
-of the two loops).
+a fixed number of epochs (patience 1000 and no min_lr stop, so nothing stops early), a fresh teacher store
+(kd trains its teacher and its student) and `--threads` intra-op threads. The two trees alternate run by
+run, so both see the same machine load; the ratio this/baseline is the figure that does not depend on the
+load. A tree that does not know an override's name is given its older name (OLD_NAMES: DMD's keys before
+the loops were merged).
 """
 
 from __future__ import annotations
@@ -26,16 +26,22 @@ from tabulate import tabulate
 
 HERE = Path(__file__).resolve().parent.parent
 CASES = {
-    "kd (teacher + student)": ["method=kd", "task=synthetic", "task.target=classes", "train.min_delta=-1e9"],
-    "dmd": ["method=dmd", "task=synthetic", "task.target=classes", "method.training.min_delta=-1e9",
+    "kd (teacher + student)": ["method=kd", "task=synthetic", "task.target=classes", "train.patience=1000"],
+    "dmd": ["method=dmd", "task=synthetic", "task.target=classes", "method.training.patience=1000",
             "method.training.min_lr=0"],
 }
+OLD_NAMES = {"method.training.patience": "method.training.early_stop"}
 CHILD = """
 import json, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
-from harness.config import compose_one
+from harness.config import ConfigError, compose_one
 from harness.runner import execute
-rec = execute(compose_one(sys.argv[2:]), raise_errors=True)
+old = json.loads(sys.argv[2])
+try:
+    cfg = compose_one(sys.argv[3:])
+except ConfigError:  # an older tree: the keys' older names
+    cfg = compose_one([old.get(o.split("=")[0], o.split("=")[0]) + "=" + o.split("=", 1)[1] for o in sys.argv[3:]])
+rec = execute(cfg, raise_errors=True)
 print(json.dumps({"fit_s": rec["timings"]["fit_s"], "epochs": sum(len(v) for v in rec["logs"].values())}))
 """
 
@@ -46,7 +52,7 @@ def one_run(tree: Path, case: list[str], epochs: int, threads: int, tmp: str) ->
     if "method=dmd" in case:
         ov.append(f"method.training.max_epochs={epochs}")
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    res = subprocess.run([sys.executable, "-c", CHILD, str(threads), *ov], cwd=tree, env=env, capture_output=True,
+    res = subprocess.run([sys.executable, "-c", CHILD, str(threads), json.dumps(OLD_NAMES), *ov], cwd=tree, env=env, capture_output=True,
                          text=True, check=True)
     facts = json.loads(res.stdout.strip().splitlines()[-1])
     return facts["fit_s"] / facts["epochs"]

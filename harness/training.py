@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,23 @@ def restore_rng_state(ck: dict, device: torch.device) -> None:
         torch.set_rng_state(ck["torch_rng"])
     if ck.get("cuda_rng") is not None and device.type == "cuda":
         torch.cuda.set_rng_state_all(ck["cuda_rng"])
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint holds something other than tensors and plain containers: it is not loaded."""
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """A training checkpoint, unpickled with torch's weights_only loader: tensors, numbers, strings and plain
+    containers only, so a file planted in a results folder others can write cannot run code when a job resumes.
+    Everything the loop saves is of those kinds (RNG and generator states are uint8 tensors)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"{path}: refused to resume from this checkpoint: it holds objects that are not tensors or plain "
+            f"containers ({str(e).splitlines()[0]}). The harness never writes such a file; delete it to train from "
+            f"the start, or find out who wrote it.") from None
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -248,7 +266,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     if opts.get("checkpoint", False):
         ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else ctx.run_dir / f"checkpoint_{name}.pt"
     if ckpt_path is not None and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = load_checkpoint(ckpt_path, device)
         module.load_state_dict(ck["module"])
         opt.load_state_dict(ck["optimizer"])
         if sched is not None and ck.get("scheduler") is not None:

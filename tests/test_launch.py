@@ -117,7 +117,7 @@ def test_resumed_training_equals_uninterrupted_training(tiny_cfg, tmp_path, monk
         execute(cfg)
     folder = run_dir(cfg)
     assert read_record(folder) is None  # preempted: no record, the checkpoint of epoch 2 is there
-    assert torch.load(folder / "checkpoint_student.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(folder / "checkpoint_student.pt", weights_only=True)["epoch"] == 2
     resumed = execute(cfg)
     assert resumed["status"] == "ok", resumed.get("traceback")
     assert resumed["extra"]["resumed_from_epoch"] == {"student": 3}

@@ -169,7 +169,7 @@ def test_a_preempted_run_is_requeued_and_resumes_from_its_checkpoint(partition, 
     ckpt = Path(run["run_dir"]) / f"checkpoint_{method}.pt"
     end = time.time() + 300
     while time.time() < end:
-        if ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] >= 2:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 2:
             break
         time.sleep(0.2)
     else:

@@ -7,6 +7,8 @@ the weights must agree. Stop reasons, the selected epoch and the summary in the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -233,3 +235,34 @@ def _dirs(tmp_path):
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
     yield
+
+
+class _RunsCode:
+    """Unpickling this calls a function of our choosing: what a planted checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_resume_refuses_a_checkpoint_whose_unpickling_would_run_code(data, tmp_path):
+    from harness.training import UnsafeCheckpointError
+    marker = tmp_path / "code_ran"
+    ckpt = tmp_path / "checkpoint_m.pt"
+    torch.save({"module": {}, "payload": _RunsCode(marker)}, ckpt)
+    # the plain unpickler would run it (the danger is real) ...
+    torch.load(ckpt, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    # ... the loop's resume refuses the file with a message naming it, and runs nothing
+    with pytest.raises(UnsafeCheckpointError, match="checkpoint_m.pt: refused to resume"):
+        run_fit(data, tmp_path, checkpoint=True, max_epochs=2)
+    assert not marker.exists()
+
+
+def test_a_real_checkpoint_loads_with_the_safe_loader(data, tmp_path):
+    run_fit(data, tmp_path, checkpoint=True, max_epochs=1, schedule="plateau", accumulate=2)
+    ck = torch.load(tmp_path / "checkpoint_m.pt", weights_only=True)  # raises if anything unsafe was saved
+    assert ck["epoch"] == 0 and ck["scheduler"] is not None and ck["generator"].dtype == torch.uint8

@@ -112,6 +112,14 @@ def prepare(cfg: DictConfig) -> Prepared:
     load_s = time.perf_counter() - t
     method_cls = METHODS.get(cfg.method.name)
     method_cls.check(cfg, task.spec)
+    encoder = OmegaConf.select(cfg, "model.encoder", default="temporal")
+    sequences = [m for m in task.spec.modalities if m not in task.spec.vector_modalities]
+    if encoder != "temporal" and sequences:
+        raise TaskError(f"model.encoder={encoder} takes vector inputs, but task '{task.name}' has sequence modalities "
+                        f"{', '.join(sequences)}; use model.encoder=temporal")
+    if OmegaConf.select(cfg, "teacher.modalities", default="all") == "privileged" and not task.spec.privileged_modalities:
+        raise TaskError("teacher.modalities=privileged: this task variant has no privileged modality (every modality "
+                        "is used at test); use teacher.modalities=all")
     control = str(cfg.method.get("privileged_control", "none"))
     if control not in CONTROLS:
         raise TaskError(f"method.privileged_control={control!r}: choose one of {', '.join(CONTROLS)}")

@@ -225,6 +225,7 @@ MODEL: dict[str, Field] = {
     "layers": int_(ge=0),
     "kernel": int_(ge=1, odd=True),        # 'same' padding of the residual convolutions needs an odd kernel
     "dropout": float_(ge=0, lt=1),
+    "encoder": choice("temporal", "linear", "mlp"),   # methods/blocks.py ENCODERS (tested)
 }
 
 ROOT: dict[str, Field] = {
@@ -238,6 +239,7 @@ ROOT: dict[str, Field] = {
     "overwrite": bool_(),
     "progress": bool_(),
     "stats.bootstrap_resamples": int_(ge=0),
+    "teacher.modalities": choice("all", "privileged"),
     **{f"model.{k}": f for k, f in MODEL.items()},
     **{f"train.{k}": f for k, f in TRAIN.items()},
 }

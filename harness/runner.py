@@ -112,6 +112,9 @@ def prepare(cfg: DictConfig) -> Prepared:
     load_s = time.perf_counter() - t
     method_cls = METHODS.get(cfg.method.name)
     method_cls.check(cfg, task.spec)
+    if len(data.val) == 0 and OmegaConf.select(cfg, "train.stop", default="patience") != "budget":
+        raise TaskError(f"task '{task.name}' has no validation split here (e.g. task.n_val=0): nothing to select on; "
+                        f"use train.stop=budget")
     encoder = OmegaConf.select(cfg, "model.encoder", default="temporal")
     sequences = [m for m in task.spec.modalities if m not in task.spec.vector_modalities]
     if encoder != "temporal" and sequences:

@@ -373,6 +373,10 @@ TASKS: dict[str, dict[str, Field]] = {
         "mimic.min_frames": int_(ge=1), "mimic.max_frames": int_(ge=1), "mimic.visual_dim": int_(ge=1),
         "mimic.seed": _SEED,
     },
+    "lupi": {
+        "name": choice("lupi"), "experiment": choice(1, 2, 3, 4), "d": int_(ge=3), "n_train": int_(ge=2),
+        "n_val": int_(ge=0), "n_test": int_(ge=1), "repetition": _SEED,
+    },
     "mosi": {"name": choice("mosi"), **_PICKLE_TASK, "primary_metric": choice(*MMSA_METRICS), "clip_labels": bool_()},
     "mosei": {"name": choice("mosei"), **_PICKLE_TASK, "primary_metric": choice(*MMSA_METRICS),
               "clip_labels": bool_()},

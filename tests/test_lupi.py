@@ -119,3 +119,126 @@ def test_privileged_teacher_needs_a_privileged_modality(tiny_cfg):
     from harness.task import TaskError
     with pytest.raises(TaskError, match="teacher.modalities=privileged"):
         execute(tiny_cfg("method=teacher", "teacher.modalities=privileged", "task.protocol=full"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. The lupi task
+
+from tasks.lupi import generate, standardise  # noqa: E402
+
+@pytest.fixture
+def lupi_cfg(tmp_path):
+    def make(*overrides: str):
+        return compose_one(["task=lupi", "train.max_epochs=3", "progress=false", f"results_dir={tmp_path / 'r'}",
+                            f"cache_dir={tmp_path / 'c'}", *overrides])
+    return make
+
+
+PAPER = ["task=lupi", "model.encoder=linear", "train.optimizer=rmsprop", "train.lr=0.001", "train.weight_decay=0",
+         "train.grad_clip=null", "train.stop=budget", "train.batch_size=32", "train.drop_last=false"]
+
+
+def test_exp1_labels_flip_at_the_rate_the_noise_implies():
+    g = generate(1, 50, 40000, 0, 1, repetition=3)
+    x, xs, y, _ = g["train"]
+    np.testing.assert_allclose(xs[:, 0], x @ g["alpha"])
+    sigma = np.linalg.norm(g["alpha"])  # x* ~ N(0, |α|²), ε ~ N(0, 1): P(sign agrees) = 1/2 + arcsin(σ/√(σ²+1))/π
+    expected = 0.5 + np.arcsin(sigma / np.sqrt(sigma**2 + 1)) / np.pi
+    assert abs(np.mean(y == (xs[:, 0] > 0)) - expected) < 0.005
+    assert np.mean(y == (xs[:, 0] > 0)) < 1  # the noise is there
+
+
+def test_exp2_noise_has_unit_variance_and_labels_are_clean():
+    x, xs, y, _ = (g := generate(2, 50, 20000, 0, 1, repetition=0))["train"]
+    np.testing.assert_allclose((x - xs).var(0), 1, atol=0.05)
+    np.testing.assert_allclose(xs.var(0), 1, atol=0.05)
+    np.testing.assert_array_equal(y, (xs @ g["alpha"] > 0).astype(int))
+
+
+def test_exp3_x_star_is_the_fixed_columns_J():
+    g = generate(3, 50, 300, 10, 500, repetition=5)
+    for split in ("train", "val", "test"):
+        x, xs, y, _ = g[split]
+        np.testing.assert_array_equal(xs, x[:, g["J"]])
+        np.testing.assert_array_equal(y, (x[:, g["J"]] @ g["alpha"][g["J"]] > 0).astype(int))
+    assert len(set(g["J"].tolist())) == 3
+    assert not np.array_equal(generate(3, 50, 2, 0, 1, repetition=6)["J"], g["J"])  # drawn anew per repetition
+
+
+def test_exp4_J_is_per_sample_and_labels_cut_at_the_median():
+    g = generate(4, 50, 2000, 0, 1, repetition=1)
+    x, xs, y, Ji = g["train"]
+    assert Ji.shape == (2000, 3) and all(len(set(r)) == 3 for r in Ji.tolist())
+    np.testing.assert_array_equal(xs, x[np.arange(2000)[:, None], Ji])
+    assert len({tuple(sorted(r)) for r in Ji.tolist()}) > 1500  # per sample, not one J for all
+    score = (xs * g["alpha"][Ji]).sum(1)
+    np.testing.assert_array_equal(y, (score > np.median(score)).astype(int))
+    assert y.mean() == 0.5
+
+
+def test_repetition_is_the_seed_and_draws_alpha_anew():
+    a0 = generate(1, 50, 2, 0, 1, repetition=0)["alpha"]
+    assert not np.allclose(a0, generate(1, 50, 2, 0, 1, repetition=1)["alpha"])
+    np.testing.assert_array_equal(a0, generate(1, 50, 2, 0, 1, repetition=0)["alpha"])
+    from harness.runner import build_task
+    task = build_task(compose_one(["task=lupi", "seed=4"]))
+    assert task.cfg.repetition == 4
+    raw = generate(1, 50, 200, 0, 10000, repetition=4)
+    data = task.load_fold(0)
+    np.testing.assert_array_equal(data.test.targets[:, 0], raw["test"][2])
+    assert (len(data.train), len(data.val), len(data.test)) == (200, 0, 10000)
+    assert task.spec.privileged_modalities == ("x_star",) and task.spec.student_modalities == ("x",)
+    assert task.data_source == "synthetic" and task.n_folds == 1 and task.spec.primary_metric == "accuracy"
+
+
+def test_standardisation_uses_training_statistics_only():
+    from harness.runner import build_task
+    cfg = compose_one(["task=lupi", "task.experiment=2", "task.n_val=30", "seed=2"])
+    data = build_task(cfg).load_fold(0)
+    raw = generate(2, 50, 200, 30, 10000, repetition=2)
+    for m, i in (("x", 0), ("x_star", 1)):
+        tr = raw["train"][i]
+        mean, std = tr.mean(0), tr.std(0)
+        np.testing.assert_allclose(data.train.inputs[m], (tr - mean) / std, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(data.test.inputs[m], (raw["test"][i] - mean) / std, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(data.val.inputs[m], (raw["val"][i] - mean) / std, rtol=1e-4, atol=1e-5)
+        assert abs(data.test.inputs[m].mean(0)).max() > 1e-3  # test is not standardised with its own statistics
+    a = np.array([[1.0, 5.0], [3.0, 5.0]])
+    np.testing.assert_allclose(standardise(a, np.array([[2.0, 6.0]]))[1], [[0.0, 1.0]])  # constant column: centred
+
+
+def test_lupi_without_validation_needs_the_budget(lupi_cfg):
+    from harness.task import TaskError
+    with pytest.raises(TaskError, match="no validation split.*train.stop=budget"):
+        execute(lupi_cfg("task=lupi", "method=student", "model.encoder=linear"))
+
+
+@pytest.mark.parametrize("method", ["student", "kd"])
+def test_lupi_firewall(method, lupi_cfg, monkeypatch):
+    """x_star never reaches a student's predict, and changing it cannot change the student's predictions."""
+    from harness.registry import METHODS
+    cls = METHODS.get(method)
+    seen, outs = [], []
+    real = cls.predict
+
+    def spy(self, split):
+        seen.append(split.modalities)
+        out = real(self, split)
+        outs.append(out)
+        noisy = split.restrict(("x",))
+        noisy.inputs = {**noisy.inputs, "x_star": np.full((len(split), 1), 1e3, np.float32)}
+        np.testing.assert_array_equal(out, real(self, noisy))
+        return out
+    monkeypatch.setattr(cls, "predict", spy)
+    rec = execute(lupi_cfg(*PAPER, f"method={method}", "teacher.modalities=privileged", "task.n_test=300"))
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert seen == [("x",)] and rec["privileged_modalities"] == ["x_star"] and rec["data_source"] == "synthetic"
+    assert rec["extra"]["training"]["student"]["stop_reason"] == "budget"
+
+
+def test_lupi_paper_settings_learn(lupi_cfg):
+    """Logistic regression on x* of experiment 3 (the labels are a linear function of x*) is near perfect."""
+    rec = execute(lupi_cfg(*PAPER, "method=teacher", "teacher.modalities=privileged", "task.experiment=3",
+                           "train.max_epochs=200", "train.lr=0.01", "task.n_test=2000"))
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["metrics"]["accuracy"] > 0.95

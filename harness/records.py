@@ -37,7 +37,7 @@ KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "pri
                    "train.select_on": "primary", "train.stop": "patience",
                    "method.privileged_control": "none", "task.privileged_signal": 1.0,
                    "task.explained_label_noise": 0.0, "task.labelled_per_subject": None,
-                   "model.encoder": "temporal", "teacher.modalities": "all", "method.preset": "none"}
+                   "model.encoder": "temporal", "teacher.modalities": "all", "method.recipe": "none"}
 PACKAGES = ("torch", "numpy", "scipy", "statsmodels", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf",
             "submitit", "datasets", "pkd-harness")
 

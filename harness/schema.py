@@ -277,6 +277,7 @@ METHODS: dict[str, dict[str, Field]] = {
     "kd": {
         "name": choice("kd"), "task_weight": _WEIGHT, "response_weight": _WEIGHT, "feature_weight": _WEIGHT,
         "temperature": float_(gt=0), "privileged_control": _PRIVILEGED_CONTROL,
+        "recipe": choice("none", "gd"),   # methods/kd.py RECIPES (tested)
     },
     "pkdot": {
         "name": choice("pkdot"), "task_weight": _WEIGHT, "ot_weight": _WEIGHT, **_STRUCTURAL_OT, **_TNET,

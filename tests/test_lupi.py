@@ -74,6 +74,9 @@ def test_existing_run_keys_unchanged():
                                 (["method=pkdot", "seed=3"], "f0-s3-94ed0e1e90bc", "f598e74d")]:
         cfg = compose_one(overrides)
         assert (run_key(cfg), config_id(cfg)) == (key, cid), overrides
+    # kd's recipe is not named preset: DMD's method.preset=none must keep its key
+    assert run_key(compose_one(["method=dmd", "method.preset=none"])) == "f0-s0-b1be9800280b"
+    assert run_key(compose_one(["method=kd", "task.target=classes", "seed=2"])) == "f0-s2-420fc106d31a"
     assert run_key(compose_one(["model.encoder=mlp"])) != "f0-s0-9a19fc2a44e7"
 
 
@@ -242,3 +245,45 @@ def test_lupi_paper_settings_learn(lupi_cfg):
                            "train.max_epochs=200", "train.lr=0.01", "task.n_test=2000"))
     assert rec["status"] == "ok", rec.get("traceback")
     assert rec["metrics"]["accuracy"] > 0.95
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. kd's gd recipe
+
+
+def test_gd_recipe_weights_and_adjusted():
+    from methods.kd import resolved_weights
+    cfg = compose_one(["method=kd", "method.recipe=gd"]).method
+    assert resolved_weights(cfg) == {"task_weight": 0.0, "response_weight": 1.0, "feature_weight": 0.0,
+                                     "temperature": 1.0}
+    assert resolved_weights(compose_one(["method=kd"]).method) == {"task_weight": 1.0, "response_weight": 1.0,
+                                                                   "feature_weight": 0.5, "temperature": 4.0}
+
+    class Ctx:
+        adjusted = {}
+
+        def adjust(self, key, asked, used, why):
+            self.adjusted[key] = (asked, used)
+    ctx = Ctx()
+    resolved_weights(cfg, ctx)
+    assert ctx.adjusted == {"method.task_weight": (1.0, 0.0), "method.feature_weight": (0.5, 0.0),
+                            "method.temperature": (4.0, 1.0)}
+
+
+def test_response_loss_at_T1_is_soft_cross_entropy_minus_teacher_entropy():
+    from methods.kd import response_loss
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 1, 2), torch.randn(6, 1, 2)
+    p_t = t.softmax(-1).reshape(-1, 2).numpy()
+    log_p_s = s.log_softmax(-1).reshape(-1, 2).numpy()
+    ce = -(p_t * log_p_s).sum(1).mean()
+    entropy = -(p_t * np.log(p_t)).sum(1).mean()
+    assert float(response_loss(s, t, "classification", 1.0)) == pytest.approx(ce - entropy, rel=1e-5)
+
+
+def test_gd_run_records_its_recipe(lupi_cfg):
+    rec = execute(lupi_cfg(*PAPER, "method=kd", "method.recipe=gd", "teacher.modalities=privileged",
+                           "task.n_test=200"))
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["adjusted"]["method.temperature"] == {"asked": 4.0, "used": 1.0, "why": "method.recipe=gd sets it"}
+    assert rec["logs"]["student"][-1]["train_loss"] == pytest.approx(rec["logs"]["student"][-1]["train_response"])

@@ -120,7 +120,8 @@ def prepare(cfg: DictConfig) -> Prepared:
     if encoder != "temporal" and sequences:
         raise TaskError(f"model.encoder={encoder} takes vector inputs, but task '{task.name}' has sequence modalities "
                         f"{', '.join(sequences)}; use model.encoder=temporal")
-    if OmegaConf.select(cfg, "teacher.modalities", default="all") == "privileged" and not task.spec.privileged_modalities:
+    teacher_sees = OmegaConf.select(cfg, "teacher.modalities", default="all")
+    if teacher_sees == "privileged" and not task.spec.privileged_modalities:
         raise TaskError("teacher.modalities=privileged: this task variant has no privileged modality (every modality "
                         "is used at test); use teacher.modalities=all")
     control = str(cfg.method.get("privileged_control", "none"))

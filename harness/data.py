@@ -45,18 +45,23 @@ class TargetSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """Modalities (name -> feature dim), which ones the student keeps at test, and the target."""
+    """Modalities (name -> feature dim), which ones the student keeps at test, and the target.
+
+    vector_modalities: the modalities whose inputs are vectors [N, D] (no time axis); the others are
+    sequences [N, T, D]. model.encoder=linear|mlp needs every modality of a net to be a vector.
+    """
 
     modalities: dict[str, int]
     student_modalities: tuple[str, ...]
     target: TargetSpec
     metrics: tuple[str, ...]  # primary first
     higher_is_better: dict[str, bool] = field(default_factory=dict)
+    vector_modalities: tuple[str, ...] = ()
 
     def __post_init__(self):
-        missing = [m for m in self.student_modalities if m not in self.modalities]
+        missing = [m for m in (*self.student_modalities, *self.vector_modalities) if m not in self.modalities]
         if missing:
-            raise ValueError(f"student modalities {missing} are not among the task's {list(self.modalities)}")
+            raise ValueError(f"student or vector modalities {missing} are not among the task's {list(self.modalities)}")
 
     @property
     def privileged_modalities(self) -> tuple[str, ...]:

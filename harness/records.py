@@ -36,7 +36,8 @@ KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "pri
                    "train.drop_last": True, "train.accumulate": 1, "train.grad_clip_by": "norm",
                    "train.select_on": "primary", "train.stop": "patience",
                    "method.privileged_control": "none", "task.privileged_signal": 1.0,
-                   "task.explained_label_noise": 0.0, "task.labelled_per_subject": None}
+                   "task.explained_label_noise": 0.0, "task.labelled_per_subject": None,
+                   "model.encoder": "temporal", "teacher.modalities": "all", "method.recipe": "none"}
 PACKAGES = ("torch", "numpy", "scipy", "statsmodels", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf",
             "submitit", "datasets", "pkd-harness")
 
@@ -57,6 +58,8 @@ def semantic_config(cfg: DictConfig | dict, also_drop: tuple[str, ...] = ()) -> 
     for key, neutral in KEYS_NEUTRAL_AT.items():
         if _get(d, key) == neutral:
             _drop(d, key)
+            if d.get(head := key.partition(".")[0]) == {}:  # a group of neutral keys only (teacher)
+                d.pop(head)
     return d
 
 

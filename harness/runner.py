@@ -112,6 +112,18 @@ def prepare(cfg: DictConfig) -> Prepared:
     load_s = time.perf_counter() - t
     method_cls = METHODS.get(cfg.method.name)
     method_cls.check(cfg, task.spec)
+    if len(data.val) == 0 and OmegaConf.select(cfg, "train.stop", default="patience") != "budget":
+        raise TaskError(f"task '{task.name}' has no validation split here (e.g. task.n_val=0): nothing to select on; "
+                        f"use train.stop=budget")
+    encoder = OmegaConf.select(cfg, "model.encoder", default="temporal")
+    sequences = [m for m in task.spec.modalities if m not in task.spec.vector_modalities]
+    if encoder != "temporal" and sequences:
+        raise TaskError(f"model.encoder={encoder} takes vector inputs, but task '{task.name}' has sequence modalities "
+                        f"{', '.join(sequences)}; use model.encoder=temporal")
+    teacher_sees = OmegaConf.select(cfg, "teacher.modalities", default="all")
+    if teacher_sees == "privileged" and not task.spec.privileged_modalities:
+        raise TaskError("teacher.modalities=privileged: this task variant has no privileged modality (every modality "
+                        "is used at test); use teacher.modalities=all")
     control = str(cfg.method.get("privileged_control", "none"))
     if control not in CONTROLS:
         raise TaskError(f"method.privileged_control={control!r}: choose one of {', '.join(CONTROLS)}")

@@ -225,6 +225,7 @@ MODEL: dict[str, Field] = {
     "layers": int_(ge=0),
     "kernel": int_(ge=1, odd=True),        # 'same' padding of the residual convolutions needs an odd kernel
     "dropout": float_(ge=0, lt=1),
+    "encoder": choice("temporal", "linear", "mlp"),   # methods/blocks.py ENCODERS (tested)
 }
 
 ROOT: dict[str, Field] = {
@@ -238,6 +239,7 @@ ROOT: dict[str, Field] = {
     "overwrite": bool_(),
     "progress": bool_(),
     "stats.bootstrap_resamples": int_(ge=0),
+    "teacher.modalities": choice("all", "privileged"),
     **{f"model.{k}": f for k, f in MODEL.items()},
     **{f"train.{k}": f for k, f in TRAIN.items()},
 }
@@ -275,6 +277,7 @@ METHODS: dict[str, dict[str, Field]] = {
     "kd": {
         "name": choice("kd"), "task_weight": _WEIGHT, "response_weight": _WEIGHT, "feature_weight": _WEIGHT,
         "temperature": float_(gt=0), "privileged_control": _PRIVILEGED_CONTROL,
+        "recipe": choice("none", "gd"),   # methods/kd.py RECIPES (tested)
     },
     "pkdot": {
         "name": choice("pkdot"), "task_weight": _WEIGHT, "ot_weight": _WEIGHT, **_STRUCTURAL_OT, **_TNET,
@@ -370,6 +373,10 @@ TASKS: dict[str, dict[str, Field]] = {
         "mimic.n_train_videos": int_(ge=1), "mimic.n_val_videos": int_(ge=1), "mimic.two_person_videos": int_(ge=0),
         "mimic.min_frames": int_(ge=1), "mimic.max_frames": int_(ge=1), "mimic.visual_dim": int_(ge=1),
         "mimic.seed": _SEED,
+    },
+    "lupi": {
+        "name": choice("lupi"), "experiment": choice(1, 2, 3, 4), "d": int_(ge=3), "n_train": int_(ge=2),
+        "n_val": int_(ge=0), "n_test": int_(ge=1), "repetition": _SEED,
     },
     "mosi": {"name": choice("mosi"), **_PICKLE_TASK, "primary_metric": choice(*MMSA_METRICS), "clip_labels": bool_()},
     "mosei": {"name": choice("mosei"), **_PICKLE_TASK, "primary_metric": choice(*MMSA_METRICS),

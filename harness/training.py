@@ -222,6 +222,8 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     uninterrupted training, and a checkpoint of the stopping epoch trains no further.
     """
     opts = loop_options(train_cfg)
+    if val is not None and len(val) == 0:
+        val = None  # an empty validation split (lupi's n_val=0) is no validation split
     task, device = ctx.task, ctx.device
     classification = task.spec.target.kind == "classification"
     train_t = SplitTensors(train, device, classification)

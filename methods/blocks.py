@@ -1,6 +1,9 @@
 """Network blocks every method builds on, so that methods differ only in what they distil.
 
-MultimodalNet = one TemporalEncoder per modality -> GatedFusion of the modality features -> Head.
+MultimodalNet = one encoder per modality -> GatedFusion of the modality features -> Head.
+`encoder` (config `model.encoder`) chooses the encoders: temporal (TemporalEncoder, sequences [N, T, D] or
+vectors [N, D]), mlp (one hidden layer, vectors only) or linear (vectors only: the net's logits are the sum of
+one affine map per modality, no fusion and no head, so a one-modality net is exactly logistic regression).
 Its pieces are exposed (`encode`, `fuse`, `head`) so a method can, e.g., put hallucinated privileged
 features into the fusion slot of a missing modality (PKDOT's T-Net).
 """
@@ -50,6 +53,38 @@ class TemporalEncoder(nn.Module):
         for conv, norm in zip(self.convs, self.norms):
             h = norm(h + self.drop(conv(h.transpose(1, 2)).transpose(1, 2)))
         return h, masked_mean(h, lengths)
+
+
+class MLPEncoder(nn.Module):
+    """A vector [N, D] -> one hidden layer [N, H] (Linear, ReLU, dropout); per-step features are [N, 1, H]."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float = 0.1):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, hidden)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dim() != 2:
+            raise ValueError(f"model.encoder=mlp takes vector inputs [N, D], got shape {tuple(x.shape)}")
+        h = self.drop(torch.relu(self.proj(x)))
+        return h[:, None, :], h
+
+
+class LinearEncoder(nn.Module):
+    """A vector [N, D] -> its affine contribution to the outputs, W x + b [N, n_outputs] (no hidden layer)."""
+
+    def __init__(self, in_dim: int, n_outputs: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, n_outputs)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dim() != 2:
+            raise ValueError(f"model.encoder=linear takes vector inputs [N, D], got shape {tuple(x.shape)}")
+        h = self.linear(x)
+        return h[:, None, :], h
+
+
+ENCODERS = ("temporal", "linear", "mlp")
 
 
 class GatedFusion(nn.Module):
@@ -104,17 +139,37 @@ class MultimodalNet(nn.Module):
     """Encoders for `modalities`, a fusion over `slots` (defaults to the same modalities), a head.
 
     Slots without an encoder must be fed by the caller (e.g. hallucinated privileged features).
+    encoder="linear": outputs = sum over modalities of W_m x_m + b_m (fusion and head bypassed; z = the logits
+    flattened, so `hidden` is the number of outputs). encoder="mlp" with one modality: its hidden layer goes
+    straight to the head (no fusion), i.e. a one-hidden-layer MLP; several modalities are fused as usual.
     """
 
     def __init__(self, modalities: dict[str, int], target: TargetSpec, hidden: int = 64, layers: int = 2,
-                 kernel: int = 5, dropout: float = 0.1, slots: tuple[str, ...] | None = None):
+                 kernel: int = 5, dropout: float = 0.1, slots: tuple[str, ...] | None = None,
+                 encoder: str = "temporal"):
         super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"model.encoder={encoder!r}: choose one of {', '.join(ENCODERS)}")
         self.modalities = dict(modalities)
         self.target = target
+        self.encoder = encoder
+        slots = tuple(slots or self.modalities)
+        if encoder == "linear":
+            if target.per_step or set(slots) != set(self.modalities):
+                raise ValueError("model.encoder=linear supports neither per-step targets nor injected (hallucinated) "
+                                 "modality slots: use model.encoder=mlp or temporal")
+            self.hidden = target.n_outputs
+            self.encoders = nn.ModuleDict({m: LinearEncoder(d, target.n_outputs) for m, d in self.modalities.items()})
+            return
         self.hidden = hidden
-        self.encoders = nn.ModuleDict({m: TemporalEncoder(d, hidden, layers, kernel, dropout)
-                                       for m, d in self.modalities.items()})
-        self.fusion = GatedFusion(tuple(slots or self.modalities), hidden, dropout)
+        if encoder == "mlp":
+            self.encoders = nn.ModuleDict({m: MLPEncoder(d, hidden, dropout) for m, d in self.modalities.items()})
+        else:
+            self.encoders = nn.ModuleDict({m: TemporalEncoder(d, hidden, layers, kernel, dropout)
+                                           for m, d in self.modalities.items()})
+        # one-modality mlp: no fusion between the hidden layer and the head
+        self.fusion = None if encoder == "mlp" and len(slots) == 1 and slots == tuple(self.modalities) \
+            else GatedFusion(slots, hidden, dropout)
         self.head = Head(hidden, target)
 
     def encode(self, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None = None
@@ -139,6 +194,14 @@ class MultimodalNet(nn.Module):
         Per-step targets fuse per step (injected features are broadcast over time) and pool z.
         """
         injected = injected or {}
+        if self.encoder == "linear":
+            z = torch.stack([pooled[m] for m in self.modalities]).sum(0)
+            out = z.unflatten(-1, (len(self.target.dims), self.target.n_classes)) \
+                if self.target.kind == "classification" else z
+            return NetOutput(out, z, None, pooled)
+        if self.fusion is None:
+            z = pooled[next(iter(self.modalities))]
+            return NetOutput(self.head(z), z, None, pooled)
         if self.target.per_step:
             T = next(iter(seqs.values())).shape[1]
             step_feats = dict(seqs)

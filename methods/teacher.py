@@ -1,5 +1,8 @@
 """The multimodal teacher (all modalities at train and test): the upper bound.
 
+With `teacher.modalities=privileged` (root key) the teacher's net has encoders for the privileged modalities
+only: it sees x* alone, at train and (method `teacher`) at test, as Lopez-Paz et al.'s teacher.
+
 `get_teacher` is what every distillation method calls: it returns the teacher of this run's
 (task, fold, seed, model and training config) from the store, training it only the first time.
 """
@@ -22,7 +25,8 @@ from methods.blocks import MultimodalNet, task_loss
 def build_net(ctx: RunContext, modalities: tuple[str, ...], slots: tuple[str, ...] | None = None) -> MultimodalNet:
     m = ctx.cfg.model
     return MultimodalNet({k: ctx.spec.modalities[k] for k in modalities}, ctx.spec.target, hidden=m.hidden,
-                         layers=m.layers, kernel=m.kernel, dropout=m.dropout, slots=slots).to(ctx.device)
+                         layers=m.layers, kernel=m.kernel, dropout=m.dropout, slots=slots,
+                         encoder=m.get("encoder", "temporal")).to(ctx.device)
 
 
 def supervised_loss(net: MultimodalNet, ctx: RunContext):
@@ -52,11 +56,27 @@ def teacher_key(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     return {"role": "teacher", "task": cfg.task.name, "task_cfg": semantic_config(cfg)["task"],
             "fold": int(cfg.fold), "seed": int(cfg.seed),
-            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "model": {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+                      if not (k == "encoder" and v == "temporal")},  # teachers stored before model.encoder
             "train": semantic_config(cfg)["train"],
+            **({"modalities": "privileged"} if teacher_modalities(cfg) == "privileged" else {}),
             # a privileged-information control trains its own teacher, on the controlled data
             **({"privileged_control": control} if (control := cfg.method.get("privileged_control", "none")) != "none"
                else {})}
+
+
+def teacher_modalities(cfg) -> str:
+    """teacher.modalities: all (every modality of the task) or privileged (the privileged ones only)."""
+    return str(OmegaConf.select(cfg, "teacher.modalities", default="all"))
+
+
+def teacher_inputs(ctx: RunContext) -> tuple[str, ...]:
+    """The modalities the teacher sees, at train and (method `teacher`) at test."""
+    if teacher_modalities(ctx.cfg) == "all":
+        return tuple(ctx.spec.modalities)
+    if not ctx.spec.privileged_modalities:
+        raise ValueError("teacher.modalities=privileged: this task variant has no privileged modality")
+    return tuple(ctx.spec.privileged_modalities)
 
 
 def stored_training_summary(meta: dict) -> dict:
@@ -77,8 +97,8 @@ def note_stored_adjustments(ctx: RunContext, name: str, summary: dict) -> None:
 
 
 def get_teacher(ctx: RunContext, train: Split, val: Split) -> tuple[MultimodalNet, dict]:
-    """The stored teacher for this run's key, trained on `train` (all modalities) the first time."""
-    modalities = tuple(ctx.spec.modalities)
+    """The stored teacher for this run's key, trained on `train` (its teacher.modalities) the first time."""
+    modalities = teacher_inputs(ctx)
 
     def build():
         # Same initial weights whichever method asks first: the seed depends on the key, not the method.

@@ -20,11 +20,11 @@ from omegaconf import OmegaConf
 import harness.training
 from harness.cli import main
 from harness.config import Composer, ConfigError, compose_one, expand
-from harness.launch import LaunchError, PlannedRun, RunFailed, RunJob, check_launcher, submit
+from harness.launch import LaunchError, RunFailed, RunJob, check_launcher
 from harness.leaderboard import collect
 from harness.records import iter_records, read_record, run_dir
 from harness.runner import execute
-from harness.sweeps import RunState, read_manifests, run_states, slurm_states, write_manifest
+from harness.sweeps import read_manifests, run_states, slurm_states, write_manifest
 from harness.validate import problems
 from tests.conftest import TINY
 

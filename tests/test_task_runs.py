@@ -118,7 +118,7 @@ def test_each_task_declares_its_independent_bootstrap_unit():
 
     assert {name: cls.bootstrap_unit for name, cls in TASKS.items()} == {
         "synthetic": "subject", "biovid": "subject", "affwild2": "video", "mosi": "video", "mosei": "video",
-        "iemocap": "sample"}
+        "iemocap": "sample", "lupi": "sample"}  # lupi: samples drawn i.i.d.
     split = Split(ids=np.array(["a", "b", "c"]), groups=np.array(["v1", "v2", "v1"]),
                   inputs={"x": np.zeros((3, 4, 1), np.float32)}, targets=np.zeros((3, 4, 1), np.float32),
                   target_mask=np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]], bool))

@@ -20,7 +20,7 @@ from tabulate import tabulate
 
 from harness import stats
 from harness.metrics import higher_is_better
-from harness.records import atomic_write_text, iter_records, semantic_config
+from harness.records import ROW_VARYING, atomic_write_text, config_id, iter_records, semantic_config
 from harness.registry import TASKS
 from harness.schema import show
 from harness.teachers import stable_hash
@@ -101,7 +101,7 @@ def _base_id(rec: dict) -> str:
     config = rec.get("config")
     if not isinstance(config, dict):
         return str(rec.get("config_id"))
-    return stable_hash(semantic_config(config, also_drop=("seed", "fold", CONTROL_KEY)), n=8)
+    return stable_hash(semantic_config(config, also_drop=(*ROW_VARYING, CONTROL_KEY)), n=8)
 
 
 def _training(rec: dict, path: Path) -> dict:
@@ -160,6 +160,8 @@ def collect(results_dir: Path | str) -> pd.DataFrame:
                                        "primary_metric", "data_source", "error")}
         row["variant"] = rec.get("task_variant") or ""
         config = rec.get("config") if isinstance(rec.get("config"), dict) else {}
+        if config:  # recomputed, so records written before a seed-copying key was known still share their row
+            row["config_id"] = config_id(config)
         row["control"] = _control(config, path)
         row["overrides"] = " ".join(o for o in rec.get("overrides") or [] if o.startswith(LABEL_PREFIXES)
                                     and o.partition("=")[0].lstrip("+~") != CONTROL_KEY)

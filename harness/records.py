@@ -76,9 +76,14 @@ def run_key(cfg: DictConfig) -> str:
     return f"f{cfg.fold}-s{cfg.seed}-{stable_hash(semantic_config(cfg))}"
 
 
-def config_id(cfg: DictConfig) -> str:
+# What varies between the runs that one leaderboard row averages: the seed, the fold, and keys that merely copy
+# the seed (lupi's task.repetition: ${seed}, one repetition of the paper's experiment per seed).
+ROW_VARYING = ("seed", "fold", "task.repetition")
+
+
+def config_id(cfg: DictConfig | dict) -> str:
     """Hash of the config without seed and fold: runs sharing it are averaged in one leaderboard row."""
-    return stable_hash(semantic_config(cfg, also_drop=("seed", "fold")), n=8)
+    return stable_hash(semantic_config(cfg, also_drop=ROW_VARYING), n=8)
 
 
 def run_dir(cfg: DictConfig) -> Path:

@@ -257,12 +257,19 @@ def _values(g: pd.DataFrame, metric: str) -> tuple[dict, list[str]]:
     return values, missing
 
 
-def _reference(rows: dict) -> tuple | None:
-    """The section's student row: method student, no control, no label overrides; the most runs first."""
+def _recipe(overrides: str) -> str:
+    """The training recipe in a row's label overrides (train.* and model.*): what a student must share with the
+    row it is compared with (lupi's rows all train with the paper's settings, not the harness defaults)."""
+    return " ".join(sorted(o for o in overrides.split() if o.startswith(("train.", "model."))))
+
+
+def _reference(rows: dict, recipe: str = "") -> tuple | None:
+    """The student row a row is compared with: method student, no control, the same training recipe (no
+    overrides at all for the harness defaults), else the default student; the most runs first."""
     cands = [(k, g) for k, g in rows.items() if k[0] == REFERENCE and g.control.iloc[0] == "none"
-             and not g.overrides.iloc[0]]
-    if not cands:
-        return None
+             and (_recipe(g.overrides.iloc[0]) == recipe if recipe else not g.overrides.iloc[0])]
+    if not cands:  # no student trained with this recipe: the default student, as the label shows the recipe
+        return _reference(rows) if recipe else None
     return sorted(cands, key=lambda kg: (-len(kg[1]), str(kg[0][1])))[0][0]
 
 
@@ -292,10 +299,11 @@ def compare(df: pd.DataFrame) -> pd.DataFrame:
         if metric is None:
             continue
         rows = {k: g for k, g in sec.groupby(ROW, sort=True)}
-        ref = _reference(rows)
         found = []
-        if ref is not None:
-            found += [_comparison(section, k, REFERENCE, g, rows[ref], metric) for k, g in rows.items() if k != ref]
+        for k, g in rows.items():
+            ref = _reference(rows, _recipe(g.overrides.iloc[0]))
+            if ref is not None and k != ref:
+                found.append(_comparison(section, k, REFERENCE, g, rows[ref], metric))
         for k, g in rows.items():
             if g.control.iloc[0] != "none":
                 continue

@@ -25,15 +25,20 @@ from harness.schema import PRIVILEGED_CONTROLS as CONTROLS
 from harness.task import TaskError
 
 
-def apply_privileged_control(split: Split, privileged: tuple[str, ...], control: str, seed: int) -> Split:
-    """The split with its privileged modalities zeroed or shuffled (`control`), every other field untouched."""
+def check_privileged_control(control: str, privileged: tuple[str, ...]) -> None:
+    """A control must be one of CONTROLS and needs a privileged modality to act on (one-line TaskError)."""
     if control not in CONTROLS:
         raise TaskError(f"method.privileged_control={control!r}: choose one of {', '.join(CONTROLS)}")
-    if control == "none":
-        return split
-    if not privileged:
+    if control != "none" and not privileged:
         raise TaskError(f"method.privileged_control={control}: this task variant has no privileged modality "
                         f"(every modality is used at test), so there is nothing to control")
+
+
+def apply_privileged_control(split: Split, privileged: tuple[str, ...], control: str, seed: int) -> Split:
+    """The split with its privileged modalities zeroed or shuffled (`control`), every other field untouched."""
+    check_privileged_control(control, privileged)
+    if control == "none":
+        return split
     inputs, lengths = dict(split.inputs), dict(split.lengths)
     if control == "zeros":
         for m in privileged:

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import RECORD_SCHEMA_VERSION, __version__
-from harness.controls import CONTROLS, apply_privileged_control
+from harness.controls import apply_privileged_control, check_privileged_control
 from harness.data import FoldData
 from harness.method import Method, RunContext
 from harness.predictions import make_predictions, prediction_rows
@@ -125,11 +125,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         raise TaskError("teacher.modalities=privileged: this task variant has no privileged modality (every modality "
                         "is used at test); use teacher.modalities=all")
     control = str(cfg.method.get("privileged_control", "none"))
-    if control not in CONTROLS:
-        raise TaskError(f"method.privileged_control={control!r}: choose one of {', '.join(CONTROLS)}")
-    if control != "none" and not task.spec.privileged_modalities:
-        raise TaskError(f"method.privileged_control={control}: this task variant has no privileged modality "
-                        f"(every modality is used at test), so there is nothing to control")
+    check_privileged_control(control, task.spec.privileged_modalities)
     return Prepared(device, task, data, method_cls, load_s)
 
 

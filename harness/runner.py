@@ -64,15 +64,6 @@ def describing_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
-def bootstrap_resamples(cfg: DictConfig) -> int:
-    """stats.bootstrap_resamples, checked before anything is trained (0 = no test-set CI)."""
-    value = OmegaConf.select(cfg, "stats.bootstrap_resamples", default=1000)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"stats.bootstrap_resamples={value!r}: give a whole number of resamples >= 0 "
-                         f"(1000 by default, 0 = no test-set bootstrap CI)")
-    return value
-
-
 def record_metrics_ci(cfg: DictConfig, task, test, predictions, n_resamples: int) -> dict:
     """`metrics_ci`: cluster bootstrap CI of the primary metric over the task's independent test units,
     re-scored with the task's own metric; seeded by the run key, so a re-run gives the same interval."""
@@ -167,7 +158,8 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
     if prep is not None:
         try:
             task, data, method_cls = prep.task, prep.data, prep.method_cls
-            n_resamples = bootstrap_resamples(cfg)
+            # validated by the schema before prepare() (harness/schema.py: an integer >= 0)
+            n_resamples = int(OmegaConf.select(cfg, "stats.bootstrap_resamples", default=1000))
             # float reductions, and so the last digits of a result, depend on the intra-op thread count
             record.update(device=str(prep.device), torch_threads=torch.get_num_threads())
             timings["load_s"] = prep.load_s

@@ -26,6 +26,9 @@ code/synthetic.py) and where the issue text / paper and the code differ:
   the training set and another for the test set, the same for every sample of a set) and weights x* by
   α[0:3] whatever J is. Here J_i is per sample and the weights are α at J_i, as the paper writes; the median
   threshold is per split, as the code's (one call per split).
+- `privileged_signal` (not in the paper; default 1 = the paper's x*): x* becomes s·z + √(1−s²)·ε, z the paper's
+  x* scaled by its training standard deviation, ε ~ N(0, 1) from a stream of its own (so x, y and α stay
+  the same): s = 0 makes x* pure noise, the negative case of the privileged-information controls.
 - n_test: the issue asks for 10 000 (the default here); the code uses 1 000.
 - Training (not the task's business, README/scripts/lupi_reproduction.py): Keras' default RMSprop
   (lr 0.001, rho 0.9) for 1000 epochs; torch's RMSprop has alpha 0.99 and eps 1e-8 where old Keras had
@@ -68,7 +71,8 @@ def _draw(rng: np.random.Generator, experiment: int, alpha: np.ndarray, J: np.nd
     return x, xs, y.astype(np.int64), None
 
 
-def generate(experiment: int, d: int, n_train: int, n_val: int, n_test: int, repetition: int) -> dict:
+def generate(experiment: int, d: int, n_train: int, n_val: int, n_test: int, repetition: int,
+             privileged_signal: float = 1.0) -> dict:
     """Raw splits {train, val, test: (x, x*, y, J_i or None)}, plus α and J, for one repetition."""
     if experiment not in EXPERIMENTS:
         raise TaskError(f"task.experiment={experiment}: choose 1, 2, 3 or 4 (Lopez-Paz et al. 2016, §4)")
@@ -80,7 +84,21 @@ def generate(experiment: int, d: int, n_train: int, n_val: int, n_test: int, rep
     out = {"alpha": alpha, "J": J}
     for name, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         out[name] = _draw(rng, experiment, alpha, J, n)
+    if privileged_signal != 1.0:
+        _mix_noise_into_x_star(out, float(privileged_signal), np.random.default_rng([14, experiment, repetition, 1]))
     return out
+
+
+def _mix_noise_into_x_star(splits: dict, signal: float, rng: np.random.Generator) -> None:
+    """x* ← s·z + √(1−s²)·ε in every split (z: x* over its training standard deviation): corr(x*, z) = s."""
+    if not 0.0 <= signal <= 1.0:
+        raise TaskError(f"task.privileged_signal={signal}: use a value in [0, 1] (1 = the paper's x*, 0 = pure noise)")
+    sd = splits["train"][1].std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    for name in ("train", "val", "test"):
+        x, xs, y, Ji = splits[name]
+        noise = rng.standard_normal(xs.shape)
+        splits[name] = (x, signal * xs / sd + np.sqrt(1.0 - signal**2) * noise, y, Ji)
 
 
 def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
@@ -126,12 +144,14 @@ class Lupi(Task):
 
     def variant(self) -> str:
         c = self.cfg
-        return f"experiment {c.experiment}, d={c.d}, n_train={c.n_train}"
+        signal = float(c.get("privileged_signal", 1.0))
+        return f"experiment {c.experiment}, d={c.d}, n_train={c.n_train}" + ("" if signal == 1.0 else f", x* signal {signal:g}")
 
     def load_fold(self, fold: int) -> FoldData:
         self.check_fold(fold)
         c = self.cfg
-        g = generate(int(c.experiment), int(c.d), int(c.n_train), int(c.n_val), int(c.n_test), int(c.repetition))
+        g = generate(int(c.experiment), int(c.d), int(c.n_train), int(c.n_val), int(c.n_test), int(c.repetition),
+                     float(c.get("privileged_signal", 1.0)))
         xs = standardise(*(g[s][0] for s in ("train", "val", "test")))
         xss = standardise(*(g[s][1] for s in ("train", "val", "test")))
         splits = {}

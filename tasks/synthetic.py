@@ -64,6 +64,9 @@ from harness.registry import register_task
 from harness.task import Task, TaskError
 
 PRIVILEGED_CHOICES = ("physio", "audio")
+# (key, label in the task variant, neutral value)
+MECHANISM_KNOBS = (("privileged_signal", "privileged signal", 1.0), ("explained_label_noise", "explained label noise", 0.0),
+                   ("labelled_per_subject", "labelled per subject", None))
 
 
 def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -178,8 +181,10 @@ class Synthetic(Task):
     def variant(self) -> str:
         c = self.cfg
         kind = "valence/arousal regression" if c.target == "regression" else f"{c.n_classes}-class"
+        # the mechanism knobs change what the comparison means, so a non-default value names its own section
+        knobs = [f"{label} {c.get(key)}" for key, label, default in MECHANISM_KNOBS if c.get(key, default) != default]
         return (kind + ("" if list(c.privileged) == ["physio"] else f", privileged={'+'.join(c.privileged)}")
-                + self.protocol_suffix())
+                + "".join(f", {k}" for k in knobs) + self.protocol_suffix())
 
     def load_fold(self, fold: int) -> FoldData:
         self.check_fold(fold)

@@ -87,3 +87,46 @@ def test_a_control_on_a_task_without_privileged_modalities_fails_in_one_line_bef
     with pytest.raises(TaskError, match="nothing to control"):
         execute(cfg)
     assert not run_dir(cfg).exists()
+
+
+# A linear kd (its default recipe: task loss + soft targets + features) whose teacher sees only x*, on
+# Lopez-Paz et al.'s experiment 1 (x* = <α, x>, the clean label score: a privileged stream that carries the
+# label) and on the same data with x* replaced by noise (task.privileged_signal=0). Budget training, 5 seeds.
+LUPI_KD = ["task=lupi", "task.experiment=1", "task.n_test=2000", "model.encoder=linear", "train.optimizer=rmsprop",
+           "train.lr=0.01", "train.weight_decay=0", "train.grad_clip=null", "train.stop=budget",
+           "train.max_epochs=50", "train.batch_size=32", "train.drop_last=false", "method=kd",
+           "teacher.modalities=privileged", "progress=false"]
+SEEDS = range(5)
+
+
+def _kd_vs_zeros(tmp_path, signal: float):
+    from scipy import stats as sps
+    from harness.config import compose_one
+    from harness.leaderboard import collect, compare
+    results = tmp_path / f"signal{signal}"
+    acc = {}
+    for control in ("none", "zeros"):
+        for seed in SEEDS:
+            rec = execute(compose_one([*LUPI_KD, f"task.privileged_signal={signal}", f"seed={seed}",
+                                       f"method.privileged_control={control}", f"results_dir={results}",
+                                       f"cache_dir={tmp_path / 'cache'}"]))
+            assert rec["status"] == "ok", rec.get("traceback")
+            acc[control, seed] = rec["metrics"]["accuracy"]
+    cmp = compare(collect(results))
+    row = cmp[cmp.reference == "PI zeros"]
+    assert len(row) == 1 and row.iloc[0].method == "kd" and row.iloc[0].n == len(SEEDS)
+    row = row.iloc[0]
+    # the leaderboard's paired comparison, against scipy's paired t-test on the records' accuracies
+    method, control = [acc["none", s] for s in SEEDS], [acc["zeros", s] for s in SEEDS]
+    ref = sps.ttest_rel(method, control)
+    assert row["mean"] == pytest.approx(np.mean(np.subtract(method, control)), abs=1e-12)
+    assert row.p_t == pytest.approx(ref.pvalue, rel=1e-9)
+    return row
+
+
+@pytest.mark.slow
+def test_a_method_beats_its_zeros_control_only_when_the_privileged_stream_carries_the_label(tmp_path):
+    planted = _kd_vs_zeros(tmp_path, 1.0)
+    assert planted["mean"] > 0.05 and planted.ci_low > 0 and planted.significant
+    noise = _kd_vs_zeros(tmp_path, 0.0)
+    assert abs(noise["mean"]) < 0.02 and noise.ci_low < 0 < noise.ci_high and not noise.significant

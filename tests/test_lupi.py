@@ -11,6 +11,7 @@ from harness.config import compose_one
 from harness.data import TargetSpec
 from harness.records import config_id, run_key
 from harness.runner import execute
+from harness.task import TaskError
 from methods.blocks import MultimodalNet
 from methods.teacher import teacher_key
 
@@ -66,18 +67,24 @@ def test_linear_and_mlp_refuse_sequences():
         MultimodalNet({"x": 6}, BINARY, encoder="linear")({"x": torch.randn(2, 4, 6)})
 
 
+# the defaults of the synthetic generator and root train.min_delta before the recalibration of issue 13
+BEFORE_RECALIBRATION = ["task.latent_gain=3.0", "task.subject_shift=0.8", "train.min_delta=0.0"]
+
+
 def test_existing_run_keys_unchanged():
     # run keys and leaderboard ids of default configs, computed before model.encoder / teacher.modalities /
     # method.preset existed: the new keys are neutral at their defaults (harness/records.py KEYS_NEUTRAL_AT)
+    old = BEFORE_RECALIBRATION
     for overrides, key, cid in [([], "f0-s0-9a19fc2a44e7", "86a6bba3"),
                                 (["method=teacher", "task.target=classes"], "f0-s0-d0ac38af7870", "b2a1fd89"),
                                 (["method=pkdot", "seed=3"], "f0-s3-94ed0e1e90bc", "f598e74d")]:
-        cfg = compose_one(overrides)
+        cfg = compose_one([*overrides, *old])
         assert (run_key(cfg), config_id(cfg)) == (key, cid), overrides
     # kd's recipe is not named preset: DMD's method.preset=none must keep its key
-    assert run_key(compose_one(["method=dmd", "method.preset=none"])) == "f0-s0-b1be9800280b"
-    assert run_key(compose_one(["method=kd", "task.target=classes", "seed=2"])) == "f0-s2-420fc106d31a"
-    assert run_key(compose_one(["model.encoder=mlp"])) != "f0-s0-9a19fc2a44e7"
+    assert run_key(compose_one(["method=dmd", "method.preset=none", *old])) == "f0-s0-b1be9800280b"
+    assert run_key(compose_one(["method=kd", "task.target=classes", "seed=2", *old])) == "f0-s2-420fc106d31a"
+    assert run_key(compose_one(["model.encoder=mlp", *old])) != "f0-s0-9a19fc2a44e7"
+    assert run_key(compose_one([])) != "f0-s0-9a19fc2a44e7"  # the recalibrated defaults are a new configuration
 
 
 def test_sequence_task_refuses_vector_encoders(tiny_cfg):
@@ -287,3 +294,17 @@ def test_gd_run_records_its_recipe(lupi_cfg):
     assert rec["status"] == "ok", rec.get("traceback")
     assert rec["adjusted"]["method.temperature"] == {"asked": 4.0, "used": 1.0, "why": "method.recipe=gd sets it"}
     assert rec["logs"]["student"][-1]["train_loss"] == pytest.approx(rec["logs"]["student"][-1]["train_response"])
+
+
+@pytest.mark.parametrize("signal", [0.0, 0.6])
+def test_privileged_signal_mixes_noise_into_x_star_only(signal):
+    paper, mixed = generate(3, 20, 20000, 0, 5000, repetition=1), generate(3, 20, 20000, 0, 5000, 1, signal)
+    for s in ("train", "test"):
+        np.testing.assert_array_equal(mixed[s][0], paper[s][0])  # x and y untouched
+        np.testing.assert_array_equal(mixed[s][2], paper[s][2])
+        for j in range(3):  # corr(x*, paper's x*) = s, column by column
+            r = np.corrcoef(mixed[s][1][:, j], paper[s][1][:, j])[0, 1]
+            assert r == pytest.approx(signal, abs=4 / np.sqrt(len(paper[s][2])))  # 4 standard errors
+    with pytest.raises(TaskError, match=r"privileged_signal=1.5.*\[0, 1\]"):
+        generate(1, 5, 10, 0, 10, 0, 1.5)
+    assert generate(1, 5, 10, 0, 10, 0, 1.0)["train"][1].tolist() == generate(1, 5, 10, 0, 10, 0)["train"][1].tolist()

@@ -559,7 +559,8 @@ def csv_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_leaderboard(results_dir: Path | str = "results", out_md: Path | str = "leaderboard.md",
-                      out_csv: Path | str | None = "leaderboard.csv") -> tuple[str, pd.DataFrame]:
+                      out_csv: Path | str | None = "leaderboard.csv",
+                      out_latex: Path | str | None = None) -> tuple[str, pd.DataFrame]:
     df = collect(results_dir)
     summary = summarise(df)
     comparisons = compare(df)
@@ -567,4 +568,7 @@ def write_leaderboard(results_dir: Path | str = "results", out_md: Path | str = 
     atomic_write_text(Path(out_md), text)
     if out_csv is not None:
         atomic_write_text(Path(out_csv), csv_table(summary, comparisons).to_csv(index=False))
+    if out_latex is not None:  # from the same summary and comparisons as the markdown
+        from harness.latex import render_latex
+        atomic_write_text(Path(out_latex), render_latex(summary, comparisons))
     return text, summary

@@ -163,7 +163,7 @@ def render_table(layout: SectionLayout) -> str:
         cells.append(str(int(first.n_runs)))
         body.append(" & ".join(_cell(c) for c in cells) + r" \\")
         if first.n_failed:
-            failed.append(f"{first.label} {int(first.n_failed)}")
+            failed.append(f"{first.label} ({int(first.n_failed)})")
 
     caption = " --- ".join(escape(p) for p in (task, variant) if p) + " --- " + \
         escape(SOURCE_CAPTION.get(source, f"{source} data"))
@@ -183,9 +183,10 @@ def render_table(layout: SectionLayout) -> str:
     elif primary:
         notes.append("No student run in this section: no paired comparison.")
     if layout.controls:
-        notes.append(r"PI zeros / PI shuffle: the method trained with its privileged input zeroed / shuffled "
-                     r"across samples; $\Delta$ vs PI is method $-$ control, the gain the privileged "
-                     r"information explains.")
+        kinds = [ref.removeprefix("PI ") for ref in layout.controls]
+        how = " / ".join({"zeros": "zeroed", "shuffle": "shuffled across samples"}[k] for k in kinds)
+        notes.append(f"{' / '.join(layout.controls)}: the method trained with its privileged input {how}; "
+                     r"$\Delta$ vs PI is method $-$ control, the gain the privileged information explains.")
     if failed:
         notes.append("Failed runs, not averaged: " + escape(", ".join(failed)) + ".")
     if task_note(task):

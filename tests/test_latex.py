@@ -39,9 +39,12 @@ def table_rows(tex: str) -> tuple[list[str], list[list[str]]]:
     tabular = tex.split(r"\begin{tabular}")[1].split(r"\end{tabular}")[0]
     lines = [line for line in tabular.splitlines()[1:] if line]
     assert lines[0] == r"\toprule" and lines[2] == r"\midrule" and lines[-1] == r"\bottomrule"
-    split = lambda line: [c.strip() for c in line.removesuffix(r"\\").split(" & ")]  # noqa: E731
-    body = [["midrule"] if line == r"\midrule" else split(line) for line in lines[3:-1]]
-    return split(lines[1]), body
+    body = [["midrule"] if line == r"\midrule" else _cells(line) for line in lines[3:-1]]
+    return _cells(lines[1]), body
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.removesuffix(r"\\").split(" & ")]
 
 
 def test_escape_leaves_ascii_that_latex_reads_as_the_text():
@@ -136,7 +139,7 @@ def _latex_tools() -> str | None:
         return f"{', '.join(missing)} not on PATH (apt-get install texlive-latex-base texlive-latex-recommended " \
                "poppler-utils)"
     for package in ("booktabs.sty", "geometry.sty", "graphicx.sty"):
-        if not subprocess.run(["kpsewhich", package], capture_output=True, text=True).stdout.strip():
+        if not subprocess.run(["kpsewhich", package], capture_output=True, text=True, check=False).stdout.strip():
             return f"LaTeX package {package} not installed (texlive-latex-recommended)"
     return None
 
@@ -157,7 +160,7 @@ def test_pdflatex_compiles_the_tables(tmp_path, records):
     tex, _ = latex_of(results)
     (tmp_path / "lb.tex").write_text(tex)
     build = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "lb.tex"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=120, check=False)
     assert build.returncode == 0, build.stdout[-3000:]
     text = subprocess.run(["pdftotext", "-layout", "lb.pdf", "-"], cwd=tmp_path, capture_output=True, text=True,
                           check=True).stdout

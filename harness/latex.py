@@ -4,7 +4,7 @@ Rendered from the same summary and comparison DataFrames as leaderboard.md (harn
 gives both the same sections, metric columns and rows in the same order), never from a second computation.
 Each table: the rows' metrics (mean ± sample std, or a single run's bootstrap CI of the primary metric), the
 paired Δ vs the student and, when control runs exist, vs the privileged-information controls, with a dagger
-on the differences significant after Holm's correction; the best non-bound value of each metric in bold;
+on the differences significant after Holm's correction; the best value of each metric among the methods (not bounds, not controls) in bold;
 the bounds in blocks of their own. p values, sign-flip tests and the footnotes on unpaired, failed and
 possibly undertrained runs stay in leaderboard.md, which the note under each table points to.
 
@@ -81,11 +81,17 @@ def _number(x: float, signed: bool = False) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:+.{DECIMALS}f}" if signed else f"{x:.{DECIMALS}f}"
 
 
+def _competes(g: pd.DataFrame) -> bool:
+    """A row that can be bold: a method, not a bound nor a privileged-information control (a control is a
+    diagnostic of its method, not a contender)."""
+    return not g.bound.iloc[0] and g.control.iloc[0] == "none"
+
+
 def _best_values(layout: SectionLayout) -> dict[str, float]:
-    """{metric: best rounded mean over the section's non-bound rows}, in the metric's direction."""
+    """{metric: best rounded mean over the section's methods (_competes)}, in the metric's direction."""
     best = {}
     for metric in layout.metrics:
-        values = [round(float(m["mean"].iloc[0]), DECIMALS) for _, g in layout.rows if not g.bound.iloc[0]
+        values = [round(float(m["mean"].iloc[0]), DECIMALS) for _, g in layout.rows if _competes(g)
                   for m in [g[g.metric == metric]] if len(m) and not math.isnan(float(m["mean"].iloc[0]))]
         if values:
             best[metric] = max(values) if higher_is_better(metric) else min(values)
@@ -99,7 +105,7 @@ def _metric_cell(g: pd.DataFrame, metric: str, primary: str | None, best: dict[s
     first = g.iloc[0]
     mean, std = float(m["mean"].iloc[0]), float(m["std"].iloc[0])
     shown = _number(mean)
-    if not first.bound and metric in best and round(mean, DECIMALS) == best[metric]:
+    if _competes(g) and metric in best and round(mean, DECIMALS) == best[metric]:
         shown = rf"\mathbf{{{shown}}}"
     if metric == primary and first.n_runs == 1 and not math.isnan(first.ci_low):  # as leaderboard.md
         return rf"${shown}\ [{_number(first.ci_low)}, {_number(first.ci_high)}]$"

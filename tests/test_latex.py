@@ -166,3 +166,14 @@ def test_pdflatex_compiles_the_tables(tmp_path, records):
                           check=True).stdout
     for word in expected:
         assert word in text, word
+
+
+def test_a_control_is_never_bold_even_when_it_beats_every_method(tmp_path):
+    for s in range(5):
+        write(tmp_path, "student", s, STUDENT[s])
+        write(tmp_path, "kd", s, METHODS["kd"][s])
+        write(tmp_path, "kd", s, METHODS["kd"][s] + 0.1, control="zeros")  # better than kd, but a diagnostic
+    header, body = table_rows(latex_of(tmp_path)[0])
+    rows = {row[0]: dict(zip(header, row)) for row in body if row != ["midrule"]}
+    assert r"\mathbf" in rows["kd"][header[1]]
+    assert r"\mathbf" not in rows[r"kd $\cdot$ PI zeros"][header[1]]

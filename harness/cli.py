@@ -6,6 +6,7 @@
   harness status                                    each sweep's runs: pending / running / done / failed
   harness list                                      registered methods and tasks
   harness leaderboard                               leaderboard.md + leaderboard.csv from results/
+  harness leaderboard --latex leaderboard.tex       ... and the same tables as booktabs LaTeX
   harness data mimic task=biovid out=DIR            write a mimic dataset in the real on-disk format
 """
 
@@ -92,8 +93,9 @@ def cmd_list(args) -> int:
 
 def cmd_leaderboard(args) -> int:
     from harness.leaderboard import write_leaderboard
-    text, summary = write_leaderboard(args.results, args.out, args.csv)
-    print(text if args.print else f"wrote {args.out} and {args.csv} from {args.results}/ ({len(summary)} summary rows)")
+    text, summary = write_leaderboard(args.results, args.out, args.csv, args.latex)
+    written = f"{args.out}, {args.csv} and {args.latex}" if args.latex else f"{args.out} and {args.csv}"
+    print(text if args.print else f"wrote {written} from {args.results}/ ({len(summary)} summary rows)")
     return 0
 
 
@@ -164,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--results", default="results")
     lb.add_argument("--out", default="leaderboard.md")
     lb.add_argument("--csv", default="leaderboard.csv")
+    lb.add_argument("--latex", metavar="FILE", help="also write the sections as booktabs LaTeX tables (a document "
+                    "pdflatex compiles)")
     lb.add_argument("--print", action="store_true", help="also print the markdown")
     lb.set_defaults(fn=cmd_leaderboard)
     st = sub.add_parser("status", help="each sweep's runs: pending / running / done / failed, with errors and logs")

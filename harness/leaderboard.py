@@ -13,6 +13,8 @@ marked. Published numbers (real datasets only) are listed apart, never beside mi
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -382,31 +384,52 @@ def _row_order(groups: dict, primary: str | None) -> list:
     return sorted(groups.items(), key=key)
 
 
+@dataclass(frozen=True)
+class SectionLayout:
+    """One section as every renderer shows it (leaderboard.md, the LaTeX export): its summary lines, primary
+    metric first among the metric columns, its comparisons, the controls that have a column, and its rows in
+    display order as ((method, config_id), summary lines of the row)."""
+    section: tuple[str, str, str]
+    summary: pd.DataFrame
+    primary: str | None
+    metrics: list[str]
+    comparisons: pd.DataFrame
+    controls: list[str]
+    rows: list[tuple[tuple, pd.DataFrame]]
+
+
+def section_layouts(summary: pd.DataFrame, comparisons: pd.DataFrame) -> Iterator[SectionLayout]:
+    for section, sec in summary.groupby(SECTION, sort=True):
+        task, variant, source = section
+        ok = sec[sec.metric.notna()]
+        primary = ok.primary_metric.dropna().iloc[0] if ok.primary_metric.notna().any() else None
+        metrics = ([primary] if primary else []) + [m for m in dict.fromkeys(ok.metric) if m != primary]
+        cmp = comparisons[(comparisons.task == task) & (comparisons.variant == variant)
+                          & (comparisons.data_source == source)]
+        controls = [f"PI {c}" for c in CONTROLS if (cmp.reference == f"PI {c}").any()]
+        groups = {k: g for k, g in sec.groupby(ROW, sort=False)}
+        yield SectionLayout(section, sec, primary, metrics, cmp, controls, _row_order(groups, primary))
+
+
 def render(summary: pd.DataFrame, df: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> str:
     lines = [HEADER]
     if summary.empty:
         lines.append("_No records yet._")
         return "\n".join(lines) + "\n"
     comparisons = compare(df) if comparisons is None else comparisons
-    for section, sec in summary.groupby(SECTION, sort=True):
-        task, variant, source = section
+    for layout in section_layouts(summary, comparisons):
+        (task, variant, source), sec = layout.section, layout.summary
+        primary, metrics, cmp, controls = layout.primary, layout.metrics, layout.comparisons, layout.controls
         title = f"## {task}" + (f" — {variant}" if variant else "") + f" — {source} data"
         lines += [title, "", f"_{SOURCE_NOTE.get(source, source)}_", ""]
         note = task_note(task)
         if note:
             lines += [f"Note: {note}", ""]
-        ok = sec[sec.metric.notna()]
-        primary = ok.primary_metric.dropna().iloc[0] if ok.primary_metric.notna().any() else None
-        metrics = ([primary] if primary else []) + [m for m in dict.fromkeys(ok.metric) if m != primary]
-        cmp = comparisons[(comparisons.task == task) & (comparisons.variant == variant)
-                          & (comparisons.data_source == source)]
         vs_student = cmp[cmp.reference == REFERENCE]
-        controls = [f"PI {c}" for c in CONTROLS if (cmp.reference == f"PI {c}").any()]
         delta_col = f"Δ {primary} vs student [95% CI], paired t p"
         flip_col = _sign_flip_header(vs_student)
-        groups = {k: g for k, g in sec.groupby(ROW, sort=False)}
         rows, failures, unpaired, flagged, single = [], [], [], [], []
-        for (method, cid), g in _row_order(groups, primary):
+        for (method, cid), g in layout.rows:
             first = g.iloc[0]
             label = first.label
             row = {"method": label, "role": CONTROL_ROLE.get(first.control) or BOUND_LABEL.get(first.bound, "")}
@@ -536,7 +559,8 @@ def csv_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_leaderboard(results_dir: Path | str = "results", out_md: Path | str = "leaderboard.md",
-                      out_csv: Path | str | None = "leaderboard.csv") -> tuple[str, pd.DataFrame]:
+                      out_csv: Path | str | None = "leaderboard.csv",
+                      out_latex: Path | str | None = None) -> tuple[str, pd.DataFrame]:
     df = collect(results_dir)
     summary = summarise(df)
     comparisons = compare(df)
@@ -544,4 +568,7 @@ def write_leaderboard(results_dir: Path | str = "results", out_md: Path | str = 
     atomic_write_text(Path(out_md), text)
     if out_csv is not None:
         atomic_write_text(Path(out_csv), csv_table(summary, comparisons).to_csv(index=False))
+    if out_latex is not None:  # from the same summary and comparisons as the markdown
+        from harness.latex import render_latex
+        atomic_write_text(Path(out_latex), render_latex(summary, comparisons))
     return text, summary

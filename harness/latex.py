@@ -177,7 +177,7 @@ def render_table(layout: SectionLayout) -> str:
              + (f"; a single-run row shows instead its test-set 95\\% bootstrap CI of {escape(primary)}"
                 if primary and (layout.summary.drop_duplicates(["method", "config_id"]).n_runs == 1).any() else "")
              + ".",
-             (r"Bold: the best value of each metric over the rows that are not bounds ($\uparrow$ higher is "
+             (r"Bold: the best value of each metric over the methods (not bounds, not controls) ($\uparrow$ higher is "
               r"better, $\downarrow$ lower).")]
     if len(vs_student):
         families = [f"the section's {int(vs_student.p_holm.notna().sum())} comparisons with the student"]

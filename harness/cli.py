@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness.config import Composer, ConfigError, expand
+from harness.config import Composer, ConfigError
 from harness.registry import METHODS, TASKS, UnknownNameError
 from harness.task import TaskError
 from harness.validate import check_runs
@@ -35,21 +35,14 @@ def _fail(msg: str | list[str]) -> int:
 def cmd_run(args) -> int:
     from omegaconf import OmegaConf
 
-    from harness.launch import LaunchError, PlannedRun, launch, submit, submits_jobs
+    from harness.launch import LaunchError, check_planned, launch, plan_runs, submit, submits_jobs
 
-    combos = expand(args.overrides, multirun=args.multirun)
-    with Composer() as composer:
-        runs = [PlannedRun(o, cfg) for o, cfg in zip(combos, composer.compose_many(combos))]
+    runs = plan_runs(args.overrides, args.multirun)
     if args.cfg:
         print(OmegaConf.to_yaml(runs[0].cfg))
         check_runs([(runs[0].overrides, runs[0].cfg)])  # and says what is wrong with it, if anything
         return 0
-    # Every value of every run is checked before the first run starts or the first job is submitted:
-    # a mistake costs one line per distinct problem (exit status 2), and no folder, record or job is made.
-    check_runs([(r.overrides, r.cfg) for r in runs])
-    for r in runs:
-        METHODS.get(r.cfg.method.name)
-        TASKS.get(r.cfg.task.name)
+    check_planned(runs)  # every value of every run, before the first run starts or the first job is submitted
     if submits_jobs(runs[0].cfg.launcher):  # SLURM / local workers: submit and return to the prompt
         try:
             submit(runs, runs[0].cfg.launcher)

@@ -45,11 +45,14 @@ from pathlib import Path
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config import Composer, expand
 from harness.records import read_record, run_dir
+from harness.registry import METHODS, TASKS
 from harness.runner import execute
 from harness.schema import ConfigError
 from harness.sweeps import in_flight, new_sweep_id, sweeps_dir, write_manifest
 from harness.task import TaskError
+from harness.validate import check_runs
 
 SUBMITIT_EXECUTORS = ("slurm", "local")
 
@@ -75,6 +78,24 @@ class PlannedRun:
     def done(self) -> bool:
         rec = read_record(self.folder)
         return rec is not None and rec.get("status") == "ok"
+
+
+def plan_runs(overrides: list[str], multirun: bool) -> list[PlannedRun]:
+    """The runs a command line asks for (`harness run [-m] ...`, harness.api.run / sweep), composed: one per
+    combination of the sweep overrides. Raises ConfigError for an override that cannot be parsed or composed."""
+    combos = expand(overrides, multirun=multirun)
+    with Composer() as composer:
+        return [PlannedRun(o, cfg) for o, cfg in zip(combos, composer.compose_many(combos))]
+
+
+def check_planned(runs: list[PlannedRun]) -> None:
+    """Every value of every run checked before the first run starts or the first job is submitted: a mistake
+    costs one line per distinct problem (ConfigError; UnknownNameError for an unregistered name), and no folder,
+    record or job is made."""
+    check_runs([(r.overrides, r.cfg) for r in runs])
+    for r in runs:
+        METHODS.get(r.cfg.method.name)
+        TASKS.get(r.cfg.task.name)
 
 
 def clear_checkpoints(folder: Path) -> None:

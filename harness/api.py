@@ -129,6 +129,8 @@ def run(*overrides: str, **values: Any) -> dict:
     record = read_record(planned.folder)
     if record is None:  # execute() writes a record whenever it does not raise
         raise RuntimeError(f"the run wrote no record in {planned.folder}")
+    if record.get("status") != "ok":  # the "(error below)" launch() announces for a single run, as the CLI prints it
+        print(f"FAILED: {record.get('error')}")
     return record
 
 

@@ -72,6 +72,20 @@ def test_run_returns_the_record_the_cli_writes_for_the_same_config(tmp_path, cap
     assert "already have a record" in capsys.readouterr().out
 
 
+def test_a_run_that_fails_in_training_returns_its_failed_record(tmp_path, monkeypatch, capsys):
+    from methods.student import Student
+
+    def broken_fit(self, train, val):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Student, "fit", broken_fit)
+    rec = api.run(*TINY, *where(tmp_path), method="student")
+    assert rec["status"] == "failed" and rec["error"] == "RuntimeError: boom" and "metrics" not in rec
+    assert "FAILED: RuntimeError: boom" in capsys.readouterr().out
+    (file,) = (tmp_path / "results").glob("synthetic/student/*/record.json")
+    assert json.loads(file.read_text()) == rec
+
+
 @pytest.mark.parametrize("overrides,values,message", [
     (["train.lrr=0.1"], {}, "unknown config key 'train.lrr'; did you mean train.lr?"),
     ([], {"train": {"lr": "abc"}}, "train.lr='abc': expected a float > 0"),

@@ -386,6 +386,20 @@ class BioVid(Task):
                             f"{self.root / 'samples.csv'}")
         return df, cleaning, facts
 
+    def source_files(self) -> list[Path]:
+        """samples.csv, each kept sample's biosignal and visual feature files, any file directly in features_root
+        (a sidecar describing the feature extractor) and the fold files: listed from the index, never read."""
+        df = self._index[0]
+        bio_dir, vis_dir = self._dirs
+        files = [self.root / "samples.csv"]
+        for subject, sample in zip(df.subject_name, df.sample_name):
+            files += [Path(f"{bio_dir}/{subject}/{sample}_bio.csv"), Path(f"{vis_dir}/{subject}/{sample}.npy")]
+        with os.scandir(vis_dir) as entries:
+            files += [Path(e.path) for e in entries if e.is_file()]
+        if self.cfg.protocol == "folds_file":
+            files += sorted(Path(self.cfg.folds_dir).glob("fold_*_*.txt"))
+        return files
+
     @cached_property
     def _subjects(self) -> list[str]:
         return sorted(set(self._index[0].subject_name))

@@ -75,7 +75,7 @@ class Task:
         """Short label of the config choices that change what the metrics mean (target kind, protocol...)."""
         return ""
 
-    def source_files(self) -> list[Path] | None:
+    def source_files(self) -> list[Path | str] | None:
         """The files this task variant's data is read from (index tables, signals, feature files and any sidecar
         beside them), listed without reading them; None for a task generated in memory, whose config (in the run
         key) says everything about its data. Their cheap signature (`source_signature`) keys the teacher store and
@@ -91,7 +91,7 @@ class Task:
             return None
         from harness.cache import files_signature
 
-        folders = {os.path.dirname(os.path.abspath(p)) for p in files}
+        folders = {os.path.abspath(d) for d in {os.path.dirname(str(p)) for p in files}}  # few folders, many files
         return files_signature(files, relative_to=os.path.commonpath(folders) if folders else None)
 
     def source_fingerprint(self) -> str | None:

@@ -242,3 +242,31 @@ def test_leaderboard_puts_unmatched_older_records_apart_when_the_data_changed(tm
     fake_record(tmp_path, "kd", 2, 0.3, None, data_fp="d9")  # no fingerprint, fold data matches neither
     summary = summarise(collect(tmp_path))
     assert sorted(set(summary.data)) == ["aaaa", "bbbb", DATA_UNKNOWN]
+
+
+# --- the other file-read tasks list what they read ------------------------------------------------------------
+
+def test_affwild2_lists_annotations_features_and_wavs_and_notices_a_replaced_wav(tmp_path):
+    from _task_trees import task_cfg
+
+    from harness.registry import TASKS
+    tree = copy_tree(shared_tree("affwild2"), tmp_path / "aw")
+    make = lambda: TASKS.get("affwild2")(task_cfg("affwild2", tree, tmp_path / "c"))  # noqa: E731
+    names = [name for name, _, _ in make().source_signature]
+    n_tracks = len(list(tree.rglob("Train_Set/*.txt"))) + len(list(tree.rglob("Validation_Set/*.txt")))
+    assert sum(n.endswith(".txt") for n in names) == n_tracks and sum(n.endswith(".npy") for n in names) == n_tracks
+    assert sorted(n for n in names if n.endswith(".wav")) == sorted(f"audio/{p.name}" for p in tree.glob("audio/*.wav"))
+    before = make().source_fingerprint()
+    assert make().source_fingerprint() == before  # listing twice changes nothing
+    wav = sorted(tree.glob("audio/*.wav"))[0]
+    wav.write_bytes(wav.read_bytes()[:-2])  # re-extracted audio, 2 bytes shorter
+    assert make().source_fingerprint() != before
+
+
+def test_mmsa_tasks_list_their_pickle(tmp_path):
+    from harness.registry import TASKS
+    cfg = compose_one(["task=iemocap", "task.source=mimic", "task.mimic.n_train=24", "task.mimic.n_valid=12",
+                       "task.mimic.n_test=16", f"cache_dir={tmp_path}"])
+    task = TASKS.get("iemocap")(cfg.task)
+    assert task.source_files() == [task.data_file()]
+    assert [name for name, _, _ in task.source_signature] == [task.data_file().name]

@@ -541,14 +541,17 @@ def data_footnote(df: pd.DataFrame, section: tuple) -> list[str]:
         others = "; ".join(f"{fp} ({len(h)} runs)" for fp, h in same[same.data != data].groupby("data", sort=True))
         what = ("runs recorded before data fingerprints whose files cannot be told" if data == DATA_UNKNOWN
                 else f"the runs on the task's files with data fingerprint {data}")
-        return [f"**Data changed under this task variant**: this section holds {what} ({len(mine)} runs). Runs on "
+        note = (f"**Data changed under this task variant**: this section holds {what} ({len(mine)} runs). Runs on "
                 f"other files are in their own section, never averaged or compared with these: {others}. Recompute "
                 f"stale runs on the current data (`overwrite=true`) or restore the data; `harness leaderboard "
-                f"--strict` makes this an error.", ""]
+                f"--strict` makes this an error.")
+        return [note, ""]
     unknown = same[(same.data_files == "") & (same.status == "ok")]
     if len(unknown) and (same.data_files != "").any():
-        return [f"{len(unknown)} runs were recorded before data fingerprints: assumed to read the same files as the "
-                f"others (data fingerprint {same.data_files[same.data_files != ''].iloc[0]}).", ""]
+        known = same.data_files[same.data_files != ""].iloc[0]
+        note = (f"{len(unknown)} runs were recorded before data fingerprints: assumed to read the same files as the "
+                f"others (data fingerprint {known}).")
+        return [note, ""]
     return []
 
 

@@ -258,7 +258,7 @@ def test_affwild2_lists_annotations_features_and_wavs_and_notices_a_replaced_wav
     assert sorted(n for n in names if n.endswith(".wav")) == sorted(f"audio/{p.name}" for p in tree.glob("audio/*.wav"))
     before = make().source_fingerprint()
     assert make().source_fingerprint() == before  # listing twice changes nothing
-    wav = sorted(tree.glob("audio/*.wav"))[0]
+    wav = min(tree.glob("audio/*.wav"))
     wav.write_bytes(wav.read_bytes()[:-2])  # re-extracted audio, 2 bytes shorter
     assert make().source_fingerprint() != before
 

@@ -213,13 +213,17 @@ def data_versions(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
+
+
 def mixed_data(df: pd.DataFrame) -> list[str]:
     """One line per task variant whose runs read different files: its versions, run counts, a record of each."""
     out = []
     if df.empty:
         return out
     for (task, variant, source), g in df[df.data != ""].groupby(VARIANT, sort=True):
-        versions = "; ".join(f"{fp} ({len(h)} runs, e.g. {h.dir.iloc[0]}/record.json)"
+        versions = "; ".join(f"{fp} ({_runs(len(h))}, e.g. {h.dir.iloc[0]}/record.json)"
                              for fp, h in g.groupby("data", sort=True))
         out.append(f"{task} — {variant or '(default variant)'} — {source} data: runs on different data files: "
                    f"{versions}")
@@ -538,10 +542,10 @@ def data_footnote(df: pd.DataFrame, section: tuple) -> list[str]:
     same = df[(df.task == task) & (df.variant == variant) & (df.data_source == source)]
     if data:
         mine = same[same.data == data]
-        others = "; ".join(f"{fp} ({len(h)} runs)" for fp, h in same[same.data != data].groupby("data", sort=True))
+        others = "; ".join(f"{fp} ({_runs(len(h))})" for fp, h in same[same.data != data].groupby("data", sort=True))
         what = ("runs recorded before data fingerprints whose files cannot be told" if data == DATA_UNKNOWN
                 else f"the runs on the task's files with data fingerprint {data}")
-        note = (f"**Data changed under this task variant**: this section holds {what} ({len(mine)} runs). Runs on "
+        note = (f"**Data changed under this task variant**: this section holds {what} ({_runs(len(mine))}). Runs on "
                 f"other files are in their own section, never averaged or compared with these: {others}. Recompute "
                 f"stale runs on the current data (`overwrite=true`) or restore the data; `harness leaderboard "
                 f"--strict` makes this an error.")
@@ -549,7 +553,7 @@ def data_footnote(df: pd.DataFrame, section: tuple) -> list[str]:
     unknown = same[(same.data_files == "") & (same.status == "ok")]
     if len(unknown) and (same.data_files != "").any():
         known = same.data_files[same.data_files != ""].iloc[0]
-        note = (f"{len(unknown)} runs were recorded before data fingerprints: assumed to read the same files as the "
+        note = (f"{_runs(len(unknown))} recorded before data fingerprints: assumed to read the same files as the "
                 f"others (data fingerprint {known}).")
         return [note, ""]
     return []

@@ -210,8 +210,8 @@ def test_leaderboard_separates_data_versions_with_a_footnote_or_errors_when_stri
     assert acc.loc[("kd", "aaaa"), "mean"] == pytest.approx(0.65) and acc.loc[("kd", "aaaa"), "n_runs"] == 2
     assert acc.loc[("kd", "bbbb"), "mean"] == pytest.approx(0.9) and acc.loc[("kd", "bbbb"), "n_runs"] == 1
     assert "— data files aaaa" in text and "— data files bbbb" in text
-    assert "Runs on other files are in their own section, never averaged or compared with these: bbbb (1 runs)" in text
-    with pytest.raises(LeaderboardError, match=r"runs on different data files: aaaa \(4 runs, .*\); bbbb \(1 runs"):
+    assert "Runs on other files are in their own section, never averaged or compared with these: bbbb (1 run)" in text
+    with pytest.raises(LeaderboardError, match=r"runs on different data files: aaaa \(4 runs, .*\); bbbb \(1 run,"):
         write_leaderboard(tmp_path, tmp_path / "lb.md", None, strict=True)
     assert main(["leaderboard", "--results", str(tmp_path), "--out", str(tmp_path / "s.md"), "--csv",
                  str(tmp_path / "s.csv"), "--strict"]) == 2
@@ -232,7 +232,7 @@ def test_leaderboard_keeps_one_section_when_the_data_is_the_same(tmp_path):
     # an older record of another fold (nothing to match its fold data with) is assumed the same, and said so
     fake_record(tmp_path, "kd", 0, 0.4, None, data_fp="d5", fold=1)
     text, _ = write_leaderboard(tmp_path, tmp_path / "lb.md", None, strict=True)
-    assert "1 runs were recorded before data fingerprints: assumed to read the same files as the others (data " \
+    assert "1 run recorded before data fingerprints: assumed to read the same files as the others (data " \
            "fingerprint aaaa)." in text
 
 

@@ -9,8 +9,9 @@ privileged input replaced (`method.privileged_control=zeros|shuffle`) are their 
 is compared with them the same way. Footnotes name unpaired runs and possibly undertrained ones. Bounds are
 marked. Published numbers (real datasets only) are listed apart, never beside mimic or synthetic numbers.
 Runs of one task variant on different data files (their records' `source_fingerprint` differ: the files were
-replaced between runs) get one section per version with a footnote naming the others, or an error with
-`harness leaderboard --strict`.
+replaced between runs) get one section per version with a footnote naming the others; runs of one task config,
+fold and seed with different `data_fingerprint` (a generated task whose generator changed) are named under their
+section. Either is an error with `harness leaderboard --strict`.
 """
 
 from __future__ import annotations
@@ -175,6 +176,8 @@ def collect(results_dir: Path | str) -> pd.DataFrame:
         row["overrides"] = " ".join(o for o in rec.get("overrides") or [] if o.startswith(LABEL_PREFIXES)
                                     and o.partition("=")[0].lstrip("+~") != CONTROL_KEY)
         row["base_id"] = _base_id(rec)
+        # the task's own config: runs sharing it, a fold and a seed must have seen the same fold data
+        row["task_config"] = stable_hash(semantic_config(config).get("task"), n=8) if config else ""
         row["dir"] = rec["_dir"]
         row["adjusted"] = rec.get("adjusted") or {}
         if row["data_source"] is None:  # failed before the task loaded: take it from the config
@@ -217,6 +220,21 @@ def _runs(n: int) -> str:
     return f"{n} run" + ("" if n == 1 else "s")
 
 
+def same_data_conflicts(df: pd.DataFrame) -> dict[tuple, list[str]]:
+    """Per task variant, runs without a files fingerprint (tasks generated in memory, older records) that share
+    the task config, fold and seed, so should have loaded the same fold, yet recorded different
+    `data_fingerprint`s (e.g. the generator changed between them): one line per fold and seed."""
+    out: dict[tuple, list[str]] = {}
+    if df.empty or "task_config" not in df:
+        return out
+    ok = df[(df.status == "ok") & (df.data_files == "") & (df.data_fingerprint != "") & (df.task_config != "")]
+    for key, g in ok.groupby([*VARIANT, "task_config", "fold", "seed"], sort=True):
+        if g.data_fingerprint.nunique() > 1:
+            seen = "; ".join(f"{fp} ({', '.join(sorted(h.method))})" for fp, h in g.groupby("data_fingerprint"))
+            out.setdefault(tuple(key[:3]), []).append(f"fold {key[4]}, seed {key[5]}: data fingerprints {seen}")
+    return out
+
+
 def mixed_data(df: pd.DataFrame) -> list[str]:
     """One line per task variant whose runs read different files: its versions, run counts, a record of each."""
     out = []
@@ -227,6 +245,9 @@ def mixed_data(df: pd.DataFrame) -> list[str]:
                              for fp, h in g.groupby("data", sort=True))
         out.append(f"{task} — {variant or '(default variant)'} — {source} data: runs on different data files: "
                    f"{versions}")
+    for (task, variant, source), lines in same_data_conflicts(df).items():
+        out.append(f"{task} — {variant or '(default variant)'} — {source} data: runs of one config, fold and seed "
+                   f"saw different data: {'; '.join(lines)}")
     return out
 
 # --- per-row summaries and flags ---------------------------------------------------------------------------
@@ -549,6 +570,12 @@ def data_footnote(df: pd.DataFrame, section: tuple) -> list[str]:
                 f"other files are in their own section, never averaged or compared with these: {others}. Recompute "
                 f"stale runs on the current data (`overwrite=true`) or restore the data; `harness leaderboard "
                 f"--strict` makes this an error.")
+        return [note, ""]
+    conflicts = same_data_conflicts(same).get((task, variant, source), [])
+    if conflicts:
+        note = ("**Runs that should have seen the same data did not** (same task config, fold and seed, different "
+                "`data_fingerprint`; averaged and paired together below): " + "; ".join(conflicts) + ". Recompute "
+                "the older runs (`overwrite=true`); `harness leaderboard --strict` makes this an error.")
         return [note, ""]
     unknown = same[(same.data_files == "") & (same.status == "ok")]
     if len(unknown) and (same.data_files != "").any():

@@ -270,3 +270,27 @@ def test_mmsa_tasks_list_their_pickle(tmp_path):
     task = TASKS.get("iemocap")(cfg.task)
     assert task.source_files() == [task.data_file()]
     assert [name for name, _, _ in task.source_signature] == [task.data_file().name]
+
+
+def test_leaderboard_says_when_runs_of_a_generated_task_saw_different_data(tmp_path):
+    """synthetic has no files: two runs of one task config, fold and seed with different data_fingerprint (the
+    generator changed between them) are said under the section, and are an error with --strict."""
+    def rec(method, data_fp):
+        r = {"run_key": f"f0-s0-{method}", "method": method, "task": "synthetic", "task_variant": "regression",
+             "fold": 0, "seed": 0, "status": "ok", "primary_metric": "ccc_mean", "data_source": "synthetic",
+             "overrides": [], "metrics": {"ccc_mean": 0.5}, "data_fingerprint": data_fp,
+             "config": {"task": {"name": "synthetic", "n_subjects": 10}, "method": {"name": method}, "seed": 0,
+                        "fold": 0}}
+        (tmp_path / "synthetic" / method / r["run_key"]).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "synthetic" / method / r["run_key"] / "record.json").write_text(json.dumps(r))
+    rec("student", "d-new")
+    rec("kd", "d-old")
+    text, _ = write_leaderboard(tmp_path, tmp_path / "lb.md", None)
+    assert "Runs that should have seen the same data did not" in text
+    assert "fold 0, seed 0: data fingerprints d-new (student); d-old (kd)" in text
+    with pytest.raises(LeaderboardError, match="runs of one config, fold and seed saw different data"):
+        write_leaderboard(tmp_path, tmp_path / "lb.md", None, strict=True)
+    (tmp_path / "synthetic" / "kd" / "f0-s0-kd" / "record.json").unlink()  # negative: one fingerprint, nothing said
+    rec("kd", "d-new")
+    text, _ = write_leaderboard(tmp_path, tmp_path / "lb.md", None, strict=True)
+    assert "should have seen the same data" not in text

@@ -19,13 +19,34 @@ from filelock import FileLock
 from harness.teachers import stable_hash
 
 
-def files_signature(paths: Iterable[Path | str]) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of each file: cheap, and changes whenever a file is rewritten."""
+def files_signature(paths: Iterable[Path | str], relative_to: Path | str | None = None) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of each file: cheap, and changes whenever a file is rewritten.
+
+    relative_to: name the files relative to this folder (a task's data root, which is not part of a run's key,
+    so the same tree moved or mounted elsewhere keeps its signature); default absolute paths.
+    """
+    base = None if relative_to is None else os.path.join(os.path.abspath(relative_to), "")
     out = []
     for p in sorted(map(str, paths)):
         st = os.stat(p)
-        out.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
+        name = os.path.abspath(p)
+        if base is not None:  # slicing, not os.path.relpath: 17,400 BioVid files in ~0.1 s rather than ~1 s
+            name = name[len(base):] if name.startswith(base) else os.path.relpath(name, base)
+        out.append((name, st.st_size, st.st_mtime_ns))
     return out
+
+
+def signature_fingerprint(signature: list[tuple[str, int, int]]) -> str:
+    """A short hash of a files_signature: the data identity stored in records and teacher keys."""
+    return stable_hash([list(s) for s in signature], n=16)
+
+
+def signature_changes(old: list, new: list) -> dict[str, list[str]]:
+    """What differs between two files_signatures: {"changed": [...], "added": [...], "removed": [...]} (names)."""
+    before = {name: (size, mtime) for name, size, mtime in old}
+    after = {name: (size, mtime) for name, size, mtime in new}
+    return {"changed": sorted(n for n in before.keys() & after.keys() if before[n] != after[n]),
+            "added": sorted(after.keys() - before.keys()), "removed": sorted(before.keys() - after.keys())}
 
 
 def cache_key(name: str, sources: Iterable[Path | str], config: dict) -> str:

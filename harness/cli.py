@@ -85,8 +85,11 @@ def cmd_list(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from harness.leaderboard import write_leaderboard
-    text, summary = write_leaderboard(args.results, args.out, args.csv, args.latex)
+    from harness.leaderboard import LeaderboardError, write_leaderboard
+    try:
+        text, summary = write_leaderboard(args.results, args.out, args.csv, args.latex, strict=args.strict)
+    except LeaderboardError as e:
+        return _fail(str(e).splitlines())
     written = f"{args.out}, {args.csv} and {args.latex}" if args.latex else f"{args.out} and {args.csv}"
     print(text if args.print else f"wrote {written} from {args.results}/ ({len(summary)} summary rows)")
     return 0
@@ -162,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--latex", metavar="FILE", help="also write the sections as booktabs LaTeX tables (a document "
                     "pdflatex compiles)")
     lb.add_argument("--print", action="store_true", help="also print the markdown")
+    lb.add_argument("--strict", action="store_true",
+                    help="error (exit 2) when runs of one task variant read different data files, instead of "
+                         "separate sections")
     lb.set_defaults(fn=cmd_leaderboard)
     st = sub.add_parser("status", help="each sweep's runs: pending / running / done / failed, with errors and logs")
     st.add_argument("--results", default="results", help="the results_dir the sweeps wrote to")

@@ -144,7 +144,7 @@ def _slug(*parts: str) -> str:
 
 def render_table(layout: SectionLayout) -> str:
     """One section as a booktabs table environment with its caption and note."""
-    task, variant, source = layout.section
+    task, variant, source, data = layout.section
     primary, cmp = layout.primary, layout.comparisons
     vs_student = cmp[cmp.reference == REFERENCE]
     best = _best_values(layout)

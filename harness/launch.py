@@ -50,6 +50,7 @@ from harness.records import read_record, run_dir
 from harness.registry import METHODS, TASKS
 from harness.runner import execute
 from harness.schema import ConfigError
+from harness.stale import StaleDataError, check_data_unchanged, combined
 from harness.sweeps import in_flight, new_sweep_id, sweeps_dir, write_manifest
 from harness.task import TaskError
 from harness.validate import check_runs
@@ -98,6 +99,24 @@ def check_planned(runs: list[PlannedRun]) -> None:
         TASKS.get(r.cfg.task.name)
 
 
+def runs_to_do(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """The runs without an ok record (or with overwrite=true). A recorded run is skipped as done only if its
+    task's files are those it was computed on: otherwise one StaleDataError names it (and counts the others)."""
+    todo, stale, memo = [], [], {}
+    for r in runs:
+        rec = None if r.cfg.overwrite else read_record(r.folder)
+        if rec is None or rec.get("status") != "ok":
+            todo.append(r)
+            continue
+        try:
+            check_data_unchanged(r.cfg, rec, r.folder, memo)
+        except StaleDataError as e:
+            stale.append(e)
+    if stale:
+        raise combined(stale)
+    return todo
+
+
 def clear_checkpoints(folder: Path) -> None:
     """overwrite=true recomputes from scratch: drop what an earlier attempt left (train.checkpoint)."""
     for ckpt in Path(folder).glob("checkpoint_*.pt*"):
@@ -113,7 +132,7 @@ def launch(runs: list[PlannedRun], launcher: DictConfig) -> list[dict]:
     if submits_jobs(launcher):
         submit(runs, launcher)
         return []
-    todo = [r for r in runs if r.cfg.overwrite or not r.done]
+    todo = runs_to_do(runs)
     skipped = len(runs) - len(todo)
     if skipped:
         print(f"resume: {skipped} of {len(runs)} runs already have a record and are skipped (overwrite=true recomputes)")
@@ -310,7 +329,7 @@ def submit(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
     cache_dir = Path(runs[0].cfg.cache_dir).resolve()
     if any(Path(r.cfg.results_dir).resolve() != results_dir for r in runs):
         raise LaunchError("one sweep writes to one results_dir: do not sweep results_dir")
-    todo = [r for r in runs if r.cfg.overwrite or not r.done]
+    todo = runs_to_do(runs)
     n_recorded = len(runs) - len(todo)
     payloads = [_payload(r, results_dir, cache_dir) for r in todo]
     busy = in_flight(results_dir, {p["run_dir"] for p in payloads})

@@ -1,6 +1,6 @@
 """Leaderboard: a pure function of the records on disk.
 
-Per task, task variant and data source (a section), one row per (method, config): mean ± std (sample std,
+Per task, task variant, data source and data files (a section), one row per (method, config): mean ± std (sample std,
 ddof=1) of each metric over every ok run (seeds × folds), or a single run's test-set bootstrap CI; the
 number of runs; failed runs counted and named, never averaged. Each row is compared with the `student`
 lower bound on the primary metric, runs paired by (fold, seed) (harness/stats.py: mean paired Δ, t interval,
@@ -8,6 +8,10 @@ paired t p with Holm's correction over the section, exact sign-flip p beside it)
 privileged input replaced (`method.privileged_control=zeros|shuffle`) are their own rows, and each method row
 is compared with them the same way. Footnotes name unpaired runs and possibly undertrained ones. Bounds are
 marked. Published numbers (real datasets only) are listed apart, never beside mimic or synthetic numbers.
+Runs of one task variant on different data files (their records' `source_fingerprint` differ: the files were
+replaced between runs) get one section per version with a footnote naming the others; runs of one task config,
+fold and seed with different `data_fingerprint` (a generated task whose generator changed) are named under their
+section. Either is an error with `harness leaderboard --strict`.
 """
 
 from __future__ import annotations
@@ -37,7 +41,11 @@ SOURCE_NOTE = {
              "not comparable to published numbers.",
     "real": "Real data.",
 }
-SECTION = ["task", "variant", "data_source"]
+VARIANT = ["task", "variant", "data_source"]
+# A section is a task variant on one data version: runs whose task files differ (their records'
+# `source_fingerprint`, harness/stale.py) are never averaged or compared together (see `data_versions`).
+SECTION = [*VARIANT, "data"]
+DATA_UNKNOWN = "not fingerprinted"  # the data label of older records in a variant whose data changed
 ROW = ["method", "config_id"]
 REFERENCE = "student"
 # Privileged-information controls: the method trained with its privileged input zeroed or shuffled.
@@ -161,6 +169,8 @@ def collect(results_dir: Path | str) -> pd.DataFrame:
         row = {k: rec.get(k) for k in ("task", "method", "fold", "seed", "status", "run_key", "config_id", "bound",
                                        "primary_metric", "data_source", "error")}
         row["variant"] = rec.get("task_variant") or ""
+        row["source_fingerprint"] = rec.get("source_fingerprint") or ""
+        row["data_fingerprint"] = rec.get("data_fingerprint") or ""
         config = rec.get("config") if isinstance(rec.get("config"), dict) else {}
         if config:  # recomputed, so records written before a seed-copying key was known still share their row
             row["config_id"] = config_id(config)
@@ -168,6 +178,8 @@ def collect(results_dir: Path | str) -> pd.DataFrame:
         row["overrides"] = " ".join(o for o in rec.get("overrides") or [] if o.startswith(LABEL_PREFIXES)
                                     and o.partition("=")[0].lstrip("+~") != CONTROL_KEY)
         row["base_id"] = _base_id(rec)
+        # the task's own config: runs sharing it, a fold and a seed must have seen the same fold data
+        row["task_config"] = stable_hash(semantic_config(config).get("task"), n=8) if config else ""
         row["dir"] = rec["_dir"]
         row["adjusted"] = rec.get("adjusted") or {}
         if row["data_source"] is None:  # failed before the task loaded: take it from the config
@@ -178,8 +190,67 @@ def collect(results_dir: Path | str) -> pd.DataFrame:
         for k, v in (rec.get("metrics") or {}).items():
             row[f"m:{k}"] = v
         rows.append(row)
-    return pd.DataFrame(rows)
+    return data_versions(pd.DataFrame(rows))
 
+
+def data_versions(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns `data_files` (the files' fingerprint of each run, "" when unknown) and `data` (the section's data
+    label: "" while a task variant's runs all read the same files, else the fingerprint).
+
+    A record written before file fingerprints existed takes the fingerprint of a fingerprinted run of the same
+    variant and fold that saw identical fold data (`data_fingerprint`, a hash of the loaded fold); otherwise its
+    files are unknown. Tasks generated in memory have no fingerprint and keep one section per variant.
+    """
+    if df.empty:
+        return df.assign(data_files=pd.Series(dtype=str), data=pd.Series(dtype=str))
+    files = df.source_fingerprint.copy()
+    seen: dict[tuple, set] = {}
+    for r in df[(df.source_fingerprint != "") & (df.data_fingerprint != "")].itertuples():
+        seen.setdefault((r.task, r.variant, r.data_source, r.fold, r.data_fingerprint), set()).add(r.source_fingerprint)
+    for r in df[(df.source_fingerprint == "") & (df.data_fingerprint != "")].itertuples():
+        match = seen.get((r.task, r.variant, r.data_source, r.fold, r.data_fingerprint), set())
+        if len(match) == 1:
+            files[r.Index] = next(iter(match))
+    df = df.assign(data_files=files, data="")
+    for _, g in df.groupby(VARIANT, sort=False):
+        if len(set(g.data_files) - {""}) > 1:  # the files changed under this variant: one section per version
+            df.loc[g.index, "data"] = g.data_files.replace("", DATA_UNKNOWN)
+    return df
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
+
+
+def same_data_conflicts(df: pd.DataFrame) -> dict[tuple, list[str]]:
+    """Per task variant, runs without a files fingerprint (tasks generated in memory, older records) that share
+    the task config, fold and seed, so should have loaded the same fold, yet recorded different
+    `data_fingerprint`s (e.g. the generator changed between them): one line per fold and seed."""
+    out: dict[tuple, list[str]] = {}
+    if df.empty or "task_config" not in df:
+        return out
+    ok = df[(df.status == "ok") & (df.data_files == "") & (df.data_fingerprint != "") & (df.task_config != "")]
+    for key, g in ok.groupby([*VARIANT, "task_config", "fold", "seed"], sort=True):
+        if g.data_fingerprint.nunique() > 1:
+            seen = "; ".join(f"{fp} ({', '.join(sorted(h.method))})" for fp, h in g.groupby("data_fingerprint"))
+            out.setdefault(tuple(key[:3]), []).append(f"fold {key[4]}, seed {key[5]}: data fingerprints {seen}")
+    return out
+
+
+def mixed_data(df: pd.DataFrame) -> list[str]:
+    """One line per task variant whose runs read different files: its versions, run counts, a record of each."""
+    out = []
+    if df.empty:
+        return out
+    for (task, variant, source), g in df[df.data != ""].groupby(VARIANT, sort=True):
+        versions = "; ".join(f"{fp} ({_runs(len(h))}, e.g. {h.dir.iloc[0]}/record.json)"
+                             for fp, h in g.groupby("data", sort=True))
+        out.append(f"{task} — {variant or '(default variant)'} — {source} data: runs on different data files: "
+                   f"{versions}")
+    for (task, variant, source), lines in same_data_conflicts(df).items():
+        out.append(f"{task} — {variant or '(default variant)'} — {source} data: runs of one config, fold and seed "
+                   f"saw different data: {'; '.join(lines)}")
+    return out
 
 # --- per-row summaries and flags ---------------------------------------------------------------------------
 
@@ -400,12 +471,12 @@ class SectionLayout:
 
 def section_layouts(summary: pd.DataFrame, comparisons: pd.DataFrame) -> Iterator[SectionLayout]:
     for section, sec in summary.groupby(SECTION, sort=True):
-        task, variant, source = section
+        task, variant, source, data = section
         ok = sec[sec.metric.notna()]
         primary = ok.primary_metric.dropna().iloc[0] if ok.primary_metric.notna().any() else None
         metrics = ([primary] if primary else []) + [m for m in dict.fromkeys(ok.metric) if m != primary]
         cmp = comparisons[(comparisons.task == task) & (comparisons.variant == variant)
-                          & (comparisons.data_source == source)]
+                          & (comparisons.data_source == source) & (comparisons.data == data)]
         controls = [f"PI {c}" for c in CONTROLS if (cmp.reference == f"PI {c}").any()]
         groups = {k: g for k, g in sec.groupby(ROW, sort=False)}
         yield SectionLayout(section, sec, primary, metrics, cmp, controls, _row_order(groups, primary))
@@ -418,10 +489,13 @@ def render(summary: pd.DataFrame, df: pd.DataFrame, comparisons: pd.DataFrame | 
         return "\n".join(lines) + "\n"
     comparisons = compare(df) if comparisons is None else comparisons
     for layout in section_layouts(summary, comparisons):
-        (task, variant, source), sec = layout.section, layout.summary
+        section, sec = layout.section, layout.summary
+        task, variant, source, data = section
         primary, metrics, cmp, controls = layout.primary, layout.metrics, layout.comparisons, layout.controls
-        title = f"## {task}" + (f" — {variant}" if variant else "") + f" — {source} data"
+        title = f"## {task}" + (f" — {variant}" if variant else "") + f" — {source} data" + \
+            (f" — data files {data}" if data else "")
         lines += [title, "", f"_{SOURCE_NOTE.get(source, source)}_", ""]
+        lines += data_footnote(df, section)
         note = task_note(task)
         if note:
             lines += [f"Note: {note}", ""]
@@ -493,7 +567,7 @@ def render(summary: pd.DataFrame, df: pd.DataFrame, comparisons: pd.DataFrame | 
                       f"{EARLY_EPOCH}, counted from 0, or stopped at max_epochs):", *flagged, ""]
         if single:
             lines += ["Single-run rows show the run's test-set bootstrap 95 % CI of the primary metric:", *single, ""]
-        lines += adjusted_footnote(df, task, variant, source)
+        lines += adjusted_footnote(df, section)
     published = published_table()
     if published:
         lines += ["## Published reference numbers (real datasets, as stated by the papers)", "",
@@ -506,12 +580,43 @@ def render(summary: pd.DataFrame, df: pd.DataFrame, comparisons: pd.DataFrame | 
     return "\n".join(lines).rstrip() + "\n"
 
 
-def adjusted_footnote(df: pd.DataFrame, task: str, variant: str, source: str) -> list[str]:
+def data_footnote(df: pd.DataFrame, section: tuple) -> list[str]:
+    """Said under a section's title: the task variant's runs read different files (its other versions named), or
+    some of its runs were recorded before file fingerprints and are assumed to be on the same data."""
+    task, variant, source, data = section
+    same = df[(df.task == task) & (df.variant == variant) & (df.data_source == source)]
+    if data:
+        mine = same[same.data == data]
+        others = "; ".join(f"{fp} ({_runs(len(h))})" for fp, h in same[same.data != data].groupby("data", sort=True))
+        what = ("runs recorded before data fingerprints whose files cannot be told" if data == DATA_UNKNOWN
+                else f"the runs on the task's files with data fingerprint {data}")
+        note = (f"**Data changed under this task variant**: this section holds {what} ({_runs(len(mine))}). Runs on "
+                f"other files are in their own section, never averaged or compared with these: {others}. Recompute "
+                f"stale runs on the current data (`overwrite=true`) or restore the data; `harness leaderboard "
+                f"--strict` makes this an error.")
+        return [note, ""]
+    conflicts = same_data_conflicts(same).get((task, variant, source), [])
+    if conflicts:
+        note = ("**Runs that should have seen the same data did not** (same task config, fold and seed, different "
+                "`data_fingerprint`; averaged and paired together below): " + "; ".join(conflicts) + ". Recompute "
+                "the older runs (`overwrite=true`); `harness leaderboard --strict` makes this an error.")
+        return [note, ""]
+    unknown = same[(same.data_files == "") & (same.status == "ok")]
+    if len(unknown) and (same.data_files != "").any():
+        known = same.data_files[same.data_files != ""].iloc[0]
+        note = (f"{_runs(len(unknown))} recorded before data fingerprints: assumed to read the same files as the "
+                f"others (data fingerprint {known}).")
+        return [note, ""]
+    return []
+
+
+def adjusted_footnote(df: pd.DataFrame, section: tuple) -> list[str]:
     """Footnote lines naming the section's runs that used a config value other than the one asked for (their
     records' `adjusted`: k capped at the batch size, a preset's values...), grouped by row and adjustment."""
     if df.empty or "adjusted" not in df:
         return []
-    sec = df[(df.task == task) & (df.variant == variant) & (df.data_source == source)]
+    task, variant, source, data = section
+    sec = df[(df.task == task) & (df.variant == variant) & (df.data_source == source) & (df.data == data)]
     notes: dict[tuple[str, str, str, str, str], int] = {}
     for r in sec.itertuples():
         label = r.method + (f" [{r.overrides}]" if r.overrides else "")
@@ -559,9 +664,14 @@ def csv_table(summary: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_leaderboard(results_dir: Path | str = "results", out_md: Path | str = "leaderboard.md",
-                      out_csv: Path | str | None = "leaderboard.csv",
-                      out_latex: Path | str | None = None) -> tuple[str, pd.DataFrame]:
+                      out_csv: Path | str | None = "leaderboard.csv", out_latex: Path | str | None = None,
+                      strict: bool = False) -> tuple[str, pd.DataFrame]:
+    """strict: a task variant whose runs read different data files is an error (default: separate sections,
+    with a footnote naming the fingerprints)."""
     df = collect(results_dir)
+    if strict and (mixed := mixed_data(df)):
+        raise LeaderboardError("\n".join(mixed) + "\n(--strict) recompute the stale runs on the current data with "
+                               "overwrite=true, or restore the data; without --strict each version gets its own section")
     summary = summarise(df)
     comparisons = compare(df)
     text = render(summary, df, comparisons)

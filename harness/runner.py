@@ -23,6 +23,7 @@ from harness.predictions import make_predictions, prediction_rows
 from harness.records import NON_SEMANTIC_KEYS, config_id, environment, read_record, run_dir, run_key, write_record
 from harness.registry import METHODS, TASKS
 from harness.schema import ConfigError
+from harness.stale import check_data_unchanged, save_signature
 from harness.stats import metric_ci
 from harness.task import Task, TaskError
 from harness.teachers import TeacherStore
@@ -124,7 +125,8 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
             launch: dict | None = None) -> dict:
     """Run one config and write its record; return the record.
 
-    A run whose ok record exists is skipped unless cfg.overwrite. A config or data mistake (ConfigError,
+    A run whose ok record exists is skipped unless cfg.overwrite, on the data it was computed on only: when the
+    task's files changed since, StaleDataError (harness/stale.py). A config or data mistake (ConfigError,
     TaskError from `prepare`) is raised before the run's folder is made: no record. A run that raises
     after that writes a failed record carrying the error text (and re-raises only with raise_errors).
     `launch` (sweep id, job id, requeue count... from harness/launch.py) is stored in the record as is.
@@ -132,6 +134,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
     folder = run_dir(cfg)
     existing = read_record(folder)
     if existing is not None and existing.get("status") == "ok" and not cfg.overwrite:
+        check_data_unchanged(cfg, existing, folder)
         existing["skipped"] = True
         return existing
     t_start = time.perf_counter()
@@ -169,6 +172,12 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
                           modalities=dict(spec.modalities), student_modalities=list(spec.student_modalities),
                           privileged_modalities=list(spec.privileged_modalities),
                           n_samples={"train": len(data.train), "val": len(data.val), "test": len(data.test)})
+            # The files' cheap signature (None for tasks generated in memory): checked before this record is
+            # skipped as done, and part of the teacher store's key (the task caches it: one listing per run).
+            source_fp = task.source_fingerprint()
+            if source_fp is not None:
+                record["source_fingerprint"] = source_fp
+                save_signature(cfg.results_dir, task.name, source_fp, task.source_signature)
             record["bound"] = method_cls.bound
             record["uses_privileged_at_test"] = method_cls.uses_privileged_at_test
             ctx = RunContext(cfg=cfg, task=task, fold=int(cfg.fold), seed=int(cfg.seed), device=prep.device,

@@ -7,6 +7,8 @@ and published reference numbers.
 
 from __future__ import annotations
 
+import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -72,6 +74,33 @@ class Task:
     def variant(self) -> str:
         """Short label of the config choices that change what the metrics mean (target kind, protocol...)."""
         return ""
+
+    def source_files(self) -> list[Path | str] | None:
+        """The files this task variant's data is read from (index tables, signals, feature files and any sidecar
+        beside them), listed without reading them; None for a task generated in memory, whose config (in the run
+        key) says everything about its data. Their cheap signature (`source_signature`) keys the teacher store and
+        is checked before a recorded run is skipped as done."""
+        return None
+
+    # --- data identity (cheap: names, sizes and mtimes of the source files, as the feature cache keys) ----------
+    @cached_property
+    def source_signature(self) -> list[tuple[str, int, int]] | None:
+        """files_signature of `source_files()`, names relative to their common folder; None when generated."""
+        files = self.source_files()
+        if files is None:
+            return None
+        from harness.cache import files_signature
+
+        folders = {os.path.abspath(d) for d in {os.path.dirname(str(p)) for p in files}}  # few folders, many files
+        return files_signature(files, relative_to=os.path.commonpath(folders) if folders else None)
+
+    def source_fingerprint(self) -> str | None:
+        """Hash of `source_signature`: changes when a source file is rewritten, added or removed."""
+        if self.source_signature is None:
+            return None
+        from harness.cache import signature_fingerprint
+
+        return signature_fingerprint(self.source_signature)
 
     @classmethod
     def write_mimic(cls, out_dir: Path, cfg: DictConfig) -> Path:

@@ -62,7 +62,10 @@ def teacher_key(ctx: RunContext) -> dict:
             **({"modalities": "privileged"} if teacher_modalities(cfg) == "privileged" else {}),
             # a privileged-information control trains its own teacher, on the controlled data
             **({"privileged_control": control} if (control := cfg.method.get("privileged_control", "none")) != "none"
-               else {})}
+               else {}),
+            # a task read from files: the files' signature, so a teacher trained on replaced files (features
+            # re-extracted at the same path) is never reused; tasks generated in memory keep their earlier keys
+            **({"data": data} if (data := ctx.task.source_fingerprint()) is not None else {})}
 
 
 def teacher_modalities(cfg) -> str:

@@ -290,6 +290,10 @@ class PickleTask(Task):
     def read(self, data: dict, path: Path) -> tuple[dict[str, Split], dict]:
         raise NotImplementedError
 
+    def source_files(self) -> list[Path]:
+        """The one pickle every split comes from."""
+        return [self.data_file()]
+
     def load_fold(self, fold: int) -> FoldData:
         self.check_fold(fold)
         if self._fold is None:

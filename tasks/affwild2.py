@@ -263,6 +263,26 @@ class AffWild2(Task):
         return (f"valence/arousal per frame, official Validation_Set as test, windows of {self.cfg.window}"
                 + self.protocol_suffix())
 
+    def source_files(self) -> list[Path]:
+        """The annotation files of both sets, each track's visual features, each video's wav, any file directly in
+        features_root (a sidecar describing the extractor) and video_fps.csv: listed by name, never read."""
+        va_root = find_va_root(self.root, self.cfg.get("annotations_dir"))
+        if va_root is None:
+            raise TaskError(f"no {VA_DIR}/ under {self.root} (task.annotations_dir={self.cfg.get('annotations_dir')})."
+                            f"\n{LAYOUT}")
+        files: list[Path] = []
+        for set_name in SETS:
+            for path in sorted((va_root / VA_DIR / set_name).glob("*.txt")):
+                files.append(path)
+                for p in (self.features_root / f"{path.stem}.npy", self.audio_root / f"{video_of(path.stem)}.wav"):
+                    if p.is_file():
+                        files.append(p)
+        if self.features_root.is_dir():
+            files += [p for p in self.features_root.iterdir() if p.is_file() and p.suffix != ".npy"]
+        if (fps := self.root / str(self.cfg.fps_file)).is_file():
+            files.append(fps)
+        return list(dict.fromkeys(files))  # a video's wav is shared by its _left/_right tracks
+
     # --- loading ----------------------------------------------------------------------------------
     @cached_property
     def _tracks(self) -> tuple[dict[str, list[dict]], Cleaning, dict]:

@@ -351,7 +351,9 @@ class BioVid(Task):
         excl = set(REDUCED67_EXCLUDE if excl == "reduced67" else (excl or []))
         all_subjects = set(df.subject_name)
         df = df[~df.subject_name.isin(excl)]
-        df = df.assign(label=df.class_id.map(self._label_of)).dropna(subset=["label"])
+        # one lookup per class, not per row: the config lookup cost ~0.6 s over the real index's 8,700 rows
+        labels = {c: self._label_of(c) for c in df.class_id.unique()}
+        df = df.assign(label=df.class_id.map(labels)).dropna(subset=["label"])
         df = df.assign(label=df.label.astype(int)).sort_values(["subject_name", "sample_name"]).reset_index(drop=True)
         facts = {"index_rows": int(len(df)), "excluded_subjects": sorted(excl & all_subjects)}
         # Subjects on disk or in the index without any sample of the chosen classes: left out, counted.
@@ -385,6 +387,20 @@ class BioVid(Task):
             raise TaskError(f"no sample of the chosen classes (task.labels={self.cfg.labels}) is left in "
                             f"{self.root / 'samples.csv'}")
         return df, cleaning, facts
+
+    def source_files(self) -> list[Path | str]:
+        """samples.csv, each kept sample's biosignal and visual feature files, any file directly in features_root
+        (a sidecar describing the feature extractor) and the fold files: listed from the index, never read."""
+        df = self._index[0]
+        bio_dir, vis_dir = self._dirs
+        files: list[Path | str] = [self.root / "samples.csv"]
+        for subject, sample in zip(df.subject_name, df.sample_name):  # plain strings: 17,400 paths on the real data
+            files += [f"{bio_dir}/{subject}/{sample}_bio.csv", f"{vis_dir}/{subject}/{sample}.npy"]
+        with os.scandir(vis_dir) as entries:
+            files += [e.path for e in entries if e.is_file()]
+        if self.cfg.protocol == "folds_file":
+            files += sorted(Path(self.cfg.folds_dir).glob("fold_*_*.txt"))
+        return files
 
     @cached_property
     def _subjects(self) -> list[str]:

@@ -4,8 +4,9 @@ logger=none (the default) writes nothing. logger=tensorboard writes TensorBoard 
 <run folder>/tensorboard/ (torch.utils.tensorboard.SummaryWriter); logger=mlflow writes one MLflow run to
 the local file store <run folder>/mlruns/ (tracking URI file:<run folder>/mlruns). Either way a scalar is
 tagged `<model>/<field>` (teacher/train_loss, student/val_mae...) with the epoch as its step, and holds
-the very number of the record's `logs[<model>][epoch][<field>]`; the run's config goes in as text
-(TensorBoard) or as params plus a config.yaml artifact (MLflow).
+the number of the record's `logs[<model>][epoch][<field>]` (MLflow exactly; TensorBoard rounded to float32,
+the only precision its scalars dashboard shows); the run's config goes in as text (TensorBoard) or as
+params plus a config.yaml artifact (MLflow).
 
 `logger` only watches a run: it is not part of the run key (harness/records.py NON_SEMANTIC_KEYS).
 The libraries are optional (`pip install 'pkd-harness[live]'`) and imported only when selected;
@@ -114,9 +115,9 @@ class TensorBoardLogger(LiveLogger):
 
     def log_epoch(self, model: str, entry: dict[str, Any]) -> None:
         for field, value in epoch_scalars(entry).items():
-            # new_style + double precision: the event holds the log's float64 exactly, not a float32 rounding.
-            self.writer.add_scalar(f"{model}/{field}", value, global_step=int(entry["epoch"]), new_style=True,
-                                   double_precision=True)
+            # A float32 scalar (the log's value rounded to float32): TensorBoard's scalars dashboard shows no
+            # float64 ones (add_scalar's double_precision, tried with tensorboard 2.21: the dashboard is empty).
+            self.writer.add_scalar(f"{model}/{field}", value, global_step=int(entry["epoch"]))
         self.writer.flush()  # live: visible after each epoch, not when the writer's queue happens to fill
 
     def close(self, status: str = "ok") -> None:

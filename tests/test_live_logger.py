@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import methods.kd
@@ -41,14 +42,21 @@ def expected_curves(log: list[dict]) -> dict[str, dict[int, float]]:
     return curves
 
 
-def assert_same_curves(read: dict[str, dict[int, float]], logs: dict[str, list[dict]], models: tuple[str, ...]):
+def as_float32(value: float) -> float:
+    return float(np.float32(value))
+
+
+def assert_same_curves(read: dict[str, dict[int, float]], logs: dict[str, list[dict]], models: tuple[str, ...],
+                       stored_as=float):
+    """Every curve of `models`' logs is in `read`, every epoch, each value the log's as the logger stores it
+    (`stored_as`: TensorBoard's scalars are float32, MLflow's float64)."""
     assert set(models) <= set(logs)
     expected = {f"{model}/{name}": curve for model in models for name, curve in expected_curves(logs[model]).items()}
     assert {tag for tag in read if tag.split("/")[0] in models} == set(expected)
     for tag, curve in expected.items():
         assert set(read[tag]) == set(curve), tag  # every epoch, no other step
         for epoch, value in curve.items():
-            got = read[tag][epoch]
+            got, value = read[tag][epoch], stored_as(value)
             assert got == value or (math.isnan(got) and math.isnan(value)), (tag, epoch, got, value)
 
 
@@ -66,7 +74,7 @@ def tensorboard_curves(run_folder: Path) -> tuple[dict[str, dict[int, float]], d
                 texts[tag] = value.item().decode()
             else:
                 curves.setdefault(tag, {})[event.step] = float(value.item())
-    for tag in acc.Tags()["scalars"]:  # none written so (new_style), but a float32 scalar would be read here
+    for tag in acc.Tags()["scalars"]:
         curves.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
     return curves, texts
 
@@ -92,7 +100,7 @@ def test_tensorboard_curves_equal_the_record_logs_of_both_models(tiny_cfg):
     on_disk = read_record(run_dir(cfg))
     curves, texts = tensorboard_curves(run_dir(cfg))
     assert len(on_disk["logs"]["teacher"]) == 3 and len(on_disk["logs"]["student"]) >= 2
-    assert_same_curves(curves, on_disk["logs"], ("teacher", "student"))
+    assert_same_curves(curves, on_disk["logs"], ("teacher", "student"), as_float32)
     assert "student/val_ccc_mean" in curves and "teacher/train_loss" in curves
     config_text = texts["config/text_summary"]
     assert rec["run_key"] in config_text and "logger: tensorboard" in config_text and "lr: 0.002" in config_text
@@ -102,7 +110,7 @@ def test_tensorboard_curves_equal_the_record_logs_of_both_models(tiny_cfg):
     rec2 = execute(cfg2)
     assert rec2["status"] == "ok" and rec2["extra"]["teacher"]["reused"]
     curves2, _ = tensorboard_curves(run_dir(cfg2))
-    assert_same_curves(curves2, read_record(run_dir(cfg2))["logs"], ("teacher", "student"))
+    assert_same_curves(curves2, read_record(run_dir(cfg2))["logs"], ("teacher", "student"), as_float32)
 
 
 @needs_mlflow
@@ -207,7 +215,7 @@ def test_dmd_trains_through_the_same_loop_with_its_edge_fields(tiny_cfg):
     assert rec["status"] == "ok", rec.get("traceback")
     logs = read_record(run_dir(cfg))["logs"]
     curves, _ = tensorboard_curves(run_dir(cfg))
-    assert_same_curves(curves, logs, tuple(logs))
+    assert_same_curves(curves, logs, tuple(logs), as_float32)
     # DMD's per-epoch edge weights (lists) are one curve per edge
     assert any(tag.startswith("student/edges_homo/") for tag in curves)
     assert any(tag.startswith("student/edges_hetero/") for tag in curves)

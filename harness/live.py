@@ -109,9 +109,17 @@ class TensorBoardLogger(LiveLogger):
         self.writer = SummaryWriter(log_dir=str(Path(run_folder) / TENSORBOARD_DIR))
 
     def log_config(self, config: dict, run_key: str) -> None:
+        from torch.utils.tensorboard.summary import hparams
         # Markdown: indented lines are shown as code in TensorBoard's text tab.
         yaml_lines = OmegaConf.to_yaml(OmegaConf.create(config)).splitlines()
         self.writer.add_text("config", f"run key {run_key}\n\n" + "\n".join("    " + line for line in yaml_lines))
+        # The HPARAMS tab: the session's start info only. Without an experiment summary TensorBoard builds the
+        # table from every run's start info and takes every scalar tag as a metric (last value), so runs of a
+        # sweep under results/ compare by config. (add_hparams would write a second run folder per call.)
+        values = {k: v if isinstance(v, (int, float, str)) else str(v)
+                  for k, v in flat_config(config).items() if v is not None}
+        _, session_start, _ = hparams({**values, "run_key": run_key}, {})
+        self.writer.file_writer.add_summary(session_start)
 
     def log_epoch(self, model: str, entry: dict[str, Any]) -> None:
         for field, value in epoch_scalars(entry).items():

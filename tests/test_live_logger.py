@@ -79,6 +79,16 @@ def tensorboard_curves(run_folder: Path) -> tuple[dict[str, dict[int, float]], d
     return curves, texts
 
 
+def tensorboard_hparams(run_folder: Path):
+    """The hparams (session start info) of the run's event files, as TensorBoard's HPARAMS tab reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+    acc = EventAccumulator(str(run_folder / "tensorboard"))
+    acc.Reload()
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG]
+    return plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+
+
 def mlflow_runs(run_folder: Path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store only when allowed
     from mlflow.tracking import MlflowClient
@@ -104,6 +114,10 @@ def test_tensorboard_curves_equal_the_record_logs_of_both_models(tiny_cfg):
     assert "student/val_ccc_mean" in curves and "teacher/train_loss" in curves
     config_text = texts["config/text_summary"]
     assert rec["run_key"] in config_text and "logger: tensorboard" in config_text and "lr: 0.002" in config_text
+    hparams = tensorboard_hparams(run_dir(cfg))
+    assert hparams["train.lr"].number_value == 0.002 and hparams["method.name"].string_value == "kd"
+    assert hparams["run_key"].string_value == rec["run_key"]
+    assert hparams["task.privileged"].string_value == "['physio']"  # a list, as its text
 
     # A second run reusing the stored teacher (not trained in it) still shows the teacher's curves.
     cfg2 = tiny_cfg("method=kd", "logger=tensorboard", NO_BOOTSTRAP, "method.temperature=2.0")

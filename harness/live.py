@@ -17,6 +17,7 @@ config error and no record.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,7 @@ class TensorBoardLogger(LiveLogger):
 class MlflowLogger(LiveLogger):
     kind = "mlflow"
 
-    def __init__(self, run_folder: Path, experiment: str, run_name: str):
+    def __init__(self, run_folder: Path, experiment: str, run_name: str, fresh: bool = True):
         from mlflow.tracking import MlflowClient
         # MLflow 3 keeps its file store (a folder, no server, no database: one per run folder) behind an opt-in;
         # setdefault leaves a user's explicit MLFLOW_ALLOW_FILE_STORE=false in force.
@@ -144,6 +145,9 @@ class MlflowLogger(LiveLogger):
         self.client = MlflowClient(tracking_uri=f"file:{Path(run_folder).resolve() / MLFLOW_DIR}")
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found is not None else self.client.create_experiment(experiment)
+        if fresh:  # runs of earlier attempts (see open_live_logger), deleted the MLflow way: hidden, not removed
+            for earlier in self.client.search_runs([experiment_id]):
+                self.client.delete_run(earlier.info.run_id)
         self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
 
     def log_config(self, config: dict, run_key: str) -> None:
@@ -168,15 +172,24 @@ class MlflowLogger(LiveLogger):
 
 
 def open_live_logger(cfg: DictConfig, run_folder: Path, run_key: str) -> LiveLogger:
-    """The run's logger (a no-op one for logger=none), its config already logged."""
+    """The run's logger (a no-op one for logger=none), its config already logged. Resuming from a checkpoint, a
+    TensorBoard run goes on in the same folder (a second event file); MLflow starts a second run in the store."""
     kind = str(OmegaConf.select(cfg, "logger", default="none"))
     if kind == "none":
         return LiveLogger()
     require_logger_library(kind)
+    run_folder = Path(run_folder)
+    # A run starting from scratch in a folder that has curves (a failed run retried, overwrite=true, a job killed
+    # without checkpoints): they are of an earlier attempt, which the record no longer describes, and go. A run
+    # resuming from a checkpoint keeps them: its log goes on from the earlier attempt's epochs.
+    fresh = not any(run_folder.glob("checkpoint_*.pt"))
     if kind == "tensorboard":
+        if fresh:
+            shutil.rmtree(run_folder / TENSORBOARD_DIR, ignore_errors=True)
         logger: LiveLogger = TensorBoardLogger(run_folder)
     else:
-        logger = MlflowLogger(run_folder, experiment=f"{cfg.task.name}/{cfg.method.name}", run_name=run_key)
+        logger = MlflowLogger(run_folder, experiment=f"{cfg.task.name}/{cfg.method.name}", run_name=run_key,
+                              fresh=fresh)
     try:
         logger.log_config(OmegaConf.to_container(cfg, resolve=True), run_key)
     except Exception:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import methods.kd
+import methods.student
 from harness.live import LOGGERS, LiveLogger, TensorBoardLogger
 from harness.records import config_id, read_record, run_dir, run_key
 from harness.runner import execute
@@ -209,6 +210,30 @@ def test_a_failed_run_closes_its_logger_and_leaves_other_records_intact(tiny_cfg
     assert set(curves["teacher/train_loss"]) == {0, 1, 2} and 0 in curves["student/val_ccc_mean"]
     assert (run_dir(done) / "record.json").read_bytes() == before
 
+    # Retried (no checkpoint: from scratch), the run's curves are those of the retry alone.
+    monkeypatch.undo()
+    assert execute(cfg)["status"] == "ok"
+    assert len(list((run_dir(cfg) / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    curves, _ = tensorboard_curves(run_dir(cfg))
+    assert_same_curves(curves, read_record(run_dir(cfg))["logs"], ("teacher", "student"), as_float32)
+
+
+@needs_tensorboard
+def test_a_run_resumed_from_its_checkpoint_keeps_the_curves_of_the_epochs_before(tiny_cfg, monkeypatch):
+    def boom(self, split):
+        raise RuntimeError("killed after training")
+
+    cfg = tiny_cfg("method=student", "logger=tensorboard", "train.checkpoint=true", NO_BOOTSTRAP)
+    monkeypatch.setattr(methods.student.Student, "predict", boom)
+    assert execute(cfg)["status"] == "failed"
+    assert (run_dir(cfg) / "checkpoint_student.pt").exists()
+    monkeypatch.undo()
+    rec = execute(cfg)  # resumes from the checkpoint of its last epoch: trains no further
+    assert rec["status"] == "ok"
+    assert len(list((run_dir(cfg) / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    curves, _ = tensorboard_curves(run_dir(cfg))
+    assert_same_curves(curves, read_record(run_dir(cfg))["logs"], ("student",), as_float32)
+
 
 @needs_mlflow
 def test_a_failed_run_marks_its_mlflow_run_failed(tiny_cfg, monkeypatch):
@@ -220,6 +245,11 @@ def test_a_failed_run_marks_its_mlflow_run_failed(tiny_cfg, monkeypatch):
     assert execute(cfg)["status"] == "failed"
     _, runs = mlflow_runs(run_dir(cfg), monkeypatch)
     assert [r.info.status for r in runs] == ["FAILED"]
+    monkeypatch.undo()
+    rec = execute(cfg)  # retried from scratch: the failed attempt's MLflow run is deleted
+    assert rec["status"] == "ok", rec.get("traceback")
+    _, runs = mlflow_runs(run_dir(cfg), monkeypatch)
+    assert [r.info.status for r in runs] == ["FINISHED"]
 
 
 @needs_tensorboard

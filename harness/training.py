@@ -227,6 +227,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     `config_key` is where train_cfg's values come from (DMD: method.training), for the record's `adjusted`.
     The selected state (best validation score; the last epoch under stop=budget) is restored at the end.
     Returns the per-epoch log, also stored in ctx.logs[name]; the summary goes to ctx.extra["training"][name].
+    Each log entry goes to the run's live logger (ctx.live: logger=tensorboard|mlflow) as soon as it is made.
     With train_cfg.checkpoint, the state after every epoch (weights, optimizer, scheduler, best state, log,
     stop reason, batch-order and global RNG states) goes to `checkpoint_path` (default:
     <run_dir>/checkpoint_<name>.pt) and a later call resumes from it: the result is the same as an

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from harness.data import Split, TaskSpec
+from harness.live import LiveLogger
 
 if TYPE_CHECKING:
     from harness.task import Task
@@ -40,6 +41,8 @@ class RunContext:
     extra: dict[str, Any] = field(default_factory=dict)
     # config values the run used other than asked, on purpose: the record's top-level `adjusted`
     adjusted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # live curves (root key `logger`): harness.training.fit hands it each epoch's log row; no-op by default
+    live: LiveLogger = field(default_factory=LiveLogger)
 
     def adjust(self, key: str, asked: Any, used: Any, why: str) -> None:
         """Record that config value `key` (dotted path) was used as `used` instead of `asked`, and why.

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import RECORD_SCHEMA_VERSION, __version__
 from harness.controls import apply_privileged_control, check_privileged_control
 from harness.data import FoldData
+from harness.live import LiveLogger, open_live_logger, require_logger_library
 from harness.method import Method, RunContext
 from harness.predictions import make_predictions, prediction_rows
 from harness.records import NON_SEMANTIC_KEYS, config_id, environment, read_record, run_dir, run_key, write_record
@@ -96,6 +97,8 @@ def prepare(cfg: DictConfig) -> Prepared:
     against the task's modalities; load the fold. A config or data mistake raises ConfigError or TaskError
     (one line) and nothing is written; the CLI turns it into exit status 2."""
     check_config(cfg)
+    # logger=tensorboard|mlflow without its package: a one-line config error, before any folder exists
+    require_logger_library(str(OmegaConf.select(cfg, "logger", default="none")))
     device = resolve_device(cfg.device)
     t = time.perf_counter()
     task = build_task(cfg)
@@ -183,6 +186,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
             ctx = RunContext(cfg=cfg, task=task, fold=int(cfg.fold), seed=int(cfg.seed), device=prep.device,
                              teachers=TeacherStore(Path(cfg.cache_dir) / "teachers"), run_dir=folder,
                              progress=bool(cfg.progress))
+            ctx.live = open_live_logger(cfg, folder, record["run_key"])
             seed_everything(derive_seed(cfg.seed, cfg.task.name, cfg.fold, cfg.method.name))
             method = method_cls(cfg.method, ctx)
             t = time.perf_counter()
@@ -215,6 +219,9 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
             record["status"] = "ok"
         except Exception as e:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
             failure = (e, traceback.format_exc())
+        finally:  # on failure and interruption too: the event file or MLflow run is complete and marked
+            if ctx is not None:
+                close_live_logger(ctx.live, "ok" if record["status"] == "ok" else "failed")
     # Config values used other than asked, on purpose (k capped at the batch size, a preset's values...).
     record["adjusted"] = ctx.adjusted if ctx is not None else {}
     if failure is not None:
@@ -227,6 +234,14 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
             raise error
     _finish(record, folder, predictions, timings, t_start)
     return record
+
+
+def close_live_logger(live: LiveLogger, status: str) -> None:
+    """Close the run's live logger; a failure to close only warns: the curves are a view, the record is the result."""
+    try:
+        live.close(status)
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: closing the {live.kind} logger failed: {type(e).__name__}: {e}")
 
 
 def _finish(record: dict, folder: Path, predictions, timings: dict, t_start: float) -> None:

@@ -238,6 +238,7 @@ ROOT: dict[str, Field] = {
     "cache_dir": str_(),
     "overwrite": bool_(),
     "progress": bool_(),
+    "logger": choice("none", "tensorboard", "mlflow"),  # harness/live.py LOGGERS (tests/test_live_logger.py)
     "stats.bootstrap_resamples": int_(ge=0),
     "teacher.modalities": choice("all", "privileged"),
     **{f"model.{k}": f for k, f in MODEL.items()},

@@ -200,6 +200,17 @@ def _summary(log: list[dict], best_epoch: int, stop_reason: str, opts: dict, acc
             "optimizer_steps": int(sum(e.get("optimizer_steps", 0) for e in log))}
 
 
+def adopt_stored_log(ctx: RunContext, name: str, meta: dict) -> None:
+    """A stored model's per-epoch log into the run's logs (ctx.logs[name]), unless `fit` trained it in this run
+    and put it there. Such a log (a model reused from the store, or trained by a loop of its own: PKDOT's T-Net)
+    never passed through `fit`: its rows go to the live logger now, so every log of the record has its curves."""
+    if name in ctx.logs:
+        return
+    ctx.logs[name] = meta.get("log", [])
+    for epoch, entry in enumerate(ctx.logs[name]):
+        ctx.live.log_epoch(name, {"epoch": epoch, **entry})  # the oldest stored logs may lack `epoch`
+
+
 def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[torch.Tensor, dict[str, float]]],
         predict_fn: Callable[[Batch], torch.Tensor] | None, train: Split, val: Split | None, ctx: RunContext,
         train_cfg: DictConfig | dict, params: list | None = None, checkpoint_path: Path | None = None,
@@ -216,6 +227,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     `config_key` is where train_cfg's values come from (DMD: method.training), for the record's `adjusted`.
     The selected state (best validation score; the last epoch under stop=budget) is restored at the end.
     Returns the per-epoch log, also stored in ctx.logs[name]; the summary goes to ctx.extra["training"][name].
+    Each log entry goes to the run's live logger (ctx.live: logger=tensorboard|mlflow) as soon as it is made.
     With train_cfg.checkpoint, the state after every epoch (weights, optimizer, scheduler, best state, log,
     stop reason, batch-order and global RNG states) goes to `checkpoint_path` (default:
     <run_dir>/checkpoint_<name>.pt) and a later call resumes from it: the result is the same as an
@@ -337,6 +349,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
             entry.update(epoch_hook(epoch, i + 1))
         entry["seconds"] = time.perf_counter() - t0
         log.append(entry)
+        ctx.live.log_epoch(name, entry)  # the row the record keeps, as it is made (logger=none: nothing)
         if bar is not None:
             post = {"loss": f"{entry.get('train_loss', float('nan')):.3f}"}
             if "loss" in val_fields:

@@ -47,7 +47,7 @@ from harness.data import Split, TargetSpec, TaskSpec
 from harness.method import Method, RunContext
 from harness.registry import register_method
 from harness.runner import derive_seed
-from harness.training import Batch, SplitTensors, fit
+from harness.training import Batch, SplitTensors, adopt_stored_log, fit
 from methods.blocks import Head, MultimodalNet, masked_mean, task_loss
 from methods.pkdot import (
     build_student,
@@ -167,7 +167,7 @@ def get_teacher_set(ctx: RunContext, cfg, teacher: MultimodalNet, train: Split, 
 
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
         ts, meta = ctx.teachers.get_or_train(stage1_key(ctx, cfg), build, train_fn, ctx.device)
-    ctx.logs.setdefault("mt_teachers", meta.get("log", []))
+    adopt_stored_log(ctx, "mt_teachers", meta)
     ctx.extra["mt_teachers"] = {"store_path": meta["store_path"], "reused": meta["reused"],
                                 "val_task_loss": meta.get("val_task_loss")}
     ctx.extra.setdefault("training", {})["mt_teachers"] = {**stored_training_summary(meta), "reused": meta["reused"]}

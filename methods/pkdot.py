@@ -64,7 +64,7 @@ from harness.method import Method, RunContext
 from harness.registry import TASKS, register_method
 from harness.runner import derive_seed
 from harness.schema import ConfigError
-from harness.training import Batch, SplitTensors, fit, predict_in_batches
+from harness.training import Batch, SplitTensors, adopt_stored_log, fit, predict_in_batches
 from methods.blocks import MultimodalNet, NetOutput, task_loss
 from methods.ot import sinkhorn_divergence
 from methods.teacher import build_net, get_teacher, teacher_key
@@ -312,7 +312,7 @@ def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: S
 
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
         tnet, meta = ctx.teachers.get_or_train(key, build, train_fn, ctx.device)
-    ctx.logs.setdefault("tnet", meta.get("log", []))
+    adopt_stored_log(ctx, "tnet", meta)
     ctx.extra["tnet"] = {"store_path": meta["store_path"], "reused": meta["reused"], "loss": tcfg.loss,
                          "val_before": meta.get("val_before"), "val_selected": meta.get("val_selected"),
                          "selected_epoch": meta.get("selected_epoch")}

@@ -18,7 +18,7 @@ from harness.method import Method, RunContext
 from harness.records import semantic_config
 from harness.registry import register_method
 from harness.runner import derive_seed
-from harness.training import Batch, SplitTensors, fit, predict_in_batches
+from harness.training import Batch, SplitTensors, adopt_stored_log, fit, predict_in_batches
 from methods.blocks import MultimodalNet, task_loss
 
 
@@ -120,7 +120,7 @@ def get_teacher(ctx: RunContext, train: Split, val: Split) -> tuple[MultimodalNe
     # The caller's random stream must not depend on whether the teacher was trained or loaded.
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
         net, meta = ctx.teachers.get_or_train(key, build, train_fn, ctx.device)
-    ctx.logs.setdefault("teacher", meta.get("log", []))
+    adopt_stored_log(ctx, "teacher", meta)
     ctx.extra["teacher"] = {"store_path": meta["store_path"], "reused": meta["reused"]}
     ctx.extra.setdefault("training", {})["teacher"] = {**stored_training_summary(meta), "reused": meta["reused"]}
     if meta["reused"]:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 # Config keys that do not change what a run computes: left out of its key.
 NON_SEMANTIC_KEYS = ("results_dir", "overwrite", "device", "progress", "cache_dir", "launcher", "train.checkpoint",
                      "task.data_root", "task.mimic_dir", "task.cache_dir", "task.feature_cache", "task.feature_cache_dir",
-                     "sweep_name", "stats", "logger")
+                     "sweep_name", "stats", "logger", "log_every")
 # Keys added after records existed, at the value that reproduces those records: left out of the key at that
 # value, so older records keep their run keys (resume finds them) and share leaderboard rows with new ones.
 KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "privileged",
@@ -179,3 +179,14 @@ def git_sha() -> str:
         return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def thin_log(rows: list[dict], every: int) -> list[dict]:
+    """Every `every`-th epoch of one model's log, plus its first, its selected and its last epoch (what a
+    reader checks: where it started, what was kept, where it stopped). every=1 keeps the log as it is."""
+    if every <= 1 or not rows:
+        return rows
+    last = len(rows) - 1
+    return [r for i, r in enumerate(rows)
+            if i == 0 or i == last or r.get("selected") or int(r.get("epoch", i)) % every == 0]
+

@@ -21,7 +21,7 @@ from harness.data import FoldData
 from harness.live import LiveLogger, open_live_logger, require_logger_library
 from harness.method import Method, RunContext
 from harness.predictions import make_predictions, prediction_rows
-from harness.records import NON_SEMANTIC_KEYS, config_id, environment, read_record, run_dir, run_key, write_record
+from harness.records import NON_SEMANTIC_KEYS, config_id, environment, read_record, run_dir, run_key, thin_log, write_record
 from harness.registry import METHODS, TASKS
 from harness.schema import ConfigError
 from harness.stale import check_data_unchanged, save_signature
@@ -214,7 +214,11 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
                 t = time.perf_counter()
                 record["metrics_ci"] = record_metrics_ci(cfg, task, test, predictions, n_resamples)
                 timings["bootstrap_s"] = time.perf_counter() - t
-            record["logs"] = ctx.logs
+            every = int(cfg.get("log_every", 1))
+            record["logs"] = {name: thin_log(rows, every) if isinstance(rows, list) else rows
+                              for name, rows in ctx.logs.items()}
+            if every > 1:
+                record["log_every"] = every
             record["extra"] = ctx.extra
             record["status"] = "ok"
         except Exception as e:  # noqa: BLE001 - a failed run is recorded, the sweep goes on

@@ -238,7 +238,8 @@ ROOT: dict[str, Field] = {
     "cache_dir": str_(),
     "overwrite": bool_(),
     "progress": bool_(),
-    "logger": choice("none", "tensorboard", "mlflow"),  # harness/live.py LOGGERS (tests/test_live_logger.py)
+    "logger": choice("none", "tensorboard", "mlflow"),
+    "log_every": int_(ge=1),  # harness/live.py LOGGERS (tests/test_live_logger.py)
     "stats.bootstrap_resamples": int_(ge=0),
     "teacher.modalities": choice("all", "privileged"),
     **{f"model.{k}": f for k, f in MODEL.items()},

@@ -165,3 +165,23 @@ def test_bootstrap_setting_checked_before_training_and_zero_turns_it_off(tiny_cf
     assert not run_dir(bad_cfg).exists()  # nothing was trained or written
     off = execute(tiny_cfg("method=student", "stats.bootstrap_resamples=0", "overwrite=true"))
     assert off["status"] == "ok" and "metrics_ci" not in off and "bootstrap_s" not in off["timings"]
+
+
+def test_log_every_thins_the_recorded_log_but_not_the_run(tiny_cfg):
+    """log_every=k keeps epochs 0, k, 2k, ..., the selected and the last of each model; same run key and
+    metrics as the full log (it is not part of what a run computes)."""
+    from harness.records import run_key, thin_log
+    full_cfg, thin_cfg = tiny_cfg("method=kd", "train.max_epochs=7"), tiny_cfg("method=kd", "train.max_epochs=7",
+                                                                                 "log_every=3")
+    assert run_key(full_cfg) == run_key(thin_cfg)
+    full = execute(full_cfg)
+    thin = execute(tiny_cfg("method=kd", "train.max_epochs=7", "log_every=3", "overwrite=true"))
+    assert thin["metrics"] == full["metrics"] and thin["log_every"] == 3 and "log_every" not in full
+    for model, rows in full["logs"].items():
+        last = len(rows) - 1
+        selected = [r["epoch"] for r in rows if r.get("selected")]
+        expected = sorted({0, last, *selected, *range(0, last + 1, 3)})
+        assert [r["epoch"] for r in thin["logs"][model]] == expected, model
+        assert thin["logs"][model] == [rows[e] | {"seconds": thin["logs"][model][i]["seconds"]}
+                                       for i, e in enumerate(expected)], model  # the same rows (but timings)
+    assert thin_log([{"epoch": 0}], 5) == [{"epoch": 0}] and thin_log([], 5) == []

@@ -236,6 +236,10 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
         if raise_errors:
             _finish(record, folder, None, timings, t_start)
             raise error
+    if predictions is not None and not cfg.get("save_predictions", True):
+        predictions = None  # the metrics, their CI and the logs are in the record; no per-sample file
+        record["predictions_saved"] = False
+        (folder / "predictions.csv").unlink(missing_ok=True)  # an earlier attempt's must not pass for this run's
     _finish(record, folder, predictions, timings, t_start)
     return record
 

@@ -239,7 +239,8 @@ ROOT: dict[str, Field] = {
     "overwrite": bool_(),
     "progress": bool_(),
     "logger": choice("none", "tensorboard", "mlflow"),
-    "log_every": int_(ge=1),  # harness/live.py LOGGERS (tests/test_live_logger.py)
+    "log_every": int_(ge=1),
+    "save_predictions": bool_(),  # harness/live.py LOGGERS (tests/test_live_logger.py)
     "stats.bootstrap_resamples": int_(ge=0),
     "teacher.modalities": choice("all", "privileged"),
     **{f"model.{k}": f for k, f in MODEL.items()},

@@ -185,3 +185,17 @@ def test_log_every_thins_the_recorded_log_but_not_the_run(tiny_cfg):
         assert thin["logs"][model] == [rows[e] | {"seconds": thin["logs"][model][i]["seconds"]}
                                        for i, e in enumerate(expected)], model  # the same rows (but timings)
     assert thin_log([{"epoch": 0}], 5) == [{"epoch": 0}] and thin_log([], 5) == []
+
+
+def test_save_predictions_false_writes_the_record_only_and_removes_an_earlier_file(tiny_cfg):
+    from harness.records import run_key
+    cfg = tiny_cfg("method=student")
+    full = execute(cfg)
+    folder = run_dir(cfg)
+    assert (folder / "predictions.csv").exists() and "predictions_saved" not in full
+    lean_cfg = tiny_cfg("method=student", "save_predictions=false", "overwrite=true")
+    assert run_key(lean_cfg) == run_key(cfg)
+    lean = execute(lean_cfg)
+    assert not (folder / "predictions.csv").exists() and lean["predictions_saved"] is False
+    assert lean["metrics"] == full["metrics"] and lean["metrics_ci"] == full["metrics_ci"]
+    assert read_record(folder)["metrics"] == full["metrics"]

@@ -48,7 +48,7 @@ zeroed / shuffled. The teacher is an upper bound: it sees the privileged modalit
 <p class="note source-{{ s.source }}">{{ s.source_note }}</p>
 {% if s.task_note %}<p>Note: {{ s.task_note }}</p>{% endif %}
 <p>{{ s.n_ok }} ok runs{% if s.n_failed %}, {{ s.n_failed }} failed (not averaged){% endif %} in {{ s.rows|length }}
-rows; primary metric <b>{{ s.primary }}</b> ({{ s.better }}); records' commits: {{ s.gits }}.</p>
+row{{ "s" if s.rows|length != 1 }}; primary metric <b>{{ s.primary }}</b> ({{ s.better }}); records' commits: {{ s.gits }}.</p>
 <table>
 <tr><th>row</th><th>role</th><th>{{ s.primary }} (mean ± std)</th><th>runs</th><th>failed</th>
 {% if s.has_student %}<th>Δ vs student [95% CI], paired t p</th>{% endif %}
@@ -64,8 +64,8 @@ rows; primary metric <b>{{ s.primary }}</b> ({{ s.better }}); records' commits: 
 {% else %}<p><em>No paired comparison with the student in this section{% if not s.has_student %} (no
 <code>student</code> run){% endif %}.</em></p>{% endif %}
 {% if s.strip %}<figure><img src="{{ s.strip }}" alt="{{ s.primary }} per run, {{ s.heading }}">
-<figcaption>Each run's {{ s.primary }} per row beside the student (lower bound) and teacher (upper bound)
-means.</figcaption></figure>{% endif %}
+<figcaption>Each run's {{ s.primary }} per row (one dot per seed × fold, the bar the row's mean); the dashed
+lines are the student's (lower bound) and teacher's (upper bound) means, where the section has them.</figcaption></figure>{% endif %}
 {% for m in s.methods %}
 <h3 id="{{ m.id }}">{{ m.label }} — training</h3>
 <p>{{ m.summary }}</p>

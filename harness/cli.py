@@ -94,8 +94,11 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_report(args) -> int:
+    import shlex
+
     from harness.report import ReportError, write_report  # matplotlib: only when a report is asked for
-    command = "harness report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else None
+
+    command = "harness report " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else None
     try:
         done = write_report(args.results, args.out, command=command)
     except ReportError as e:

@@ -23,21 +23,23 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REGRESSION, CLASSES = "valence/arousal regression", "5-class"
 
 
-def write(root: Path, method: str, seed: int, value: float, control: str | None = None,
-          variant: str = REGRESSION, epochs: int = 4, **extra) -> None:
+def write(root: Path, method: str, seed: int, value: float | None, control: str | None = None,
+          variant: str = REGRESSION, epochs: int = 4, error: str | None = None, **extra) -> None:
     """A record like tests/test_leaderboard.py's `write`, with a training log of the evaluated model."""
     method_cfg = {"name": method, **({"privileged_control": control} if control else {})}
     config = {"method": method_cfg, "task": {"name": "synthetic", "variant": variant}, "seed": seed, "fold": 0}
     cid = stable_hash(semantic_config(config, also_drop=("seed", "fold")), n=8)
     bound = {"student": "lower_bound", "teacher": "upper_bound"}.get(method, "")
     log = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_ccc_mean": value * e / epochs,
-            "selected": e == epochs - 2} for e in range(epochs)]
+            "selected": e == epochs - 2} for e in range(epochs)] if error is None else []
     rec = {"schema_version": 1, "run_key": f"f0-s{seed}-{cid}", "config_id": cid, "method": method,
            "task": "synthetic", "task_variant": variant, "fold": 0, "seed": seed, "status": "ok", "bound": bound,
            "primary_metric": "ccc_mean", "data_source": "synthetic", "config": config, "git": "abc123",
            "overrides": [f"method.privileged_control={control}"] if control else [],
-           "metrics": {"ccc_mean": value, "mae_mean": 1 - value},
+           "metrics": {"ccc_mean": value, "mae_mean": 1 - value} if error is None else {},
            "logs": {"teacher" if method == "teacher" else "student": log}, "extra": extra}
+    if error is not None:
+        rec.update(status="failed", error=error)
     d = root / "synthetic" / method / rec["run_key"]
     d.mkdir(parents=True)
     (d / "record.json").write_text(json.dumps(rec))
@@ -45,7 +47,7 @@ def write(root: Path, method: str, seed: int, value: float, control: str | None 
 
 def hand_made(root: Path) -> Path:
     """Regression: student, kd, kd · PI zeros, dmd (two edges), mtpkdot, teacher over 5 seeds.
-    5-class: kd only, so that section has no pairs."""
+    5-class: kd only, so that section has no pairs. A failed kd run in each; a section of one failed run."""
     rng = np.random.default_rng(0)
     edges = {"edges": ["audio->visual", "physio->visual"], "nodes": ["visual", "audio", "physio"],
              "homo": {"prior": [0.5, 0.5], "per_epoch": [[0.5, 0.5], [0.6, 0.4], [0.7, 0.3], [0.7, 0.3]]},
@@ -62,6 +64,9 @@ def hand_made(root: Path) -> Path:
         write(root, "mtpkdot", seed, base - 0.01, teacher_choice=choice)
         write(root, "teacher", seed, 0.8 + 0.02 * rng.standard_normal())
         write(root, "kd", seed, 0.4, variant=CLASSES)
+    write(root, "kd", 9, None, error="RuntimeError: out of memory")
+    write(root, "kd", 9, None, variant=CLASSES, error="RuntimeError: out of memory")
+    write(root, "kd", 0, None, variant="binary", error="ValueError: boom")
     return root
 
 
@@ -114,24 +119,25 @@ def test_strip_columns_are_the_runs_metrics(hand_report):
     layout = next(lay for lay in section_layouts(summarise(runs), compare(runs)) if lay.section[1] == REGRESSION)
     sec = runs[runs.variant == REGRESSION]
     for col in strip_columns(layout, sec):
-        mine = sec[(sec.method == col.method) & (sec.control == col.control)]
+        mine = sec[(sec.method == col.method) & (sec.control == col.control) & (sec.status == "ok")]
         assert sorted(col.values) == sorted(mine["m:ccc_mean"]) and col.mean == pytest.approx(np.mean(col.values))
 
 
 def test_page_names_every_section_row_and_figure(hand_report):
-    root, out = hand_report
+    _, out = hand_report
     html = (out / "index.html").read_text()
     assert "synthetic — valence/arousal regression — synthetic data" in html
     assert "synthetic — 5-class — synthetic data" in html
     for label in ("student", "kd", "kd · PI zeros", "dmd", "mtpkdot", "teacher"):
         assert f"<td>{label}</td>" in html and f"{label} — training" in html
-    assert "abc123" in html and "harness report --results" in html and "30 ok runs" in html
+    assert "abc123" in html and "harness report --results" in html and "30 ok runs, 1 failed" in html
+    assert "kd: f0-s9-" in html and "RuntimeError: out of memory" in html
     assert "<script" not in html
     names = set(img_sources(out / "index.html"))
     # one training-curve figure per row per section: 6 regression rows, 1 classification row
-    assert sum(n.startswith("s2-") and n.endswith("-curves.png") for n in names) == 6
+    assert sum(n.startswith("s3-") and n.endswith("-curves.png") for n in names) == 6
     assert sum(n.startswith("s1-") and n.endswith("-curves.png") for n in names) == 1
-    assert {"s2-forest.png", "s2-strip.png"} <= names
+    assert {"s3-forest.png", "s3-strip.png"} <= names
     assert any(n.endswith("-dmd-edges.png") for n in names) and any(n.endswith("-teacher-choice.png") for n in names)
     assert_images_load(out)
 
@@ -142,6 +148,14 @@ def test_a_section_without_pairs_renders_without_a_forest_plot(hand_report):
     first = html.split('<section id="s1">')[1].split("</section>")[0]
     assert "5-class" in first and "No paired comparison with the student" in first
     assert not (out / "s1-forest.png").exists() and (out / "s1-strip.png").exists()
+
+
+def test_a_section_of_failed_runs_only_renders(hand_report):
+    _, out = hand_report
+    html = (out / "index.html").read_text()
+    binary = html.split('<section id="s2">')[1].split("</section>")[0]
+    assert "synthetic — binary — synthetic data" in binary and "ValueError: boom" in binary
+    assert "0 ok runs, 1 failed" in binary and not list(out.glob("s2-*.png"))
 
 
 def test_cli_replaces_a_report_but_not_another_folder(tmp_path, hand_report):

@@ -113,6 +113,8 @@ def _section(sid: str, layout: SectionLayout, runs: pd.DataFrame, records: dict,
     for (method, cid), rows in layout.rows:
         mine = runs[(runs.method == method) & (runs.config_id == cid) & (runs.status == "ok")]
         context["methods"].append(_method(sid, rows.iloc[0], [records[d] for d in mine.dir], primary, out))
+    context["failures"] = [f"{r.label}: {r.failed_runs}" for _, rows in layout.rows
+                           if (r := rows.iloc[0]).n_failed]
     return context
 
 
@@ -136,9 +138,9 @@ def _table_row(layout: SectionLayout, key: tuple, rows: pd.DataFrame) -> dict:
 
 
 def _forest_caption(points: list[data.ForestPoint]) -> str:
-    parts = ["Mean paired difference from the student per row with its 95 % t interval (compare()'s numbers, as in "
-             "the table above); hollow points and dashed intervals are the privileged-information controls, "
-             "drawn under their method."]
+    parts = [("Mean paired difference from the student per row with its 95 % t interval (compare()'s numbers, as "
+              "in the table above); hollow points and dashed intervals are the privileged-information controls, "
+              "drawn under their method.")]
     for p in points:
         if p.bound == "upper_bound" and p.n >= 1:  # left out of the plot, which its Δ would squeeze
             interval = f" [{p.ci_low:+.3f}, {p.ci_high:+.3f}]" if not math.isnan(p.ci_low) else ""
@@ -177,4 +179,6 @@ def _method(sid: str, first: pd.Series, recs: list[dict], primary: str | None, o
     summary = (f"{len(recs)} ok runs; {len(curves)} with a training log of the {model}"
                + (f"; selected epochs {', '.join(map(str, selected))}" if selected else "")
                + (f"; stop reasons: {', '.join(f'{k} ({n})' for k, n in stops.items())}" if curves else "") + ".")
+    if first.n_flagged:  # the leaderboard's own flag (harness/leaderboard.py _flags), not recomputed
+        summary += f" Possibly undertrained, {int(first.n_flagged)} of {int(first.n_runs)}: {first.flagged_runs}."
     return {"id": stem, "label": label, "summary": summary, "figures": figs}

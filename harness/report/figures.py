@@ -8,12 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display, no GUI toolkit
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-from harness.metrics import higher_is_better  # noqa: E402
-from harness.report.data import Curve, ForestPoint, StripColumn  # noqa: E402
+from harness.metrics import higher_is_better
+from harness.report.data import Curve, ForestPoint, StripColumn
 
 DPI = 100
 LOWER, UPPER = "#1f77b4", "#d62728"  # student (lower bound) and teacher (upper bound), in every figure

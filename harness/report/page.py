@@ -59,6 +59,8 @@ row{{ "s" if s.rows|length != 1 }}; primary metric <b>{{ s.primary }}</b> ({{ s.
 {% for c in r.vs_controls %}<td class="num">{{ c }}</td>{% endfor %}</tr>
 {% endfor %}
 </table>
+{% if s.failures %}<p>Failed runs (counted, never averaged):</p>
+<ul>{% for f in s.failures %}<li>{{ f }}</li>{% endfor %}</ul>{% endif %}
 {% if s.forest %}<figure><img src="{{ s.forest }}" alt="forest plot: paired difference from the student, {{ s.heading }}">
 <figcaption>{{ s.forest_caption }}</figcaption></figure>
 {% else %}<p><em>No paired comparison with the student in this section{% if not s.has_student %} (no

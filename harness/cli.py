@@ -1,4 +1,4 @@
-"""`harness`: run, sweep, list, leaderboard, data.
+"""`harness`: run, sweep, list, leaderboard, report, data.
 
   harness run method=kd task=synthetic              one run (Hydra-style overrides)
   harness run -m method=student,kd seed=0,1,2       a sweep (cartesian product), resumable
@@ -7,6 +7,7 @@
   harness list                                      registered methods and tasks
   harness leaderboard                               leaderboard.md + leaderboard.csv from results/
   harness leaderboard --latex leaderboard.tex       ... and the same tables as booktabs LaTeX
+  harness report --results results --out report/    one static HTML page with figures (report/index.html)
   harness data mimic task=biovid out=DIR            write a mimic dataset in the real on-disk format
 """
 
@@ -95,6 +96,21 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    import shlex
+
+    from harness.report import ReportError, write_report  # matplotlib: only when a report is asked for
+
+    command = "harness report " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else None
+    try:
+        done = write_report(args.results, args.out, command=command)
+    except ReportError as e:
+        return _fail(str(e))
+    print(f"wrote {done.index} ({done.n_sections} sections, {done.n_figures} figures) from {done.n_records} "
+          f"records under {args.results}/")
+    return 0
+
+
 def cmd_status(args) -> int:
     from harness.sweeps import count, find_manifest, read_manifests, run_states, scheduler_states
 
@@ -169,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="error (exit 2) when runs of one task variant read different data files, instead of "
                          "separate sections")
     lb.set_defaults(fn=cmd_leaderboard)
+    rp = sub.add_parser("report", help="write a static HTML report (index.html + PNG figures) from the records")
+    rp.add_argument("--results", default="results")
+    rp.add_argument("--out", default="report", help="output folder, replaced as a whole (default: report)")
+    rp.set_defaults(fn=cmd_report)
     st = sub.add_parser("status", help="each sweep's runs: pending / running / done / failed, with errors and logs")
     st.add_argument("--results", default="results", help="the results_dir the sweeps wrote to")
     st.add_argument("--sweep", help="one sweep (its id or a unique prefix) in full; default: the latest in full")

@@ -74,8 +74,9 @@ def build(results_dir: Path, out: Path, command: str) -> dict:
     sections = []
     if not summary.empty:
         for i, layout in enumerate(section_layouts(summary, comparisons)):
-            task, variant, source = layout.section
-            sec_runs = runs[(runs.task == task) & (runs.variant == variant) & (runs.data_source == source)]
+            task, variant, source, data_version = layout.section
+            sec_runs = runs[(runs.task == task) & (runs.variant == variant) & (runs.data_source == source)
+                            & (runs.data == data_version)]
             sections.append(_section(f"s{i + 1}", layout, sec_runs, records, out))
     statuses = Counter(r.get("status") for r in records.values())
     return {"command": command, "results_dir": str(results_dir), "generator_git": git_sha(),
@@ -90,12 +91,13 @@ def _slug(text: str) -> str:
 
 
 def _section(sid: str, layout: SectionLayout, runs: pd.DataFrame, records: dict, out: Path) -> dict:
-    task, variant, source = layout.section
+    task, variant, source, data_version = layout.section
     primary = layout.primary
     order = sorted({method for (method, _), _ in layout.rows})  # alphabetical: a method keeps its colour across sections
     points = data.forest_points(layout)
     cmp = layout.comparisons
-    context = {"id": sid, "heading": f"{task}" + (f" — {variant}" if variant else "") + f" — {source} data",
+    context = {"id": sid, "heading": f"{task}" + (f" — {variant}" if variant else "") + f" — {source} data"
+               + (f" — data files {data_version}" if data_version else ""),
                "source": source, "source_note": SOURCE_NOTE.get(source, source), "task_note": task_note(task),
                "primary": primary or "n/a", "better": _better(primary), "controls": layout.controls,
                "has_student": bool((cmp.reference == REFERENCE).any()) or any(m == REFERENCE for m in order),

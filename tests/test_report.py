@@ -196,7 +196,7 @@ def test_committed_results_report(committed_report):
     html = (committed_report / "index.html").read_text()
     runs = collect(ROOT / "results")
     for layout in section_layouts(summarise(runs), compare(runs)):
-        task, variant, source = layout.section
+        task, variant, source, _ = layout.section
         assert f"{task} — {variant} — {source} data" in html
         for _, rows in layout.rows:
             assert f"{rows.iloc[0].label} — training" in html

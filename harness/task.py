@@ -17,14 +17,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from harness.data import FoldData, Split, TaskSpec
+from harness.errors import TaskError  # defined there so that the CLI catches it without importing pandas
 from harness.metrics import higher_is_better, score_columns
 from harness.predictions import columns_by_dim
 
 DATA_SOURCES = ("real", "mimic", "synthetic")
-
-
-class TaskError(ValueError):
-    """Bad task input (missing files, wrong format...). The message names the file, the field and the fix."""
 
 
 class Task:

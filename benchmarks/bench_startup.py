@@ -71,7 +71,7 @@ runpy.run_module("harness", run_name="__main__", alter_sys=True)
 def timed_process(argv: list[str], must_print: str | None = None) -> float:
     """Wall seconds of one child process, from spawn to exit (its CPU time goes to RUSAGE_CHILDREN)."""
     t = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
     if proc.returncode != 0 or (must_print and must_print not in proc.stdout):
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -94,7 +94,8 @@ def measure(argv: list[str], repeats: int, must_print: str | None = None) -> dic
 
 def importtime_offenders(args: list[str], top: int = 15) -> list[tuple[str, int, int]]:
     """The `top` largest (module, self µs, cumulative µs) of `python -X importtime -m harness ARGS`."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness", *args], capture_output=True, text=True,
+                          check=False)
     rows = []
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:

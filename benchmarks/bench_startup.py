@@ -68,10 +68,10 @@ runpy.run_module("harness", run_name="__main__", alter_sys=True)
 """
 
 
-def timed_process(argv: list[str], must_print: str | None = None) -> float:
+def timed_process(argv: list[str], cwd: str, must_print: str | None = None) -> float:
     """Wall seconds of one child process, from spawn to exit (its CPU time goes to RUSAGE_CHILDREN)."""
     t = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
     if proc.returncode != 0 or (must_print and must_print not in proc.stdout):
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -83,19 +83,19 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def measure(argv: list[str], repeats: int, must_print: str | None = None) -> dict:
+def measure(argv: list[str], cwd: str, repeats: int, must_print: str | None = None) -> dict:
     walls, cpus = [], []
     for _ in range(repeats):
         c = children_cpu()
-        walls.append(timed_process(argv, must_print))
+        walls.append(timed_process(argv, cwd, must_print))
         cpus.append(children_cpu() - c)
     return {"median_s": statistics.median(walls), "min_s": min(walls), "cpu_s": statistics.median(cpus)}
 
 
-def importtime_offenders(args: list[str], top: int = 15) -> list[tuple[str, int, int]]:
+def importtime_offenders(args: list[str], cwd: str, top: int = 15) -> list[tuple[str, int, int]]:
     """The `top` largest (module, self µs, cumulative µs) of `python -X importtime -m harness ARGS`."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness", *args], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness", *args], cwd=cwd, capture_output=True,
+                          text=True, check=False)
     rows = []
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
@@ -113,7 +113,14 @@ def main() -> None:
     args = ap.parse_args()
 
     harness = [sys.executable, "-m", "harness"]
+    if os.environ.get("PYTHONPATH"):  # absolute: the children run elsewhere
+        os.environ["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in
+                                                   os.environ["PYTHONPATH"].split(os.pathsep) if p)
+    # The children run in an empty folder: `python -m` puts the working directory first on sys.path, and a
+    # checkout there would be imported instead of the one on PYTHONPATH.
     with tempfile.TemporaryDirectory() as tmp:
+        imported_from = subprocess.run([sys.executable, "-c", "import harness; print(harness.__file__)"], cwd=tmp,
+                                       capture_output=True, text=True, check=True).stdout.strip()
         empty_results = Path(tmp) / "results"
         empty_results.mkdir()
         run = [f"results_dir={tmp}/run", f"cache_dir={tmp}/cache", "progress=false", "overwrite=true",
@@ -125,7 +132,8 @@ def main() -> None:
             "harness run: first training step": ([sys.executable, "-c", FIRST_STEP_CHILD, "run", "method=student",
                                                   "task=synthetic", *run], FIRST_STEP_MARKER),
         }
-        results = {name: measure(argv, args.repeats, marker) for name, (argv, marker) in commands.items()}
+        results = {name: measure(argv, tmp, args.repeats, marker) for name, (argv, marker) in commands.items()}
+        offenders = {" ".join(a): importtime_offenders(a, tmp) for a in (["--help"], ["list"])}
 
     baseline = json.loads(args.baseline.read_text()) if args.baseline else {}
     headers = ["command", f"median s ({args.repeats} runs)", "min s", "CPU s (median)"]
@@ -138,15 +146,15 @@ def main() -> None:
             b = baseline.get("results", {}).get(name)
             row.append(f"{b['median_s'] / r['median_s']:.1f}x" if b else "")
         rows.append(row)
-    print(f"harness from {os.environ.get('PYTHONPATH') or '(installed)'}; load average "
+    print(f"harness from {Path(imported_from).parent}; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(tabulate(rows, headers=headers, tablefmt="simple"))
-    for args_ in (["--help"], ["list"]):
-        print(f"\nlargest imports of `harness {' '.join(args_)}` (-X importtime, cumulative):")
-        print(tabulate([(n, f"{s / 1000:.1f}", f"{c / 1000:.1f}") for n, s, c in importtime_offenders(args_)],
+    for command, rows_ in offenders.items():
+        print(f"\nlargest imports of `harness {command}` (-X importtime, cumulative):")
+        print(tabulate([(n, f"{s / 1000:.1f}", f"{c / 1000:.1f}") for n, s, c in rows_],
                        headers=["module", "self ms", "cumulative ms"], tablefmt="simple"))
     if args.json:
-        args.json.write_text(json.dumps({"pythonpath": os.environ.get("PYTHONPATH"), "repeats": args.repeats,
+        args.json.write_text(json.dumps({"harness": imported_from, "repeats": args.repeats,
                                          "results": results}, indent=1))
 
 

@@ -1,8 +1,8 @@
 """The Task contract: files (or a generator) in, folds of `Split`s out, predictions scored.
 
 A task class is registered with `@register_task`, has a Hydra config `harness/conf/task/<name>.yaml`
-(its `task.*` keys) and lives in `tasks/<name>.py` with its loader, mimic writer, splits, metrics
-and published reference numbers.
+(its `task.*` keys), lives in `tasks/<name>.py` with its loader, mimic writer, splits, metrics
+and published reference numbers, and has its line in the catalogue of tasks/__init__.py.
 """
 
 from __future__ import annotations

@@ -19,9 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.errors import TaskError
+from harness.errors import ConfigError, TaskError
 from harness.registry import METHODS, TASKS, UnknownNameError
-from harness.schema import ConfigError
 
 USAGE_EXIT = 2
 

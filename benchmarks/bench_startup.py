@@ -144,7 +144,7 @@ def main() -> None:
         row = [name, f"{r['median_s']:.3f}", f"{r['min_s']:.3f}", f"{r['cpu_s']:.3f}"]
         if baseline:
             b = baseline.get("results", {}).get(name)
-            row.append(f"{b['median_s'] / r['median_s']:.1f}x" if b else "")
+            row.append(f"{b['median_s'] / r['median_s']:.2g}x" if b else "")
         rows.append(row)
     print(f"harness from {Path(imported_from).parent}; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

@@ -1,7 +1,8 @@
 """The Method contract and the context a run hands to it.
 
 A method is registered with `@register_method`, has a Hydra config `harness/conf/method/<name>.yaml`
-(its `method.*` keys, the typed defaults) and lives in `methods/<name>.py`. It trains whatever it
+(its `method.*` keys, the typed defaults), lives in `methods/<name>.py` and has its line in the catalogue of
+methods/__init__.py (what `harness list` shows without importing it). It trains whatever it
 needs in `fit` (teachers come from `ctx.teachers`, trained once per (task, fold, seed, teacher
 config)) and predicts from the student's modalities only: the runner hands `predict` a test split
 without the privileged modalities unless the method is an upper bound (`uses_privileged_at_test`).

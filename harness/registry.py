@@ -1,15 +1,19 @@
-"""Decorator registries for methods and tasks, with "did you mean" errors.
+"""Registries of methods and tasks by name, with "did you mean" errors; a module is imported when its name is used.
 
-Registration happens when the module defining the class is imported; `load_all()` imports every
-module of the `methods` and `tasks` packages so the registries are complete.
+Each package lists what it registers in its `CATALOGUE` (methods/__init__.py, tasks/__init__.py): name -> the
+module that registers it, its one-line description and (methods) its bound. `harness list`, the names and the
+unknown-name errors read the catalogue only; `get(name)` imports that one module, whose `@register_method` /
+`@register_task` class then registers itself (and must agree with its catalogue entry). So a run imports the
+method and task it uses, not every method and task. `load_all()` imports every module of both packages.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import pkgutil
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
@@ -31,10 +35,22 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     return f"unknown {kind} '{name}';{hint} (known: {', '.join(sorted(known))})"
 
 
+class Listed(NamedTuple):
+    """A catalogue entry: the module that registers the name, and what `harness list` shows of it."""
+    module: str
+    description: str
+    bound: str = ""  # methods: "lower_bound", "upper_bound" or "" (the class's `bound`)
+
+
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, package: str):
         self.kind = kind
-        self._items: dict[str, type[T]] = {}
+        self.package = package  # whose CATALOGUE lists the names
+        self._items: dict[str, type[T]] = {}  # the registered (imported) classes
+
+    @functools.cached_property
+    def catalogue(self) -> dict[str, Listed]:
+        return importlib.import_module(self.package).CATALOGUE
 
     def register(self, cls: type[T]) -> type[T]:
         name = getattr(cls, "name", None)
@@ -42,27 +58,45 @@ class Registry(Generic[T]):
             raise TypeError(f"{cls.__qualname__} needs a class attribute `name` to be registered")
         if name in self._items and self._items[name] is not cls:
             raise ValueError(f"{self.kind} '{name}' registered twice: {self._items[name]} and {cls}")
+        listed = self.catalogue.get(name)
+        if listed is not None and listed != Listed(cls.__module__, cls.description, getattr(cls, "bound", "")):
+            raise TypeError(f"{self.kind} '{name}' ({cls.__module__}.{cls.__qualname__}): its module, description or "
+                            f"bound differ from its entry in {self.package}/__init__.py CATALOGUE {listed}; keep the "
+                            f"two the same (`harness list` reads the catalogue without importing the module)")
         self._items[name] = cls
         return cls
 
     def get(self, name: str) -> type[T]:
-        load_all()
+        if name not in self._items and name in self.catalogue:
+            importlib.import_module(self.catalogue[name].module)  # registers it
+            if name not in self._items:
+                raise LookupError(f"{self.package}/__init__.py CATALOGUE says {self.catalogue[name].module} registers "
+                                  f"{self.kind} '{name}', but importing it did not")
         try:
             return self._items[name]
         except KeyError:
-            raise UnknownNameError(self.kind, name, list(self._items)) from None
+            raise UnknownNameError(self.kind, name, self.names()) from None
 
     def names(self) -> list[str]:
-        load_all()
-        return sorted(self._items)
+        return sorted(self.catalogue.keys() | self._items.keys())
 
     def items(self) -> list[tuple[str, type[T]]]:
-        load_all()
-        return sorted(self._items.items())
+        """Every (name, class), sorted: imports every listed module."""
+        return [(name, self.get(name)) for name in self.names()]
 
+    def listing(self) -> list[tuple[str, str, str]]:
+        """(name, description, bound) of every name, sorted, from the catalogue: no module is imported."""
+        rows = []
+        for name in self.names():
+            listed = self.catalogue.get(name)
+            if listed is None:  # a class registered from outside the package's catalogue
+                cls = self._items[name]
+                listed = Listed(cls.__module__, cls.description, getattr(cls, "bound", ""))
+            rows.append((name, listed.description, listed.bound))
+        return rows
 
-METHODS: Registry = Registry("method")
-TASKS: Registry = Registry("task")
+METHODS: Registry = Registry("method", "methods")
+TASKS: Registry = Registry("task", "tasks")
 
 _loaded = False
 

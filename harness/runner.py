@@ -132,7 +132,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
     task's files changed since, StaleDataError (harness/stale.py). A config or data mistake (ConfigError,
     TaskError from `prepare`) is raised before the run's folder is made: no record. A run that raises
     after that writes a failed record carrying the error text (and re-raises only with raise_errors).
-    `launch` (sweep id, job id, requeue count... from harness/launch.py) is stored in the record as is.
+    `launch` (sweep id, job id, requeue count... from harness/jobs.py) is stored in the record as is.
     """
     folder = run_dir(cfg)
     existing = read_record(folder)

@@ -21,13 +21,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-
-class ConfigError(ValueError):
-    """A bad command line or config: the message says what to change, one line per problem (`lines`)."""
-
-    def __init__(self, message: str, lines: list[str] | None = None):
-        super().__init__(message)
-        self.lines = lines or [message]
+from harness.errors import ConfigError  # noqa: F401 - imported from here by the modules that raise it
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from typing import Callable, Hashable, Mapping
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
-from statsmodels.stats.multitest import multipletests
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
@@ -125,6 +124,9 @@ def paired_test(deltas: np.ndarray | list[float], confidence: float = CONFIDENCE
 
 def holm(pvalues: list[float] | np.ndarray, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
     """Holm-adjusted p-values and rejections at alpha; nan p-values (no test) stay nan and are not counted."""
+    # statsmodels only here: the leaderboard corrects, a run (metric_ci) does not import it
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(pvalues, np.float64)
     adjusted = np.full(p.shape, np.nan)
     reject = np.zeros(p.shape, bool)

@@ -1,8 +1,8 @@
 """The Task contract: files (or a generator) in, folds of `Split`s out, predictions scored.
 
 A task class is registered with `@register_task`, has a Hydra config `harness/conf/task/<name>.yaml`
-(its `task.*` keys) and lives in `tasks/<name>.py` with its loader, mimic writer, splits, metrics
-and published reference numbers.
+(its `task.*` keys), lives in `tasks/<name>.py` with its loader, mimic writer, splits, metrics
+and published reference numbers, and has its line in the catalogue of tasks/__init__.py.
 """
 
 from __future__ import annotations
@@ -17,14 +17,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from harness.data import FoldData, Split, TaskSpec
+from harness.errors import TaskError  # defined there so that the CLI catches it without importing pandas
 from harness.metrics import higher_is_better, score_columns
 from harness.predictions import columns_by_dim
 
 DATA_SOURCES = ("real", "mimic", "synthetic")
-
-
-class TaskError(ValueError):
-    """Bad task input (missing files, wrong format...). The message names the file, the field and the fix."""
 
 
 class Task:

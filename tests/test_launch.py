@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 import harness.training
 from harness.cli import main
 from harness.config import Composer, ConfigError, compose_one, expand
-from harness.launch import LaunchError, RunFailed, RunJob, check_launcher
+from harness.jobs import RunFailed, RunJob, check_launcher
+from harness.launch import LaunchError
 from harness.leaderboard import collect
 from harness.records import iter_records, read_record, run_dir
 from harness.runner import execute
@@ -88,15 +89,15 @@ def test_check_launcher_rejects_what_cannot_work(monkeypatch):
         ("launcher.timeout_min=2 is too short for launcher.signal_delay_s=120: the checkpoint signal would come "
          "before the run starts; use launcher.timeout_min >= 4 or lower launcher.signal_delay_s")]
     assert problems(compose_one(["launcher=slurm_cpu", "launcher.timeout_min=4"])) == []
-    monkeypatch.setattr("harness.launch.shutil.which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr("harness.jobs.shutil.which", lambda name: f"/usr/bin/{name}")
     check_launcher(compose_one(["launcher=slurm_cpu"]).launcher)
-    monkeypatch.setattr("harness.launch.shutil.which", lambda name: None)
+    monkeypatch.setattr("harness.jobs.shutil.which", lambda name: None)
     with pytest.raises(LaunchError, match="needs SLURM"):
         check_launcher(compose_one(["launcher=slurm_cpu"]).launcher)
 
 
 def test_cli_reports_a_missing_slurm_in_one_line(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr("harness.launch.shutil.which", lambda name: None)
+    monkeypatch.setattr("harness.jobs.shutil.which", lambda name: None)
     code = main(["run", "-m", "method=student", "seed=0,1", "hydra/launcher=slurm", f"results_dir={tmp_path}"])
     assert code == 2
     assert "needs SLURM" in capsys.readouterr().err

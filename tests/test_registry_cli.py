@@ -57,3 +57,22 @@ def test_expand_is_the_cartesian_product_in_order():
 
 def test_hydra_launcher_alias_is_accepted():
     assert expand(["hydra/launcher=inprocess"], multirun=False) == [["launcher=inprocess"]]
+
+
+def test_catalogue_lists_every_registered_class_as_it_is():
+    """`harness list` and the name checks read the packages' CATALOGUE without importing the modules: it must
+    list every class they register, with its module, description and bound (register() checks each one)."""
+    from harness.registry import load_all
+    load_all()
+    for registry in (METHODS, TASKS):
+        assert set(registry._items) == set(registry.catalogue), f"{registry.package}/__init__.py CATALOGUE"
+
+
+def test_a_class_that_disagrees_with_its_catalogue_entry_is_refused():
+    from harness.registry import Registry
+
+    class Impostor:
+        name, description, bound = "kd", "not what the catalogue says", ""
+
+    with pytest.raises(TypeError, match="CATALOGUE"):
+        Registry("method", "methods").register(Impostor)

@@ -1,0 +1,270 @@
+"""The job side of the submitit launchers (`slurm`, `slurm_cpu`, `local`; harness/launch.py describes them):
+submission of a sweep as one job array or local workers, its manifest, and RunJob, what each job runs.
+
+Its own module so that a run in this process (launcher=inprocess) never imports submitit: harness/launch.py
+imports this module when it submits jobs, and still answers for `harness.launch.RunJob` (earlier pickles).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import submitit
+from omegaconf import DictConfig, OmegaConf
+
+from harness.launch import SUBMITIT_EXECUTORS, LaunchError, PlannedRun, clear_checkpoints, runs_to_do
+from harness.records import run_dir
+from harness.runner import execute
+from harness.schema import ConfigError
+from harness.sweeps import in_flight, new_sweep_id, sweeps_dir, write_manifest
+from harness.task import TaskError
+
+
+class RunFailed(RuntimeError):
+    """Raised by a job whose run(s) wrote a failed record, so that the job itself fails."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What runs inside a job
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """The callable a submitit job runs: its run(s), one after the other (one run per SLURM array task).
+
+    A submitit Checkpointable: on SIGUSR2 (preemption, or the time limit coming) submitit calls
+    checkpoint(), pickles the returned call and requeues the job; the requeued job calls this object
+    again and each run resumes from its own last per-epoch checkpoint through the training loop.
+    """
+
+    def __init__(self, runs: list[dict], sweep_id: str, launcher: str, threads: int = 0):
+        self.runs = runs  # [{"config": resolved config as a dict, "overrides": [...], "run_dir": str}]
+        self.sweep_id = sweep_id
+        self.launcher = launcher
+        self.threads = threads
+        self.requeues = 0            # times this job was checkpointed and requeued
+        self.started: list[int] = []  # runs this job has begun (overwrite=true clears checkpoints once only)
+        self.finished: list[int] = []  # runs whose record this job wrote (not recomputed after a requeue)
+
+    def __call__(self) -> list[dict]:
+        import torch
+
+        threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or self.threads or 0)
+        if threads > 0:  # one job per CPU slot: torch must not use every core of the node
+            torch.set_num_threads(threads)
+        summary, failed = [], []
+        for i, spec in enumerate(self.runs):
+            cfg = OmegaConf.create(spec["config"])
+            folder = run_dir(cfg)
+            if str(folder) != spec["run_dir"]:
+                raise RuntimeError(f"run folder changed between submission and job: {spec['run_dir']} -> {folder}")
+            if i in self.finished:
+                cfg.overwrite = False  # recorded by this job before it was requeued: keep that record
+            elif i not in self.started:
+                self.started.append(i)
+                if cfg.overwrite:
+                    clear_checkpoints(folder)
+            print(f"[{i + 1}/{len(self.runs)}] {' '.join(spec['overrides']) or '(defaults)'} -> {folder}", flush=True)
+            try:
+                rec = execute(cfg, spec["overrides"], launch=self.launch_info())
+            except (ConfigError, TaskError) as e:  # a config or data mistake found with the data: no record
+                first = str(e).splitlines()[0]
+                print(f"  -> not run: {first}", flush=True)
+                summary.append({"run_dir": spec["run_dir"], "status": "not run", "error": first})
+                failed.append(f"{spec['run_dir']}: not run: {first}")
+                continue
+            if i not in self.finished:
+                self.finished.append(i)
+            resumed = (rec.get("extra") or {}).get("resumed_from_epoch")
+            print(f"  -> {rec['status']}" + (f" (resumed at epoch {resumed})" if resumed else "")
+                  + (f": {rec.get('error')}" if rec["status"] != "ok" else ""), flush=True)
+            summary.append({"run_dir": spec["run_dir"], "status": rec["status"], "error": rec.get("error")})
+            if rec["status"] != "ok":
+                failed.append(f"{spec['run_dir']}: {rec.get('error')}")
+        if failed:
+            raise RunFailed(f"{len(failed)} of {len(self.runs)} runs failed (their records carry the error; a run "
+                            "'not run' has a config or data mistake and no record): " + "; ".join(failed))
+        return summary
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit on SIGUSR2: requeue this same call; runs resume from their own checkpoints."""
+        self.requeues += 1
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    def launch_info(self) -> dict:
+        info = {"launcher": self.launcher, "sweep_id": self.sweep_id, "job_id": None, "requeues": self.requeues,
+                "node": socket.gethostname()}
+        try:
+            info["job_id"] = submitit.JobEnvironment().job_id
+        except Exception:  # noqa: BLE001 - called outside a submitit job (tests)
+            pass
+        if "SLURM_JOB_ID" in os.environ:
+            info["slurm_restart_count"] = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        return info
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Submission
+
+
+def check_launcher(launcher: DictConfig) -> None:
+    """What only this machine can tell: SLURM's commands are here. The launcher's values (and the time limit
+    against the checkpoint signal) are checked with every other config value (harness/schema.py)."""
+    if launcher.executor == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
+        raise LaunchError(f"launcher={launcher.name} needs SLURM (sbatch and srun on PATH), not found "
+                          "here; run from a SLURM login node, or use launcher=local on a workstation")
+
+
+def _source_root() -> Path | None:
+    """The checkout this harness is imported from (None when installed as a package)."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").exists() else None
+
+
+@contextlib.contextmanager
+def _jobs_import_this_harness():
+    """Local workers inherit this environment: make them import the same harness code as this command."""
+    root, old = _source_root(), os.environ.get("PYTHONPATH")
+    if root is not None:
+        os.environ["PYTHONPATH"] = f"{root}{os.pathsep}{old}" if old else str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def make_executor(launcher: DictConfig, folder: Path, sweep_id: str):
+    python = launcher.get("python") or None
+    setup = list(launcher.get("setup") or [])
+    if launcher.executor == "slurm":
+        # Jobs import the same harness code as this command, even where sbatch does not export the environment.
+        root = _source_root()
+        if root is not None:
+            setup.insert(0, f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}")
+        ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
+                                   slurm_max_num_timeout=int(launcher.max_num_timeout), slurm_python=python)
+        params = {
+            "name": f"harness-{sweep_id}", "timeout_min": int(launcher.timeout_min), "mem_gb": launcher.mem_gb,
+            "cpus_per_task": int(launcher.cpus_per_task), "gpus_per_node": int(launcher.gpus_per_node) or None,
+            "slurm_partition": launcher.partition, "slurm_account": launcher.account, "slurm_qos": launcher.qos,
+            "slurm_constraint": launcher.constraint, "slurm_gres": launcher.gres,
+            "slurm_signal_delay_s": int(launcher.signal_delay_s),
+            "slurm_array_parallelism": int(launcher.array_parallelism), "slurm_setup": setup or None,
+            "slurm_srun_args": list(launcher.srun_args) or None,
+            "slurm_additional_parameters": OmegaConf.to_container(launcher.additional_parameters) or None,
+        }
+        ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        return ex
+    if launcher.executor == "local":
+        ex = submitit.LocalExecutor(folder=folder / "%j", max_num_timeout=int(launcher.max_num_timeout), python=python)
+        # (with `setup` lines submitit starts each worker through a shell, whose pid is then the job id)
+        ex.update_parameters(timeout_min=int(launcher.timeout_min), gpus_per_node=int(launcher.gpus_per_node),
+                             signal_delay_s=int(launcher.signal_delay_s), setup=setup)
+        return ex
+    raise LaunchError(f"launcher.executor={launcher.executor!r}: choose one of {SUBMITIT_EXECUTORS}")
+
+
+def _payload(r: PlannedRun, results_dir: Path, cache_dir: Path) -> dict:
+    cfg = OmegaConf.to_container(r.cfg, resolve=True)
+    # Jobs may start in another working directory: absolute paths (neither is part of the run key, so the
+    # job's run folder is this one, resolved; RunJob checks it).
+    cfg["results_dir"], cfg["cache_dir"] = str(results_dir), str(cache_dir)
+    return {"config": cfg, "overrides": list(r.overrides), "run_dir": str(r.folder.resolve())}
+
+
+def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
+    """Submit the runs that need it as one job array (or local workers); write and return the manifest."""
+    t0 = time.perf_counter()
+    if not runs:
+        return None
+    check_launcher(launcher)
+    results_dir = Path(runs[0].cfg.results_dir).resolve()
+    cache_dir = Path(runs[0].cfg.cache_dir).resolve()
+    if any(Path(r.cfg.results_dir).resolve() != results_dir for r in runs):
+        raise LaunchError("one sweep writes to one results_dir: do not sweep results_dir")
+    todo = runs_to_do(runs)
+    n_recorded = len(runs) - len(todo)
+    payloads = [_payload(r, results_dir, cache_dir) for r in todo]
+    busy = in_flight(results_dir, {p["run_dir"] for p in payloads})
+    kept = [(r, p) for r, p in zip(todo, payloads) if p["run_dir"] not in busy]
+    if n_recorded:
+        print(f"resume: {n_recorded} of {len(runs)} runs already have an ok record and are not submitted "
+              "(overwrite=true recomputes)")
+    if busy:
+        sweeps = sorted({s for s, _, _ in busy.values()})
+        print(f"{len(busy)} runs are still queued or running in sweep {', '.join(sweeps)} and are not submitted "
+              "twice (harness status; cancel them to resubmit)")
+    if not kept:
+        print("nothing to submit.")
+        return None
+
+    sweep_id = new_sweep_id()
+    logs = sweeps_dir(results_dir) / sweep_id / "logs"
+    executor = make_executor(launcher, logs, sweep_id)
+    payloads = [p for _, p in kept]
+    threads = int(launcher.get("cpus_per_task") or 0)
+    if launcher.executor == "local":
+        n_workers = min(int(launcher.parallelism), len(payloads))
+        groups = [list(range(k, len(payloads), n_workers)) for k in range(n_workers)]
+    else:
+        groups = [[k] for k in range(len(payloads))]
+    calls = [RunJob([payloads[k] for k in g], sweep_id, launcher.name, threads) for g in groups]
+    t_submit = time.perf_counter()
+    try:
+        with _jobs_import_this_harness():
+            jobs = executor.submit_array(calls)  # SLURM: one sbatch --array for the whole sweep
+    except submitit.core.utils.FailedJobError as e:  # sbatch said no (partition, account, limits...)
+        shutil.rmtree(logs.parent, ignore_errors=True)
+        message = " ".join(str(e).split())
+        raise LaunchError(f"the scheduler refused the sweep, nothing was submitted: {message} "
+                          f"(check launcher.partition / launcher.account / launcher.* limits)") from None
+    submit_s = time.perf_counter() - t_submit
+
+    run_entries = []
+    for job, group in zip(jobs, groups):
+        for position, k in enumerate(group):
+            r, p = kept[k]
+            run_entries.append({"run_dir": p["run_dir"], "overrides": p["overrides"], "task": r.cfg.task.name,
+                                "method": r.cfg.method.name, "fold": int(r.cfg.fold), "seed": int(r.cfg.seed),
+                                "job_id": job.job_id, "position": position,
+                                "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
+    manifest = {
+        "sweep_id": sweep_id, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["harness", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith(("harness", "__main__.py")) else None,
+        "cwd": os.getcwd(), "executor": launcher.executor, "launcher": OmegaConf.to_container(launcher, resolve=True),
+        "results_dir": str(results_dir), "logs_dir": str(logs),
+        "n_requested": len(runs), "n_submitted": len(kept), "n_skipped_recorded": n_recorded,
+        "n_skipped_in_flight": len(busy), "submit_seconds": round(submit_s, 3),
+        "jobs": [{"job_id": j.job_id, "stdout": str(j.paths.stdout), "stderr": str(j.paths.stderr),
+                  "result": str(j.paths.result_pickle)} for j in jobs],
+        "runs": run_entries,
+    }
+    path = write_manifest(results_dir, manifest)
+    _print_submitted(manifest, path, jobs, time.perf_counter() - t0)
+    return manifest
+
+
+def _print_submitted(manifest: dict, path: Path, jobs, seconds: float) -> None:
+    n, sid = manifest["n_submitted"], manifest["sweep_id"]
+    if manifest["executor"] == "slurm":
+        array = jobs[0].job_id.split("_")[0]
+        where = f"SLURM job array {array} ({jobs[0].job_id}..{jobs[-1].job_id})" if len(jobs) > 1 else f"SLURM job {array}"
+        cancel = f"scancel {array}"
+    else:
+        where = f"{len(jobs)} local worker process(es) (pids {', '.join(j.job_id for j in jobs)})"
+        cancel = f"kill {' '.join(j.job_id for j in jobs)}"
+    print(f"sweep {sid}: {n} run(s) submitted to {where} in {seconds:.1f}s, launcher {manifest['launcher']['name']}")
+    print(f"  manifest: {path}")
+    print(f"  logs:     {manifest['logs_dir']}/")
+    print(f"  follow:   harness status --sweep {sid} --results {manifest['results_dir']}")
+    print(f"  results:  harness leaderboard --results {manifest['results_dir']}   (any time: finished runs only)")
+    print(f"  cancel:   {cancel}")

@@ -16,7 +16,10 @@ and one disturbance that is not a gap: spike (a 0.1 s biphasic movement artefact
 Scores: heart-rate error = mean |HR - set rate| over the 127 frame centres (bpm; a window without two beats gives
 HR 0, as the task does); R-peak F1 with a 50 ms tolerance (one-to-one matching; the first/last 0.25 s are not
 scored; true peaks inside the gap are not expected, detections inside it are false positives).
-Every detector feeds the same RR -> HR step (RR outside 0.3-2.0 s dropped, interpolated at the frame centres).
+Every detector feeds the same RR -> HR step (RR outside 0.3-2.0 s dropped, interpolated at the frame centres),
+scored without and with a median-RR check (RR more than 30 % from the window's median dropped).
+Outcome (5 seeds): tasks/biovid.py now uses "neurokit2 neurokit" with the median-RR check; the scipy detector
+is kept here, verbatim, so the comparison stays reproducible. EDA keeps the scipy 1 Hz low-pass.
 
 EDA: own construction with a known answer: tonic = level (2, 5 or 10 µS) + drift (±0.05 µS/s); phasic = two
 skin-conductance responses (bi-exponential, rise 0.75 s, decay 2 s, peak 0.2-1.0 µS) at known onsets in

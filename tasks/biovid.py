@@ -11,14 +11,16 @@ On disk (docs/datasets.md#biovid-files; every table is read by column name, neve
       separate step).
 
 Modalities: `visual` (the student's, [T, D] frame features as stored) and `physio` (privileged), computed
-here from the signals with scipy (`physio_features`), one row per spectrogram frame [T=127, D]:
+here from the signals with scipy and neurokit2 (`physio_features`), one row per spectrogram frame [T=127, D]:
   - per EMG channel, PKDOT's spectrogram: keep 2.0 s <= time <= 5.0 s, scipy.signal.spectrogram(nperseg=16,
     noverlap=4, nfft=128) -> 65 bins x 127 frames, in dB (10·log10(PSD + 1e-20); task.physio.log_power).
     fs is measured from the `time` column (the PKDOT code's fs=1000 is a bug, B18 of docs/fidelity.md#pkdot-bugs; set
     task.physio.fs=1000 to reproduce it: it only rescales the PSD).
   - EDA: the gsr signal low-passed (Butterworth, 1 Hz, zero-phase) at each frame centre, and its slope (µS/s).
-  - ECG: heart rate (bpm) from R peaks (5-20 Hz band-pass, squared, scipy.signal.find_peaks at >= 0.33 s
-    spacing), RR intervals outside 0.3-2.0 s ignored, interpolated at the frame centres.
+  - ECG: heart rate (bpm) from R peaks found by neurokit2 (ecg_clean + ecg_peaks, method "neurokit"); RR
+    intervals outside 0.3-2.0 s or more than 30 % from the window's median RR ignored; interpolated at the frame
+    centres. neurokit2 replaced a scipy band-pass + global-threshold detector that one movement artefact could
+    blind (benchmarks/compare_physio.py scores both on signals with a known heart rate).
   Every dimension is then z-scored with the training split's statistics (task.standardize).
 Labels: binary BL1 vs PA4 (default, 0/1) or 5-class (task.labels=multiclass).
 Protocols (task.protocol): group5 = GroupKFold by subject (shuffled by data_seed); loso = one fold per
@@ -30,7 +32,8 @@ and test and repeat samples; that is a warning with the counts (an error with ta
 
 Cleaning steps (counted in the record's data_info.cleaning): non-finite signal values are replaced by linear
 interpolation between their finite neighbours (a channel with none left becomes zeros); non-finite features
-become 0 after the float32 cast; a sample without two detectable heart beats gets heart rate 0; identical
+become 0 after the float32 cast; a sample without two detectable heart beats (a flat ECG included) gets heart
+rate 0; an ECG shorter than 2 s is an error naming the file; identical
 duplicate rows of samples.csv are dropped; subjects without any sample of the chosen classes are left out.
 """
 
@@ -44,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
-from scipy.signal import butter, find_peaks, sosfiltfilt, spectrogram
+from scipy.signal import butter, sosfiltfilt, spectrogram
 from sklearn.model_selection import GroupKFold
 
 from harness.cache import cached_arrays
@@ -96,15 +99,48 @@ def fill_nonfinite(x: np.ndarray) -> tuple[np.ndarray, int, bool]:
     return x, n_bad, False
 
 
-def heart_rate(ecg: np.ndarray, t: np.ndarray, fs: float, band: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """R-peak times (s) and instantaneous heart rate (bpm) at the midpoints of plausible RR intervals."""
-    sos = butter(3, band, btype="bandpass", fs=fs, output="sos")
-    energy = sosfiltfilt(sos, ecg) ** 2
-    top = np.percentile(energy, 99.5)
-    peaks, _ = find_peaks(energy, height=0.25 * top, distance=max(1, int(0.33 * fs))) if top > 0 else (np.array([], int), {})
-    beats = t[peaks]
+MIN_ECG_SECONDS = 2.0  # shorter than this, neurokit2 fails deep inside (filter padding, smoothing window)
+RR_RANGE_S = (0.3, 2.0)  # plausible RR intervals (200-30 bpm)
+RR_MEDIAN_TOLERANCE = 0.3  # an RR further than this (relative) from the window's median RR is a missed/extra beat
+
+
+def r_peaks(ecg: np.ndarray, fs: float, source: str = "") -> np.ndarray:
+    """R-peak sample indices: neurokit2.ecg_clean (0.5 Hz high-pass, 50 Hz notch) + ecg_peaks(method="neurokit").
+
+    A constant ECG (a flat or all-NaN lead) has no peaks (the caller counts it); an ECG shorter than
+    MIN_ECG_SECONDS, or one neurokit2 cannot process, is a TaskError naming the file and the field.
+    """
+    import neurokit2 as nk  # ~1 s to import: only when heart rate is computed (cache misses)
+
+    if len(ecg) < MIN_ECG_SECONDS * fs:
+        raise TaskError(f"{source}: column 'ecg' holds {len(ecg)} samples ({len(ecg) / fs:.2f} s at {fs:.0f} Hz); heart "
+                        f"rate needs at least {MIN_ECG_SECONDS:g} s. Re-export the full window, or set "
+                        f"task.physio.ecg=false")
+    if np.ptp(ecg) == 0:
+        return np.array([], dtype=int)
+    try:
+        cleaned = nk.ecg_clean(ecg, sampling_rate=fs, method="neurokit")
+        _, info = nk.ecg_peaks(cleaned, sampling_rate=fs, method="neurokit", correct_artifacts=False)
+    except Exception as e:  # noqa: BLE001 -- neurokit2 raises TypeError/ValueError/IndexError from deep inside
+        raise TaskError(f"{source}: neurokit2 could not find R peaks in column 'ecg' ({type(e).__name__}: {e}). "
+                        f"Check the column holds an ECG trace at the file's sampling rate ({fs:.0f} Hz), or set "
+                        f"task.physio.ecg=false") from None
+    return np.asarray(info["ECG_R_Peaks"], dtype=int)
+
+
+def heart_rate(ecg: np.ndarray, t: np.ndarray, fs: float, source: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """R-peak times (s) and instantaneous heart rate [[RR midpoint s], [bpm]] over the kept RR intervals.
+
+    RR intervals outside RR_RANGE_S, or more than RR_MEDIAN_TOLERANCE away from the window's median RR (a missed
+    or extra beat, an interval across a gap in the recording), are dropped: the rate is interpolated across them.
+    Peak times come from `t`, so rows missing from the file do not shorten the intervals.
+    """
+    beats = t[r_peaks(ecg, fs, source)]
     rr = np.diff(beats)
-    ok = (rr >= 0.3) & (rr <= 2.0)
+    ok = (rr >= RR_RANGE_S[0]) & (rr <= RR_RANGE_S[1])
+    if ok.any():
+        median = np.median(rr[ok])
+        ok &= np.abs(rr - median) <= RR_MEDIAN_TOLERANCE * median
     return beats, np.stack([(beats[:-1] + beats[1:])[ok] / 2, 60.0 / rr[ok]]) if ok.any() else np.zeros((2, 0))
 
 
@@ -149,7 +185,7 @@ def physio_features(time_us: np.ndarray, signals: dict[str, np.ndarray], emg_cha
         g = sosfiltfilt(sos, clean["gsr"], padlen=min(len(clean["gsr"]) - 1, int(3 * fs / cutoff)))
         feats.append(np.stack([np.interp(centres, t_sec, g), np.interp(centres, t_sec, np.gradient(g, t_sec))], axis=1))
     if pcfg.ecg:
-        _, hr = heart_rate(clean["ecg"], t_sec, fs, tuple(pcfg.ecg_band_hz))
+        _, hr = heart_rate(clean["ecg"], t_sec, fs, source)
         if hr.shape[1] == 0:
             facts["no_beats"] = 1
             feats.append(np.zeros((len(centres), 1)))
@@ -419,7 +455,7 @@ class BioVid(Task):
         files = [self.bio_path(s, n) for s, n in zip(df.subject_name, df.sample_name)]
         emg = self._emg_channels(files[0])
         needed = ["time"] + (["gsr"] if pcfg.eda else []) + (["ecg"] if pcfg.ecg else []) + emg
-        config = {"physio": OmegaConf.to_container(pcfg, resolve=True), "channels": emg, "version": 1}
+        config = {"physio": OmegaConf.to_container(pcfg, resolve=True), "channels": emg, "version": 2}
 
         def build():
             feats, fs, nonfinite, all_bad, no_beats = [], [], [], [], []

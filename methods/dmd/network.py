@@ -1,7 +1,8 @@
 """The DMD network: MulT-style transformer encoders, decoupling into shared and private spaces, fusion, heads.
 
 For a task with M >= 2 modalities; the graph's nodes are the task's modalities in the task's order:
-- per modality m: dropout on the input (only `text`: the official text_dropout on the BERT features),
+- per modality m: dropout on the input (only `text`: the official text_dropout on the BERT features: the
+  frozen ones, or the last hidden states of the fine-tuned BERT, `text_encoder`, run on the text tokens),
   a bias-free temporal Conv1d (kernel k_m, no padding: T'_m = T_m - k_m + 1) to d channels X~_m;
   a private (modality-exclusive) encoder E^prt_m and ONE shared (modality-irrelevant) encoder E^com
   (bias-free 1x1 convs); a decoder D_m(concat[X^prt, X^com]) = X^_m (self-regression) and the cycle

@@ -78,6 +78,22 @@ def record_metrics_ci(cfg: DictConfig, task, test, predictions, n_resamples: int
                      derive_seed(run_key(cfg), "bootstrap"))
 
 
+def check_text_input(cfg: DictConfig) -> None:
+    """The text tokens (task.text_input=bert, mosi/mosei) go to DMD's BERT only, and it needs them: the task key
+    follows method.text_encoder, so they differ only when one of them was set by hand."""
+    text_input = OmegaConf.select(cfg, "task.text_input", default="frozen")
+    encoder = OmegaConf.select(cfg, "method.text_encoder", default="frozen")
+    if text_input == encoder:
+        return
+    if encoder == "bert":
+        raise ConfigError(f"method.text_encoder=bert needs the MMSA pickles' text_bert tokens: task mosi or mosei "
+                          f"with task.text_input=bert (its default follows method.text_encoder); task "
+                          f"{cfg.task.name} has text_input={text_input}")
+    raise ConfigError(f"task.text_input={text_input} gives the text modality as BERT tokens, which only "
+                      f"method=dmd method.text_encoder=bert reads (method {cfg.method.name} has "
+                      f"text_encoder={encoder}); leave task.text_input at its default")
+
+
 def build_task(cfg: DictConfig):
     return TASKS.get(cfg.task.name)(cfg.task)
 
@@ -100,6 +116,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     # logger=tensorboard|mlflow without its package: a one-line config error, before any folder exists
     require_logger_library(str(OmegaConf.select(cfg, "logger", default="none")))
     device = resolve_device(cfg.device)
+    check_text_input(cfg)
     t = time.perf_counter()
     task = build_task(cfg)
     task.check_fold(int(cfg.fold))

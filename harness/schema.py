@@ -298,6 +298,8 @@ METHODS: dict[str, dict[str, Field]] = {
         "relu_dropout": _DROPOUT, "res_dropout": _DROPOUT, "embed_dropout": _DROPOUT, "output_dropout": _DROPOUT,
         "input_dropout_by_modality": dict_(_DROPOUT),
         "causal_mask": bool_(), "fast_kernels": bool_(),
+        "text_encoder": choice("frozen", "bert"), "bert_path": str_(), "bert_lr": float_(gt=0),
+        "bert_weight_decay": float_(ge=0),
         "gd.homo_hidden": int_(ge=1), "gd.het_hidden": int_(ge=1), "gd.temperature": float_(gt=0),
         "gd.prior": choice("paper", "uniform"), "gd.prior_temperature": float_(gt=0),
         "gd.roles": nullable(list_of(str_(), length=3, unique=True)),
@@ -317,6 +319,8 @@ _PROTOCOL = choice("privileged", "full")
 _PATH = str_()
 _SEED = int_(ge=0)
 _FRACTION = float_(gt=0, lt=1)
+
+_TEXT_INPUT = choice("frozen", "bert")  # mosi/mosei: the text features, or text_bert's tokens for DMD's BERT
 
 _PICKLE_TASK = {   # mosi, mosei, iemocap (tasks/_mmsa.py)
     "source": _SOURCE, "data_root": _PATH, "aligned": bool_(), "protocol": _PROTOCOL,
@@ -376,9 +380,10 @@ TASKS: dict[str, dict[str, Field]] = {
         "n_val": int_(ge=0), "n_test": int_(ge=1), "repetition": _SEED,
         "privileged_signal": float_(ge=0, le=1),
     },
-    "mosi": {"name": choice("mosi"), **_PICKLE_TASK, "primary_metric": choice(*MMSA_METRICS), "clip_labels": bool_()},
+    "mosi": {"name": choice("mosi"), **_PICKLE_TASK, "primary_metric": choice(*MMSA_METRICS), "clip_labels": bool_(),
+             "text_input": _TEXT_INPUT},
     "mosei": {"name": choice("mosei"), **_PICKLE_TASK, "primary_metric": choice(*MMSA_METRICS),
-              "clip_labels": bool_()},
+              "clip_labels": bool_(), "text_input": _TEXT_INPUT},
     "iemocap": {"name": choice("iemocap"), **_PICKLE_TASK, "primary_metric": choice(*IEMOCAP_METRICS),
                 "four_class_metrics": bool_()},
 }

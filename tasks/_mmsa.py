@@ -194,6 +194,17 @@ def read_modalities(d: dict, names: tuple[str, ...], where: str, n: int, info: d
     return inputs, lengths
 
 
+def bert_tokens(raw: Any, where: str, n: int, info: dict) -> np.ndarray:
+    """MMSA's text_bert [N, 3, L] (rows: input ids, attention mask, segment ids) as float32 [N, L, 3]: one
+    3-channel step per token, the [N, T, D] layout of every input (DMD's BERT casts ids and segments back to
+    integers, as the official encoder does). Non-finite entries are zeroed and counted, as in every input."""
+    x, counts = as_float32(raw, where)
+    if x.ndim != 3 or len(x) != n or x.shape[1] != 3:
+        raise TaskError(f"{where}: expected [N={n}, 3, L] (input ids, attention mask, segment ids), got shape {x.shape}")
+    info.setdefault("cleaned", {})["text_bert"] = counts
+    return np.ascontiguousarray(x.transpose(0, 2, 1))
+
+
 def audit_ids(splits: dict[str, Split]) -> dict[str, int]:
     """Duplicate ids within a split and ids / groups shared between train and test (leak audit)."""
     tr, te = splits["train"], splits["test"]
@@ -206,9 +217,10 @@ def audit_ids(splits: dict[str, Split]) -> dict[str, int]:
 # The task base
 
 class PickleTask(Task):
-    leaderboard_note = ("Text = the pickle's precomputed, frozen BERT features (`text`); the harness does not "
-                        "fine-tune BERT. The papers' DMD* / 'BERT fine-tuned' rows do, so a harness `dmd` row "
-                        "on the real data is DMD with frozen text features, not a reproduction of DMD*.")
+    leaderboard_note = ("Text = the pickle's precomputed, frozen BERT features (`text`) unless a section's variant "
+                        "says 'BERT fine-tuned' (method=dmd method.text_encoder=bert on mosi/mosei, the row label "
+                        "shows the override). The papers' DMD* / 'BERT fine-tuned' rows fine-tune BERT, so a harness "
+                        "`dmd` row with frozen text features is not a reproduction of DMD*.")
     """A task read from one feature pickle with its own train/valid/test split (one fold).
 
     Subclasses set the class attributes, `file_name`, `metric_names`, `read(data, path) -> (splits, info)`
@@ -432,14 +444,28 @@ class MMSATask(PickleTask):
     def file_name(self) -> str:
         return "aligned_50.pkl" if self.cfg.aligned else "unaligned_50.pkl"
 
+    @property
+    def text_tokens(self) -> bool:
+        """task.text_input=bert: the text modality is text_bert's tokens [N, L, 3] (ids, mask, segments per token,
+        float32 like every input) for DMD's BERT (method.text_encoder=bert, which this key follows); frozen: the
+        file's `text` features."""
+        value = self.cfg.get("text_input", "frozen")
+        if value not in ("frozen", "bert"):
+            raise TaskError(f"task.text_input={value!r}: choose frozen (the file's text features) or bert (its "
+                            f"text_bert tokens, for method=dmd method.text_encoder=bert)")
+        return value == "bert"
+
     def reader_config(self) -> dict:
-        return {"file": self.file_name, "clip_labels": bool(self.cfg.clip_labels)}
+        tokens = {"text_input": "bert"} if self.text_tokens else {}  # frozen: the key the cache always had
+        return {"file": self.file_name, "clip_labels": bool(self.cfg.clip_labels), **tokens}
 
     def metric_names(self) -> tuple[str, ...]:
         return MMSA_METRICS
 
     def variant(self) -> str:
-        return (f"{'aligned' if self.cfg.aligned else 'unaligned'}, frozen BERT features, {self.protocol_label()}, "
+        text = ("text = BERT fine-tuned on the file's text_bert tokens (DMD*)" if self.text_tokens
+                else "frozen BERT features")
+        return (f"{'aligned' if self.cfg.aligned else 'unaligned'}, {text}, {self.protocol_label()}, "
                 f"file's train/valid/test split (seeds vary init only)")
 
     def read(self, data: dict, path: Path) -> tuple[dict[str, Split], dict]:
@@ -447,10 +473,17 @@ class MMSATask(PickleTask):
         for field_name, key in SPLITS.items():
             d = split_of(data, key, path)
             where = f"{path}['{key}']"
-            require(d, ("text", "audio", "vision", "regression_labels", "id"), where)
+            text_key = "text_bert" if self.text_tokens else "text"
+            require(d, (text_key, "audio", "vision", "regression_labels", "id"), where)
             ids = decode_ids(d["id"], f"{where}['id']")
             sinfo: dict[str, Any] = {}
-            inputs, lengths = read_modalities(d, self.modality_order, where, len(ids), sinfo)
+            if self.text_tokens:
+                inputs, lengths = read_modalities(d, ("audio", "vision"), where, len(ids), sinfo)
+                inputs = {"text": bert_tokens(d["text_bert"], f"{where}['text_bert']", len(ids), sinfo), **inputs}
+                lengths["text"] = np.rint(inputs["text"][:, :, 1]).sum(1).astype(np.int64)
+                sinfo["text_lengths"] = "text_bert attention mask (row 1)"
+            else:
+                inputs, lengths = read_modalities(d, self.modality_order, where, len(ids), sinfo)
             if "text" not in lengths and "text_bert" in d:
                 bert = np.asarray(d["text_bert"])
                 if bert.ndim == 3 and bert.shape[:2] == (len(ids), 3) and bert.shape[2] == inputs["text"].shape[1]:

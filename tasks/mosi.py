@@ -2,8 +2,10 @@
 
 Files: `<data_root>/MOSI/Processed/aligned_50.pkl` or `unaligned_50.pkl` (task.aligned), as thuiar/MMSA
 ships them; standard split train 1284 / valid 229 / test 686, used as given (one fold; seeds vary the
-initialisation only). Text = the file's frozen BERT features ([N, 50, 768]); the harness does not
-fine-tune BERT as DMD does (a deviation, docs/fidelity.md#dmd-data). Audio = 5-d COVAREP subset, vision = 20-d FACET
+initialisation only). Text = the file's frozen BERT features ([N, 50, 768]) by default, a deviation from
+DMD, which fine-tunes BERT (docs/fidelity.md#dmd-data); with task.text_input=bert (following
+method.text_encoder=bert of dmd) the text modality is the file's text_bert tokens for DMD's BERT
+(docs/fidelity.md#dmd-bert). Audio = 5-d COVAREP subset, vision = 20-d FACET
 subset (dims read from the file). Metrics: the MMSA suite (harness/metrics.py), primary Non0 Acc-2
 (task.primary_metric). Protocols: task.protocol=privileged (default: the student keeps audio + vision,
 text is privileged; task.student_modalities changes it) or full (every modality at test, the setting of

@@ -3,6 +3,7 @@
 The package, by concern:
 - kernels.py  dropout masks, positions, causal masks, attention products and row-blocked attention;
 - network.py  the transformer encoders, decoupling into shared/private spaces, fusion and heads (DMDNet);
+- bert.py     the fine-tuned text encoder of method.text_encoder=bert (DMD*): BERT on the text tokens;
 - graph.py    the graph distillation units: edges, priors, learned edge weights;
 - losses.py   every loss term of a training batch (DMDLoss);
 - plot.py     the figure of the learned edges;

@@ -42,9 +42,10 @@ from harness.schema import ConfigError
 from harness.task import TaskError
 from harness.training import Batch, SplitTensors, fit, predict_in_batches
 from harness.training import make_optimizer as _loop_optimizer
+from methods.dmd.bert import TOKEN_DIM, BertTextEncoder, bert_config
 from methods.dmd.graph import GraphDistillationUnit, edge_priors, graph_edges, node_roles
 from methods.dmd.losses import DMDLoss
-from methods.dmd.network import DMDNet
+from methods.dmd.network import TEXT, DMDNet
 from methods.dmd.plot import plot_edges
 
 
@@ -129,12 +130,35 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def fine_tunes_bert(hp: dict) -> bool:
+    """method.text_encoder: frozen (the task's precomputed text features, the default) | bert (DMD*)."""
+    encoder = hp.get("text_encoder", "frozen")
+    if encoder not in ("frozen", "bert"):
+        raise ValueError(f"method.text_encoder={encoder!r}: choose frozen or bert")
+    return encoder == "bert"
+
+
+def parameter_groups(model: nn.Module, net: DMDNet, hp: dict) -> list[dict] | None:
+    """The optimizer's groups: BERT's parameters with method.bert_lr / bert_weight_decay (the official values,
+    1e-4 and 0, are those of the rest: docs/fidelity.md#dmd-bert), everything else with method.training's;
+    None (the module's parameters, one group) with frozen text."""
+    if net.text_encoder is None:
+        return None
+    bert = {id(p) for p in net.text_encoder.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in bert]},
+            {"params": list(net.text_encoder.parameters()), "lr": float(hp["bert_lr"]),
+             "weight_decay": float(hp["bert_weight_decay"]), "name": "bert"}]
+
+
 def build_dmd(modalities: dict[str, int], seq_lens: dict[str, int], target: TargetSpec, hp: dict,
-              student: tuple[str, ...]) -> tuple[DMDNet, GraphDistillationUnit, GraphDistillationUnit, dict]:
-    """The network, both GD units and the graph description (nodes, edges, priors, roles)."""
+              student: tuple[str, ...], text_encoder: nn.Module | None = None
+              ) -> tuple[DMDNet, GraphDistillationUnit, GraphDistillationUnit, dict]:
+    """The network, both GD units and the graph description (nodes, edges, priors, roles).
+    text_encoder: BERT on the text tokens (method.text_encoder=bert), or None for the task's text features."""
     nodes = tuple(modalities)
     privileged = set(student) != set(nodes)
-    net = DMDNet(modalities, seq_lens, target, hp, predictors=tuple(student) if privileged else nodes)
+    net = DMDNet(modalities, seq_lens, target, hp, predictors=tuple(student) if privileged else nodes,
+                 text_encoder=text_encoder)
     gd = hp["gd"]
     mode = gd.get("edges", "auto")
     if mode not in ("auto", "all", "into_student"):
@@ -160,7 +184,8 @@ def build_dmd(modalities: dict[str, int], seq_lens: dict[str, int], target: Targ
 class DMD(Method):
     name = "dmd"
     description = ("DMD (CVPR 2023): decoupled homo/hetero spaces + graph distillation units; privileged protocol: "
-                   "learned edges distil privileged nodes into the student's (text = precomputed features, no BERT)")
+                   "learned edges distil privileged nodes into the student's (text = precomputed features, or "
+                   "BERT fine-tuned on the tokens with method.text_encoder=bert)")
 
     @classmethod
     def check(cls, cfg: DictConfig, spec: TaskSpec) -> None:
@@ -177,6 +202,14 @@ class DMD(Method):
             three = "" if len(nodes) == 3 else " and needs 3 of them: set method.gd.roles=null"
             raise ConfigError(f"method.gd.roles={list(roles)} must list the task's modalities {list(nodes)} as "
                               f"[L, V, A]{three}")
+        if fine_tunes_bert(hp):
+            dim = spec.modalities.get(TEXT)
+            if dim != TOKEN_DIM:
+                raise ConfigError(f"method.text_encoder=bert runs BERT on the MMSA pickles' text_bert tokens: the task "
+                                  f"must deliver them as its '{TEXT}' modality (task mosi or mosei, whose "
+                                  f"task.text_input follows method.text_encoder); this task's '{TEXT}' is "
+                                  f"{'absent' if dim is None else f'{dim}-d features'}")
+            bert_config(str(hp["bert_path"]))  # the model is on disk (folder or HF cache), else one line saying how
         loop = {**OmegaConf.to_container(cfg.train, resolve=True), **hp["training"]}
         if loop.get("stop") == "budget" and loop.get("select_on") == "loss":
             raise ConfigError("method.training.stop=budget keeps the last epoch, but DMD selects on the validation "
@@ -225,7 +258,9 @@ class DMD(Method):
                 raise TaskError(f"training split modality '{m}': feature dim {got}, the task spec says {dim} "
                                 f"(fix the task's loader or its *_dim config)")
         seq_lens = {m: (train.inputs[m].shape[1] if train.inputs[m].ndim == 3 else 1) for m in spec.modalities}
-        net, homo, het, graph = build_dmd(dict(spec.modalities), seq_lens, spec.target, hp, spec.student_modalities)
+        text_encoder = self._text_encoder(train) if fine_tunes_bert(hp) else None
+        net, homo, het, graph = build_dmd(dict(spec.modalities), seq_lens, spec.target, hp, spec.student_modalities,
+                                          text_encoder=text_encoder)
         for m in net.nodes:  # kernels longer than a modality's sequence are cut to it
             own = m in hp["kernel_by_modality"]
             asked = int(hp["kernel_by_modality"][m] if own else hp["kernel"])
@@ -261,11 +296,24 @@ class DMD(Method):
 
         # The batch order of DMD's original loop, seeded from the run's seed itself (no draw from the stream).
         log = fit("student", self.model, loss_fn, None, self._targets_split(train), val, ctx, train_cfg,
+                  params=parameter_groups(self.model, self.net, hp),
                   checkpoint_path=ctx.run_dir / "checkpoint_dmd.pt", evaluate=evaluate, epoch_hook=edges_of_epoch,
                   batch_seed=int(torch.initial_seed()) % (2**63), config_key="method.training")
         hist = {u: [e[f"edges_{u}"] for e in log] for u in ("homo", "hetero")}
         summary = ctx.extra["training"]["student"]
         self._record(train, val, hist, summary["selected_epoch"], summary["accumulate"], summary["batches_per_epoch"])
+
+    def _text_encoder(self, train: Split) -> BertTextEncoder:
+        """BERT from method.bert_path, loaded without touching the run's random stream (so the DMD layers start
+        as with frozen text); its token ids checked against its vocabulary."""
+        with torch.random.fork_rng(devices=[]):
+            encoder = BertTextEncoder.from_path(str(self.hp["bert_path"]))
+        ids = train.inputs[TEXT][..., 0]
+        if ids.size and (ids.min() < 0 or ids.max() >= encoder.vocab_size or not np.all(ids == np.round(ids))):
+            raise TaskError(f"the text tokens' ids span [{ids.min():g}, {ids.max():g}], not integers in BERT's "
+                            f"vocabulary [0, {encoder.vocab_size}) (method.bert_path={self.hp['bert_path']}): "
+                            f"the pickle's text_bert and the model do not match")
+        return encoder
 
     def train_options(self) -> dict:
         """The run's `train` group with DMD's `method.training` (presets applied) over it."""
@@ -306,7 +354,11 @@ class DMD(Method):
             "accumulate_batches": accumulate, "batches_per_epoch": n_batches,
             "accumulation_reduced": accumulate < int(self.hp["training"]["accumulate"]),
             "per_step_targets": "pooled per sequence, prediction broadcast to steps" if ctx.spec.target.per_step else None,
-            "text_features": "precomputed (frozen) features of the task, no BERT fine-tuning",
+            "text_features": (f"BERT fine-tuned on the text_bert tokens ({self.hp['bert_path']}, lr "
+                              f"{self.hp['bert_lr']:g}, weight decay {self.hp['bert_weight_decay']:g})"
+                              if net.text_encoder is not None else
+                              "precomputed (frozen) features of the task, no BERT fine-tuning"),
+            "n_params_text_encoder": count_parameters(net.text_encoder) if net.text_encoder is not None else 0,
             "preset_applied": self.hp.get("preset_applied"),
         }
         try:

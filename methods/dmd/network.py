@@ -1,7 +1,8 @@
 """The DMD network: MulT-style transformer encoders, decoupling into shared and private spaces, fusion, heads.
 
 For a task with M >= 2 modalities; the graph's nodes are the task's modalities in the task's order:
-- per modality m: dropout on the input (only `text`: the official text_dropout on the BERT features),
+- per modality m: dropout on the input (only `text`: the official text_dropout on the BERT features: the
+  frozen ones, or the last hidden states of the fine-tuned BERT, `text_encoder`, run on the text tokens),
   a bias-free temporal Conv1d (kernel k_m, no padding: T'_m = T_m - k_m + 1) to d channels X~_m;
   a private (modality-exclusive) encoder E^prt_m and ONE shared (modality-irrelevant) encoder E^com
   (bias-free 1x1 convs); a decoder D_m(concat[X^prt, X^com]) = X^_m (self-regression) and the cycle
@@ -35,6 +36,9 @@ from harness.data import TargetSpec
 from harness.task import TaskError
 from methods.dmd.kernels import (_layer_norm, _linear, _row_blocks, _stacked, _take, attention_scores, causal_mask,
                                  dropout, keep_mask, sinusoidal_table, weighted_values)
+
+
+TEXT = "text"  # the node a text encoder (method.text_encoder=bert) feeds
 
 
 class StackedEncoderLayer(nn.Module):
@@ -213,9 +217,11 @@ class DMDNet(nn.Module):
     `predictors` are the nodes that predict at test."""
 
     def __init__(self, modalities: dict[str, int], seq_lens: dict[str, int], target: TargetSpec, hp: dict,
-                 predictors: tuple[str, ...] | None = None):
+                 predictors: tuple[str, ...] | None = None, text_encoder: nn.Module | None = None):
         super().__init__()
         self.nodes = tuple(modalities)
+        if text_encoder is not None and TEXT not in self.nodes:
+            raise TaskError(f"a text encoder needs a '{TEXT}' modality, the task has {list(modalities)}")
         M = len(self.nodes)
         if M < 2:
             raise TaskError(f"DMD needs at least 2 modalities (its graph's nodes), the task has {list(modalities)}")
@@ -250,7 +256,10 @@ class DMDNet(nn.Module):
             return groups, slots
 
         conv = functools.partial(nn.Conv1d, padding=0, bias=False)
-        self.proj = nn.ModuleDict({m: conv(modalities[m], d, self.kernels[m]) for m in self.nodes})
+        # With a text encoder (BERT, docs/fidelity.md#dmd-bert) the text projection takes its hidden states.
+        in_dims = {m: text_encoder.hidden_size if (m == TEXT and text_encoder is not None) else modalities[m]
+                   for m in self.nodes}
+        self.proj = nn.ModuleDict({m: conv(in_dims[m], d, self.kernels[m]) for m in self.nodes})
         self.private_enc = nn.ModuleDict({m: conv(d, d, 1) for m in self.nodes})
         self.shared_enc = conv(d, d, 1)
         self.decoder = nn.ModuleDict({m: conv(2 * d, d, 1) for m in self.nodes})
@@ -274,6 +283,7 @@ class DMDNet(nn.Module):
         self.gate_c = nn.Linear(P * d, P * d)
         z = P * wide + P * d  # 9d in the paper's 3-node case
         self.fusion = ResidualHead(z, z, self.n_out, self.output_dropout, fast)
+        self.text_encoder = text_encoder  # registered last: the other layers' init is that of the frozen-text net
 
     def _sources(self, m: str) -> list[str]:
         others = [s for s in self.nodes if s != m]
@@ -302,6 +312,8 @@ class DMDNet(nn.Module):
 
     # --- per-modality encodings --------------------------------------------------------------
     def _decouple(self, m: str, x: torch.Tensor):
+        if m == TEXT and self.text_encoder is not None:
+            x = self.text_encoder(x)  # tokens [B, L, 3] -> last hidden states [B, L, H], the official text input
         if x.dim() == 2:
             x = x[:, None, :]
         if x.shape[1] != self.seq_lens[m]:  # pad with zero frames (no position) or cut at the end

@@ -10,7 +10,7 @@ from harness.registry import Listed
 CATALOGUE: dict[str, Listed] = {
     "dmd": Listed("methods.dmd.method", "DMD (CVPR 2023): decoupled homo/hetero spaces + graph distillation units; "
                   "privileged protocol: learned edges distil privileged nodes into the student's (text = precomputed "
-                  "features, no BERT)"),
+                  "features, or BERT fine-tuned on the tokens with method.text_encoder=bert)"),
     "kd": Listed("methods.kd", "point-to-point privileged KD: Hinton/MSE response matching + FitNets feature matching"),
     "mtpkdot": Listed("methods.mtpkdot", "MT-PKDOT: self-distilled modality/joint teachers, per-batch best teacher "
                       "distilled by entropic OT"),

@@ -257,8 +257,13 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     opt = make_optimizer(groups, opts)
     sched = None
     if opts["schedule"] == "plateau":
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=float(opts["plateau_factor"]),
-                                                           patience=int(opts["plateau_patience"]))
+        # On the selection score (higher is better), with the loop's own rule for "better": above the best by
+        # min_delta (absolute). torch's default, mode="min" with a RELATIVE threshold, was fed -score before: for
+        # a positive score (accuracy, CCC) -score is negative, where best*(1 - 1e-4) lies ABOVE best, so a tie or
+        # a slight drop counted as progress and lr was never cut on a flat validation curve.
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=float(opts["plateau_factor"]),
+                                                           patience=int(opts["plateau_patience"]),
+                                                           threshold=float(opts["min_delta"]), threshold_mode="abs")
     bs, drop_last = int(opts["batch_size"]), bool(opts["drop_last"])
     n_batches = train_t.n_batches(bs, drop_last)
     if n_batches == 0:
@@ -338,7 +343,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
                 if math.isnan(score):  # e.g. CCC of a constant prediction: never "better"
                     score = -math.inf
         if sched is not None:
-            sched.step(-score)  # the plateau schedule follows the selection quantity
+            sched.step(score)  # the plateau schedule follows the selection quantity
         if budget:
             best = {"score": score, "epoch": epoch, "state": None}  # the last epoch is kept: no copy needed
         elif best["epoch"] < 0 or score > best["score"] + float(opts["min_delta"]):

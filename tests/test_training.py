@@ -146,13 +146,18 @@ def test_norm_clipping_clips_the_summed_gradient_before_the_step(data, tmp_path)
     assert_same_weights(model, ref)
 
 
-def test_plateau_schedule_halves_lr_after_patience_and_min_lr_stops(data, tmp_path):
+@pytest.mark.parametrize("select_on", ["primary", "loss"])
+def test_plateau_schedule_halves_lr_after_patience_and_min_lr_stops(data, tmp_path, select_on):
     # Zero gradients, no weight decay: the validation score is constant, so the plateau rule (ReduceLROnPlateau,
-    # patience 1: reduce when 2 epochs in a row are not better) halves lr every 2nd epoch.
+    # patience 1: reduce when 2 epochs in a row are not better) halves lr every 2nd epoch. The score is positive
+    # (CCC) with select_on=primary and negative (-loss) with select_on=loss: a tie must never count as progress
+    # on either sign (torch's relative threshold on -CCC made it one).
     lr = 0.01
     _, log, ctx = run_fit(data, tmp_path, frozen=True, weight_decay=0.0, lr=lr, schedule="plateau", plateau_patience=1,
-                          plateau_factor=0.5,
+                          plateau_factor=0.5, select_on=select_on,
                           patience=50, max_epochs=20, min_lr=lr / 3)
+    score = log[0]["val_ccc_mean"] if select_on == "primary" else -log[0]["val_loss"]
+    assert (score > 0) == (select_on == "primary")  # both signs are exercised
     assert [e["lr"] for e in log] == pytest.approx([lr, lr, lr, lr / 2, lr / 2], rel=1e-6)
     # after epoch 4 the schedule has taken lr to lr/4 < min_lr = lr/3: the loop stops there
     summary = ctx.extra["training"]["m"]

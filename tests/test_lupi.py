@@ -3,6 +3,8 @@ privileged modalities (teacher.modalities), the `lupi` task (Lopez-Paz et al. 20
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -135,6 +137,8 @@ def test_privileged_teacher_needs_a_privileged_modality(tiny_cfg):
 # 3. The lupi task
 
 from tasks.lupi import generate, standardise  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def lupi_cfg(tmp_path):
@@ -308,3 +312,28 @@ def test_privileged_signal_mixes_noise_into_x_star_only(signal):
     with pytest.raises(TaskError, match=r"privileged_signal=1.5.*\[0, 1\]"):
         generate(1, 5, 10, 0, 10, 0, 1.5)
     assert generate(1, 5, 10, 0, 10, 0, 1.0)["train"][1].tolist() == generate(1, 5, 10, 0, 10, 0)["train"][1].tolist()
+
+
+def test_reproduction_table_shows_the_leaderboard_numbers_beside_the_paper(lupi_cfg, tmp_path):
+    import importlib.util
+    from harness.leaderboard import collect, compare, summarise
+    spec = importlib.util.spec_from_file_location("lupi_table", ROOT / "scripts" / "lupi_table.py")
+    lupi_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lupi_table)
+    results = tmp_path / "r"  # lupi_cfg writes there
+    for seed in (0, 1, 2):
+        for kind in (["method=teacher", "teacher.modalities=privileged"], ["method=student"],
+                     ["method=kd", "method.recipe=gd", "teacher.modalities=privileged"]):
+            rec = execute(lupi_cfg(*PAPER, *kind, f"seed={seed}", "task.n_test=300", "train.max_epochs=20"))
+            assert rec["status"] == "ok", rec.get("traceback")
+    text = lupi_table.table(str(results))
+    runs = collect(results)
+    summary, cmp = summarise(runs), compare(runs)
+    acc = summary[summary.metric == "accuracy"].set_index("method")
+    row = next(line for line in text.splitlines() if line.startswith("|     1 |"))
+    for method in ("teacher", "student", "kd"):
+        assert f"{acc.loc[method, 'mean']:.3f} ± {acc.loc[method, 'std']:.3f} (n=3)" in row
+    d = cmp[(cmp.method == "kd") & (cmp.reference == "student")].iloc[0]
+    assert f"{d['mean']:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]" in row and "3 pairs" in row
+    assert "paper 0.96 ± 0.00" in row and "paper 0.95 ± 0.01" in row
+    assert len(text.splitlines()) == 3  # experiment 1 only: the header, the rule and one row

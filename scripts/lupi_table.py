@@ -1,0 +1,71 @@
+"""The lupi reproduction table: ours beside Lopez-Paz et al. (ICLR 2016, §4), per experiment and model.
+
+    python scripts/lupi_table.py [--results results]
+
+Reads the records that `scripts/lupi_reproduction.py` writes and takes every number from the leaderboard's own
+tables (harness.leaderboard: summarise for mean ± std, compare for the paired Δ of generalized distillation vs
+the student with its t interval, p and Holm's correction); nothing is recomputed here. A cell is marked `✗`
+when our mean is more than 0.02 from the paper's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tabulate import tabulate
+
+# Test accuracy, mean ± std over 100 repetitions, as the paper states it (its §4 table).
+PAPER = {1: {"teacher": (0.96, 0.00), "student": (0.88, 0.01), "kd": (0.95, 0.01)},
+         2: {"teacher": (0.90, 0.01), "student": (0.68, 0.01), "kd": (0.70, 0.01)},
+         3: {"teacher": (0.98, 0.00), "student": (0.89, 0.01), "kd": (0.97, 0.01)},
+         4: {"teacher": (0.96, 0.02), "student": (0.55, 0.03), "kd": (0.56, 0.04)}}
+MODELS = (("teacher", "privileged (teacher on x*)"), ("student", "regular (student on x)"),
+          ("kd", "distilled (kd, recipe gd)"))
+TOLERANCE = 0.02
+
+
+def table(results: str) -> str:
+    from harness.leaderboard import collect, compare, summarise
+    runs = collect(results)
+    runs = runs[(runs.task == "lupi") & (runs.status == "ok")]
+    if runs.empty:
+        raise SystemExit(f"no ok lupi records under {results}/ (python scripts/lupi_reproduction.py writes them)")
+    summary, comparisons = summarise(runs), compare(runs)
+    rows = []
+    for experiment in sorted(PAPER):
+        variant = next((v for v in summary.variant.unique() if v.startswith(f"experiment {experiment},")
+                        and "x* signal" not in v), None)
+        if variant is None:
+            continue
+        acc = summary[(summary.variant == variant) & (summary.metric == "accuracy") & (summary.control == "none")]
+        row = {"exp": experiment}
+        for method, name in MODELS:
+            ours = acc[acc.method == method]
+            paper_mean, paper_std = PAPER[experiment][method]
+            if len(ours) != 1:
+                row[name] = f"paper {paper_mean:.2f} ± {paper_std:.2f}; ours: {len(ours)} rows"
+                continue
+            o = ours.iloc[0]
+            miss = "" if abs(o["mean"] - paper_mean) <= TOLERANCE + 1e-12 else " ✗"
+            row[name] = f"{o['mean']:.3f} ± {o['std']:.3f} (n={o.n_runs}){miss}; paper {paper_mean:.2f} ± {paper_std:.2f}"
+        c = comparisons[(comparisons.variant == variant) & (comparisons.method == "kd")
+                        & (comparisons.reference == "student")]
+        if len(c) == 1:
+            c = c.iloc[0]
+            row["Δ distilled − student [95% CI], paired t p (Holm)"] = (
+                f"{c['mean']:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] p={c.p_t:.2g} "
+                f"({c.p_holm:.2g}{', significant' if c.significant else ''}), {c.n} pairs")
+        rows.append(row)
+    return tabulate(rows, headers="keys", tablefmt="github")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default="results")
+    print(table(ap.parse_args().results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

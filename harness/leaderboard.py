@@ -31,9 +31,10 @@ from harness.registry import TASKS
 from harness.schema import show
 from harness.teachers import stable_hash
 
-# Overrides that change a method's own setting are shown in its row label; task overrides already
-# define the section, and paths / launcher settings do not change results.
-LABEL_PREFIXES = ("method.", "train.", "model.")
+# Overrides that change a method's own setting are shown in its row label (teacher.*: what the teacher sees,
+# e.g. lupi's teacher.modalities=privileged); task overrides already define the section, and paths / launcher
+# settings do not change results.
+LABEL_PREFIXES = ("method.", "train.", "model.", "teacher.")
 BOUND_LABEL = {"lower_bound": "lower bound", "upper_bound": "UPPER BOUND (uses privileged at test)"}
 SOURCE_NOTE = {
     "synthetic": "Synthetic data generated in memory: these numbers say nothing about any real dataset.",

@@ -68,10 +68,11 @@ def test_row_labels_show_only_method_settings(tmp_path):
     fake_record(tmp_path, "kd", 0, 0, 0.4, cid="c2")
     rec_path = next(tmp_path.glob("synthetic/kd/*/record.json"))
     rec = json.loads(rec_path.read_text())
-    rec["overrides"] = ["results_dir=/tmp/x", "task.source=mimic", "method.temperature=2", "train.lr=0.01"]
+    rec["overrides"] = ["results_dir=/tmp/x", "task.source=mimic", "method.temperature=2", "train.lr=0.01",
+                        "teacher.modalities=privileged"]
     rec_path.write_text(json.dumps(rec))
     text = render(summarise(collect(tmp_path)), collect(tmp_path))
-    assert "| kd [method.temperature=2 train.lr=0.01]" in text
+    assert "| kd [method.temperature=2 train.lr=0.01 teacher.modalities=privileged]" in text
     assert "results_dir" not in text and "+0.100" in text
 
 

@@ -20,6 +20,18 @@ LOWER, UPPER = "#1f77b4", "#d62728"  # student (lower bound) and teacher (upper 
 PALETTE = plt.get_cmap("tab10")
 
 
+def plot_label(label: str, width: int = 30) -> str:
+    """A row label short enough for an axis: the method (and control) with its method./teacher. overrides,
+    the training recipe (train.*, model.*, the same for every row of a paper's setting) elided, wrapped."""
+    import textwrap
+    head, _, rest = label.partition(" [")
+    tokens = rest.rstrip("]").split()
+    kept = [t for t in tokens if not t.startswith(("train.", "model."))]
+    elided = ["…"] if len(kept) < len(tokens) else []
+    short = head + (f" [{' '.join(elided + kept)}]" if tokens else "")
+    return "\n".join(textwrap.wrap(short, width)) or head
+
+
 def method_colour(method: str, order: list[str]) -> str:
     """One colour per method across a section's figures; the bounds keep theirs."""
     if method == "student":
@@ -62,7 +74,7 @@ def forest(points: list[ForestPoint], primary: str, order: list[str], path: Path
         ax.text(1.02, y, f"{p.mean:+.3f}{interval}  {p_text}  n={p.n}{mark}", transform=ax.get_yaxis_transform(),
                 va="center", fontsize=9, fontweight="bold" if p.significant else "normal")
     ax.axvline(0, color="0.4", lw=1)
-    ax.set_yticks(ys, [p.label for p in drawn])
+    ax.set_yticks(ys, [plot_label(p.label, 20) for p in drawn])
     ax.set_ylim(-0.7, len(drawn) - 0.3)
     ax.set_xlabel(f"Δ {primary} = method − student, paired by fold and seed ({_better(primary)})")
     ax.set_title(f"Δ {primary} vs student, 95 % t interval (★ significant after Holm)", fontsize=10, loc="left")
@@ -90,7 +102,7 @@ def strip(columns: list[StripColumn], primary: str, order: list[str], path: Path
         mean = next((c.mean for c in columns if c.bound == bound and not math.isnan(c.mean)), None)
         if mean is not None:
             ax.axhline(mean, color=colour, lw=1, ls="--", alpha=0.7, label=name)
-    ax.set_xticks(range(len(columns)), [c.label.replace(" · ", " ·\n") for c in columns], fontsize=9)
+    ax.set_xticks(range(len(columns)), [plot_label(c.label, 18) for c in columns], fontsize=9)
     ax.set_ylabel(f"{primary} ({_better(primary)})")
     ax.set_title(f"{primary} per run (each dot one seed × fold; bar: the row's mean)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
@@ -112,13 +124,20 @@ def curves(runs: list[Curve], label: str, model: str, primary: str, path: Path) 
             if c.selected_epoch in c.epochs:
                 k = c.epochs.index(c.selected_epoch)
                 ax.plot([c.selected_epoch], [ys[k]], "o", ms=9, mfc="none", mec=colour, mew=2)
-    loss_ax.set_title(f"{label}: {model} train loss", fontsize=10)
-    val_ax.set_title(f"{label}: {model} validation {primary} ({_better(primary)})", fontsize=10)
+    short = plot_label(label, 200)
+    loss_ax.set_title(f"{short}: {model} train loss", fontsize=10)
+    val_ax.set_title(f"{short}: {model} validation {primary} ({_better(primary)})", fontsize=10)
+    validated = any(np.isfinite(np.asarray(c.val_metric, float)).any() for c in runs)
+    if not validated:  # budget runs: no validation split
+        val_ax.set_xticks([])
+        val_ax.set_yticks([])
+        val_ax.text(0.5, 0.5, "no validation split (train.stop=budget:\nthe last epoch is kept)",
+                    transform=val_ax.transAxes, ha="center", va="center", fontsize=10, color="0.4")
     for ax in (loss_ax, val_ax):
         ax.set_xlabel("epoch (from 0); ○ = selected epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    val_ax.legend(fontsize=8, loc="best", ncol=2)
+    (val_ax if validated else loss_ax).legend(fontsize=8, loc="best", ncol=2)
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.16, top=0.9, wspace=0.18)  # fixed: tight_layout redraws
     return _save(fig, path)
 

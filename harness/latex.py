@@ -155,13 +155,22 @@ def render_table(layout: SectionLayout) -> str:
     header += [rf"$\Delta$ vs {escape(ref)} [95\% CI]" for ref in layout.controls]
     header.append("runs")
 
+    # Overrides every row shares (a paper's training recipe, as on lupi) go once into the note, not into every
+    # label: long labels would shrink the whole table to fit the page.
+    shared = set.intersection(*(set(g.iloc[0].overrides.split()) for _, g in layout.rows)) if layout.rows else set()
+
+    def row_label(first) -> str:
+        head, _, rest = first.label.partition(" [")
+        own = [o for o in rest.rstrip("]").split() if o not in shared]
+        return head + (f" [{' '.join(own)}]" if own else "")
+
     body, block, failed = [], None, []
     for (method, config_id), g in layout.rows:
         first = g.iloc[0]
         if block is not None and BLOCK.get(first.bound, 1) != block:
             body.append(r"\midrule")
         block = BLOCK.get(first.bound, 1)
-        cells = [escape(first.label + BOUND_SUFFIX.get(first.bound, ""))]
+        cells = [escape(row_label(first) + BOUND_SUFFIX.get(first.bound, ""))]
         cells += [_metric_cell(g, m, primary, best) for m in layout.metrics]
         if len(vs_student):
             cells.append(_delta_cell(_comparison(cmp, REFERENCE, method, config_id)))
@@ -197,6 +206,8 @@ def render_table(layout: SectionLayout) -> str:
         notes.append("Failed runs, not averaged: " + escape(", ".join(failed)) + ".")
     if task_note(task):
         notes.append("Note: " + escape(task_note(task)))
+    if shared:
+        notes.append("Every row: " + escape(" ".join(sorted(shared))) + ".")
     notes.append("p values, sign-flip tests, unpaired and possibly undertrained runs: leaderboard.md.")
 
     return "\n".join([

@@ -270,6 +270,14 @@ def fmt(g, col: str, how: str) -> str:
     return f"{v.sum():.0f}"
 
 
+def breakdowns(rows: list[dict], metrics: dict, headers: list[str], by: list[tuple[str, str, str]]) -> None:
+    """One table per (title, grouping field, its column header): the implementations compared within each group."""
+    for title, field, field_header in by:
+        print(f"\n{title}")
+        print(tabulate(summarise(rows, [field, "impl"], metrics), headers=[field_header, "implementation", *headers],
+                       tablefmt="github"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=5)
@@ -286,15 +294,9 @@ def main() -> None:
     print(f"ECG, all {n} signals ({len(HEART_RATES)} heart rates x {len(ECG_NOISE)} noise levels x {len(GAP_KINDS)} "
           f"gap kinds x {args.seeds} seeds), 5.5 s at {FS:.0f} Hz")
     print(tabulate(summarise(ecg, ["impl"], ecg_metrics), headers=["implementation", *headers], tablefmt="github"))
-    print("\nECG by noise level (mV; R amplitude ~1.2 mV), all gap kinds")
-    print(tabulate(summarise(ecg, ["noise", "impl"], ecg_metrics), headers=["noise", "implementation", *headers],
-                   tablefmt="github"))
-    print("\nECG by gap kind, all noise levels")
-    print(tabulate(summarise(ecg, ["gap", "impl"], ecg_metrics), headers=["gap", "implementation", *headers],
-                   tablefmt="github"))
-    print("\nECG by heart rate, all noise levels and gaps")
-    print(tabulate(summarise(ecg, ["hr", "impl"], ecg_metrics), headers=["set bpm", "implementation", *headers],
-                   tablefmt="github"))
+    breakdowns(ecg, ecg_metrics, headers, [("ECG by noise level (mV; R amplitude ~1.2 mV), all gap kinds", "noise", "noise"),
+                                           ("ECG by gap kind, all noise levels", "gap", "gap"),
+                                           ("ECG by heart rate, all noise levels and gaps", "hr", "set bpm")])
     import pandas as pd
     df = pd.DataFrame(ecg)
     ours = df[df.impl == "scipy (ours)"].set_index(["hr", "noise", "gap", "seed"])
@@ -324,12 +326,8 @@ def main() -> None:
         d, scale = theirs_eda[col] - ours_eda[col], 0.01 * np.maximum(theirs_eda[col], ours_eda[col])
         cells.append(f"{int((d < -scale).sum())} / {int((d.abs() <= scale).sum())} / {int((d > scale).sum())}")
     print(tabulate([cells], headers=["level", "slope"], tablefmt="github"))
-    print("\nEDA by noise level (µS), all gap kinds")
-    print(tabulate(summarise(eda, ["noise", "impl"], eda_metrics), headers=["noise", "implementation", *eda_headers],
-                   tablefmt="github"))
-    print("\nEDA by gap kind, all noise levels")
-    print(tabulate(summarise(eda, ["gap", "impl"], eda_metrics), headers=["gap", "implementation", *eda_headers],
-                   tablefmt="github"))
+    breakdowns(eda, eda_metrics, eda_headers, [("EDA by noise level (µS), all gap kinds", "noise", "noise"),
+                                               ("EDA by gap kind, all noise levels", "gap", "gap")])
     print(f"\nneurokit2 {nk.__version__}; {time.time() - started:.0f} s")
 
 

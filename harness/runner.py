@@ -124,9 +124,15 @@ def prepare(cfg: DictConfig) -> Prepared:
     load_s = time.perf_counter() - t
     method_cls = METHODS.get(cfg.method.name)
     method_cls.check(cfg, task.spec)
-    if len(data.val) == 0 and OmegaConf.select(cfg, "train.stop", default="patience") != "budget":
+    # A method with its own loop options (DMD's method.training) overrides the run's train group with them.
+    stop_key = "method.training.stop" if OmegaConf.select(cfg, "method.training.stop") is not None else "train.stop"
+    if len(data.val) == 0 and OmegaConf.select(cfg, stop_key, default="patience") != "budget":
         raise TaskError(f"task '{task.name}' has no validation split here (e.g. task.n_val=0): nothing to select on; "
-                        f"use train.stop=budget")
+                        f"use {stop_key}=budget")
+    schedule_key = stop_key.rsplit(".", 1)[0] + ".schedule"
+    if len(data.val) == 0 and OmegaConf.select(cfg, schedule_key, default="none") == "plateau":
+        raise TaskError(f"task '{task.name}' has no validation split here (e.g. task.n_val=0), and "
+                        f"{schedule_key}=plateau follows the validation score: set {schedule_key}=none")
     encoder = OmegaConf.select(cfg, "model.encoder", default="temporal")
     sequences = [m for m in task.spec.modalities if m not in task.spec.vector_modalities]
     if encoder != "temporal" and sequences:

@@ -235,7 +235,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     """
     opts = loop_options(train_cfg)
     if val is not None and len(val) == 0:
-        val = None  # an empty validation split (lupi's n_val=0) is no validation split
+        val, evaluate = None, None  # an empty validation split (lupi's n_val=0) is no validation split
     task, device = ctx.task, ctx.device
     classification = task.spec.target.kind == "classification"
     train_t = SplitTensors(train, device, classification)
@@ -246,7 +246,11 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     if opts["select_on"] == "loss" and budget:
         raise ValueError("train.stop=budget keeps the last epoch: it selects nothing, so select_on must be primary")
     if val is None and evaluate is None and not budget:
-        raise ValueError(f"{name}: no validation split to select on (train.stop=budget trains without one)")
+        raise ValueError(f"{name}: no validation split to select on: set {config_key}.stop=budget (a fixed budget "
+                         f"of {config_key}.max_epochs, the last epoch kept) or give the task a validation split")
+    if val is None and evaluate is None and opts["schedule"] == "plateau":
+        raise ValueError(f"{name}: {config_key}.schedule=plateau follows the validation score, and there is no "
+                         f"validation split: set {config_key}.schedule=none or give the task a validation split")
 
     params = list(module.parameters()) if params is None else list(params)
     # `params` may also be optimizer param groups ({"params": [...], "lr": ...}), for stages whose

@@ -162,7 +162,8 @@ def get_teacher_set(ctx: RunContext, cfg, teacher: MultimodalNet, train: Split, 
         train_cfg = OmegaConf.merge(ctx.cfg.train, {"max_epochs": int(s1.epochs), "patience": int(s1.patience),
                                                     "batch_size": int(s1.batch_size)})
         log = fit("mt_teachers", ts, loss_fn, predict_fn, train, val, ctx, train_cfg, params=groups)
-        return {"log": log, "val_task_loss": candidate_losses(ts, val, ctx),
+        has_val = val is not None and len(val) > 0  # lupi's n_val=0: nothing to score the candidates on
+        return {"log": log, "val_task_loss": candidate_losses(ts, val, ctx) if has_val else None,
                 "training": ctx.extra["training"]["mt_teachers"]}
 
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):

@@ -263,7 +263,9 @@ def _teacher_feature_pairs(teacher: MultimodalNet, split: Split, ctx: RunContext
 def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: Split, val: Split
              ) -> tuple[TNet, dict]:
     """The T-Net of this run's teacher and T-Net config: trained once (stored next to the teacher)
-    on the train split, the epoch with the lowest validation loss kept, then frozen."""
+    on the train split, the epoch with the lowest validation loss kept, then frozen. Without a validation
+    split (lupi's n_val=0, where the run trains on a fixed budget) it trains all `epochs` and keeps the last,
+    as the run's own models do; the record says so (`selection`)."""
     spec, hidden = ctx.spec, teacher.hidden
     in_dim, out_dim = hidden * len(spec.student_modalities), hidden * len(spec.privileged_modalities)
     cfg = OmegaConf.to_container(tcfg, resolve=True)
@@ -275,18 +277,22 @@ def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: S
 
     def train_fn(tnet: TNet) -> dict:
         x_tr, y_tr = _teacher_feature_pairs(teacher, train, ctx, ctx.cfg.train.eval_batch_size)
-        x_va, y_va = _teacher_feature_pairs(teacher, val, ctx, ctx.cfg.train.eval_batch_size)
+        has_val = val is not None and len(val) > 0
+        x_va, y_va = _teacher_feature_pairs(teacher, val, ctx, ctx.cfg.train.eval_batch_size) if has_val else (None, None)
         gen = torch.Generator().manual_seed(derive_seed(ctx.seed, ctx.cfg.task.name, ctx.fold, "tnet-batches"))
         opt = torch.optim.Adam(tnet.parameters(), lr=tcfg.lr)
 
         def val_scores() -> dict[str, float]:
+            if not has_val:
+                return {}
             tnet.eval()
             with torch.no_grad():
                 pred = tnet(x_va)
                 return {"val_mmd": float(mmd_multi_kernel(pred, y_va)), "val_mse": float(F.mse_loss(pred, y_va))}
 
         before = val_scores()
-        best = {"score": before[f"val_{tcfg.loss}"], "epoch": -1, "state": copy.deepcopy(tnet.state_dict())}
+        best = {"score": before.get(f"val_{tcfg.loss}", math.inf), "epoch": -1,
+                "state": copy.deepcopy(tnet.state_dict())}
         log, n, bs = [], len(x_tr), int(tcfg.batch_size)
         for epoch in range(int(tcfg.epochs)):
             tnet.train()
@@ -301,21 +307,27 @@ def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: S
                 total, steps = total + float(loss.detach()), steps + 1
             scores = val_scores()
             log.append({"epoch": epoch, "train_loss": total / max(steps, 1), **scores})
+            if not has_val:
+                best["epoch"] = epoch  # no validation split: the last epoch is kept, as under train.stop=budget
+                continue
             if scores[f"val_{tcfg.loss}"] < best["score"]:
                 best = {"score": scores[f"val_{tcfg.loss}"], "epoch": epoch, "state": copy.deepcopy(tnet.state_dict())}
             if epoch - best["epoch"] > tcfg.patience:
                 break
-        tnet.load_state_dict(best["state"])
+        if has_val:
+            tnet.load_state_dict(best["state"])
         for entry in log:
             entry["selected"] = entry["epoch"] == best["epoch"]
-        return {"log": log, "val_before": before, "val_selected": val_scores(), "selected_epoch": best["epoch"]}
+        return {"log": log, "val_before": before or None, "val_selected": val_scores() or None,
+                "selected_epoch": best["epoch"],
+                "selection": "lowest validation loss" if has_val else "last epoch (no validation split)"}
 
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
         tnet, meta = ctx.teachers.get_or_train(key, build, train_fn, ctx.device)
     adopt_stored_log(ctx, "tnet", meta)
     ctx.extra["tnet"] = {"store_path": meta["store_path"], "reused": meta["reused"], "loss": tcfg.loss,
                          "val_before": meta.get("val_before"), "val_selected": meta.get("val_selected"),
-                         "selected_epoch": meta.get("selected_epoch")}
+                         "selected_epoch": meta.get("selected_epoch"), "selection": meta.get("selection")}
     return tnet, meta
 
 

@@ -333,7 +333,9 @@ class DMD(Method):
 
     def _record(self, train: Split, val: Split, hist: dict, selected: int, accumulate: int, n_batches: int):
         ctx, net = self.ctx, self.net
-        final = self._final_edges(val)
+        # The final edges are measured on the validation split; without one (lupi's n_val=0) on the training split.
+        edges_split = val if len(val) else train
+        final = self._final_edges(edges_split)
         edges = {**self.graph, "selected_epoch": selected,
                  "homo": {"prior": self.model["homo_gd"].prior.tolist(), "per_epoch": hist["homo"],
                           "selected_epoch_train_mean": hist["homo"][selected] if hist["homo"] else None,
@@ -341,7 +343,8 @@ class DMD(Method):
                  "hetero": {"prior": self.model["het_gd"].prior.tolist(), "per_epoch": hist["hetero"],
                             "selected_epoch_train_mean": hist["hetero"][selected] if hist["hetero"] else None,
                             "final": final["hetero"]},
-                 "final_is": "batch-mean E of the selected model (eval mode) over the validation split",
+                 "final_is": "batch-mean E of the selected model (eval mode) over the "
+                             + ("validation" if len(val) else "training (no validation split)") + " split",
                  "title": f"{ctx.cfg.task.name} ({self.graph['protocol']} protocol), {ctx.task.data_source} data, "
                           f"fold {ctx.fold}, seed {ctx.seed}"}
         ctx.extra["dmd_edges"] = edges

@@ -116,6 +116,21 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_scaling(args) -> int:
+    from tabulate import tabulate
+
+    from harness.scaling import ScalingError, write_scaling  # matplotlib: only when a figure is asked for
+    try:
+        done = write_scaling(args.results, args.task, args.x, args.out)
+    except ScalingError as e:
+        return _fail(str(e))
+    cols = ["panel", "label", "x", "mean", "ci_low", "ci_high", "runs"] + \
+        [c for c in ("delta", "delta_low", "delta_high", "p_t", "pairs") if c in done.table]
+    print(tabulate(done.table[cols], headers="keys", showindex=False, floatfmt=".3f", missingval=""))
+    print(f"wrote {done.figure} and {done.csv} from {done.n_records} {args.task} records under {args.results}/")
+    return 0
+
+
 def cmd_status(args) -> int:
     from tabulate import tabulate
 
@@ -199,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--results", default="results")
     rp.add_argument("--out", default="report", help="output folder, replaced as a whole (default: report)")
     rp.set_defaults(fn=cmd_report)
+    sc = sub.add_parser("scaling", help="figure + table: the primary metric against one task key (lupi's "
+                        "task.n_train), Δ vs student, from the records")
+    sc.add_argument("--results", default="results")
+    sc.add_argument("--task", default="lupi")
+    sc.add_argument("--x", default="task.n_train", help="the swept config key (default task.n_train)")
+    sc.add_argument("--out", default="docs/lupi_sample_size.png", help="PNG; the numbers go to the same name .csv")
+    sc.set_defaults(fn=cmd_scaling)
     st = sub.add_parser("status", help="each sweep's runs: pending / running / done / failed, with errors and logs")
     st.add_argument("--results", default="results", help="the results_dir the sweeps wrote to")
     st.add_argument("--sweep", help="one sweep (its id or a unique prefix) in full; default: the latest in full")

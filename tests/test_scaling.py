@@ -89,7 +89,7 @@ def test_cli_writes_the_figure_and_its_numbers(tree, tmp_path, capsys):
     assert main(["scaling", "--results", str(root), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv = out.with_suffix(".csv").read_text().splitlines()
-    assert csv[0].startswith("panel,label,method,control,x,metric,mean")
+    assert csv[0].startswith("panel,label,method,control,overrides,x,metric,mean")
     assert len(csv) == 1 + 4  # student and kd at two sizes
     assert "wrote" in capsys.readouterr().out
 

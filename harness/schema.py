@@ -378,7 +378,7 @@ TASKS: dict[str, dict[str, Field]] = {
     "lupi": {
         "name": choice("lupi"), "experiment": choice(1, 2, 3, 4), "d": int_(ge=3), "n_train": int_(ge=2),
         "n_val": int_(ge=0), "n_test": int_(ge=1), "repetition": _SEED,
-        "privileged_signal": float_(ge=0, le=1),
+        "privileged_signal": float_(ge=0, le=1), "exp4_relevant": choice("paper", "code"),
     },
     "mosi": {"name": choice("mosi"), **_PICKLE_TASK, "primary_metric": choice(*MMSA_METRICS), "clip_labels": bool_(),
              "text_input": _TEXT_INPUT},

@@ -26,6 +26,9 @@ code/synthetic.py) and where the issue text / paper and the code differ:
   the training set and another for the test set, the same for every sample of a set) and weights x* by
   α[0:3] whatever J is. Here J_i is per sample and the weights are α at J_i, as the paper writes; the median
   threshold is per split, as the code's (one call per split).
+- `exp4_relevant=code` (default `paper`) generates experiment 4 as the reference code does: one J per split
+  (drawn per call of the generator: one for the training split, others for validation and test) and x*
+  weighted by α[0:3] whatever J is, to find out which reading gives the paper's teacher cell.
 - `privileged_signal` (not in the paper; default 1 = the paper's x*): x* becomes s·z + √(1−s²)·ε, z the paper's
   x* scaled by its training standard deviation, ε ~ N(0, 1) from a stream of its own (so x, y and α stay
   the same): s = 0 makes x* pure noise, the negative case of the privileged-information controls.
@@ -46,7 +49,8 @@ from harness.task import Task, TaskError
 EXPERIMENTS = (1, 2, 3, 4)
 
 
-def _draw(rng: np.random.Generator, experiment: int, alpha: np.ndarray, J: np.ndarray, n: int):
+def _draw(rng: np.random.Generator, experiment: int, alpha: np.ndarray, J: np.ndarray, n: int,
+          exp4_relevant: str = "paper"):
     """(x, x*, y) of n samples of one split, raw (before standardisation)."""
     d = alpha.size
     if experiment == 1:
@@ -61,6 +65,13 @@ def _draw(rng: np.random.Generator, experiment: int, alpha: np.ndarray, J: np.nd
         x = rng.standard_normal((n, d))
         xs = x[:, J]
         y = xs @ alpha[J] > 0
+    elif exp4_relevant == "code":  # the reference code: one J for the whole split, weights α[0:3]
+        x = rng.standard_normal((n, d))
+        Js = rng.permutation(d)[:3]
+        xs = x[:, Js]
+        score = xs @ alpha[:3]
+        y = score > (np.median(score) if n else 0.0)
+        return x, xs, y.astype(np.int64), np.tile(Js, (n, 1))
     else:
         x = rng.standard_normal((n, d))
         Ji = np.argsort(rng.random((n, d)), axis=1)[:, :3]  # a random 3-subset per sample, in drawn order
@@ -72,18 +83,21 @@ def _draw(rng: np.random.Generator, experiment: int, alpha: np.ndarray, J: np.nd
 
 
 def generate(experiment: int, d: int, n_train: int, n_val: int, n_test: int, repetition: int,
-             privileged_signal: float = 1.0) -> dict:
+             privileged_signal: float = 1.0, exp4_relevant: str = "paper") -> dict:
     """Raw splits {train, val, test: (x, x*, y, J_i or None)}, plus α and J, for one repetition."""
     if experiment not in EXPERIMENTS:
         raise TaskError(f"task.experiment={experiment}: choose 1, 2, 3 or 4 (Lopez-Paz et al. 2016, §4)")
     if experiment in (3, 4) and d < 3:
         raise TaskError(f"task.d={d}: experiments 3 and 4 select 3 of the d inputs; use task.d >= 3")
+    if exp4_relevant not in ("paper", "code"):
+        raise TaskError(f"task.exp4_relevant={exp4_relevant!r}: choose paper (J_i per sample) or code (one J per "
+                        "split, weights α[0:3], as the reference code)")
     rng = np.random.default_rng([14, experiment, repetition])
     alpha = rng.standard_normal(d)
     J = rng.permutation(d)[:3]
     out = {"alpha": alpha, "J": J}
     for name, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-        out[name] = _draw(rng, experiment, alpha, J, n)
+        out[name] = _draw(rng, experiment, alpha, J, n, exp4_relevant)
     if privileged_signal != 1.0:
         _mix_noise_into_x_star(out, float(privileged_signal), np.random.default_rng([14, experiment, repetition, 1]))
     return out
@@ -145,13 +159,19 @@ class Lupi(Task):
     def variant(self) -> str:
         c = self.cfg
         signal = float(c.get("privileged_signal", 1.0))
-        return f"experiment {c.experiment}, d={c.d}, n_train={c.n_train}" + ("" if signal == 1.0 else f", x* signal {signal:g}")
+        # n_val > 0 (model selection on a validation split) and the code's experiment 4 are other protocols:
+        # sections of their own
+        return (f"experiment {c.experiment}, d={c.d}, n_train={c.n_train}"
+                + ("" if int(c.get("n_val", 0)) == 0 else f", n_val={c.n_val}")
+                + (", J as the reference code" if int(c.experiment) == 4 and c.get("exp4_relevant", "paper") == "code"
+                   else "")
+                + ("" if signal == 1.0 else f", x* signal {signal:g}"))
 
     def load_fold(self, fold: int) -> FoldData:
         self.check_fold(fold)
         c = self.cfg
         g = generate(int(c.experiment), int(c.d), int(c.n_train), int(c.n_val), int(c.n_test), int(c.repetition),
-                     float(c.get("privileged_signal", 1.0)))
+                     float(c.get("privileged_signal", 1.0)), str(c.get("exp4_relevant", "paper")))
         xs = standardise(*(g[s][0] for s in ("train", "val", "test")))
         xss = standardise(*(g[s][1] for s in ("train", "val", "test")))
         splits = {}

@@ -190,6 +190,22 @@ def test_exp4_J_is_per_sample_and_labels_cut_at_the_median():
     assert y.mean() == 0.5
 
 
+def test_exp4_code_variant_draws_one_J_per_split_and_weights_by_the_first_alphas():
+    g = generate(4, 50, 2000, 500, 500, repetition=1, exp4_relevant="code")
+    Js = []
+    for split in ("train", "val", "test"):
+        x, xs, y, Ji = g[split]
+        assert len({tuple(r) for r in Ji.tolist()}) == 1  # one J for the whole split
+        J = Ji[0]
+        np.testing.assert_array_equal(xs, x[:, J])
+        score = xs @ g["alpha"][:3]  # α[0:3] whatever J is, as the reference code
+        np.testing.assert_array_equal(y, (score > np.median(score)).astype(int))
+        Js.append(tuple(J))
+    assert len(set(Js)) == 3  # each split its own J
+    with pytest.raises(TaskError, match="exp4_relevant='both'"):
+        generate(4, 50, 10, 0, 10, repetition=1, exp4_relevant="both")
+
+
 def test_repetition_is_the_seed_and_draws_alpha_anew():
     a0 = generate(1, 50, 2, 0, 1, repetition=0)["alpha"]
     assert not np.allclose(a0, generate(1, 50, 2, 0, 1, repetition=1)["alpha"])
@@ -337,3 +353,41 @@ def test_reproduction_table_shows_the_leaderboard_numbers_beside_the_paper(lupi_
     assert f"{d['mean']:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]" in row and "3 pairs" in row
     assert "paper 0.96 ± 0.00" in row and "paper 0.95 ± 0.01" in row
     assert len(text.splitlines()) == 3  # experiment 1 only: the header, the rule and one row
+
+
+@pytest.mark.parametrize("method", ["pkdot", "mtpkdot"])
+def test_structural_methods_run_without_a_validation_split(method, lupi_cfg):
+    """n_val=0 (the paper's protocol): the T-Net and MT-PKDOT's stage 1 train a fixed budget and keep the last
+    epoch, and the record says so (they crashed on the empty split before)."""
+    stage1 = ["method.stage1.epochs=2"] if method == "mtpkdot" else []
+    rec = execute(lupi_cfg("model.encoder=mlp", "train.stop=budget", f"method={method}", "method.tnet.epochs=3",
+                           *stage1, "task.n_test=300"))
+    assert rec["status"] == "ok", rec.get("traceback")
+    tnet = rec["extra"]["tnet"]
+    assert tnet["selection"] == "last epoch (no validation split)" and tnet["selected_epoch"] == 2
+    assert tnet["val_before"] is None
+    assert rec["extra"]["training"]["student"]["stop_reason"] == "budget"
+
+
+def test_dmd_without_a_validation_split_names_its_own_loop_keys(lupi_cfg):
+    from harness.task import TaskError
+    with pytest.raises(TaskError, match=r"no validation split.*method\.training\.stop=budget"):
+        execute(lupi_cfg("method=dmd", "train.stop=budget"))
+    with pytest.raises(TaskError, match=r"method\.training\.schedule=plateau follows the validation score"):
+        execute(lupi_cfg("method=dmd", "method.preset=none", "method.training.stop=budget"))
+    rec = execute(lupi_cfg("method=dmd", "method.preset=none", "method.training.stop=budget",
+                           "method.training.schedule=none", "method.training.max_epochs=1", "task.n_test=200",
+                           "task.n_train=40"))
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["extra"]["dmd_edges"]["final_is"].endswith("training (no validation split) split")
+
+
+def test_a_validation_split_is_its_own_section(lupi_cfg):
+    from harness.registry import TASKS
+    from omegaconf import OmegaConf
+    base = OmegaConf.create({"name": "lupi", "experiment": 4, "d": 50, "n_train": 200, "n_val": 0, "n_test": 10,
+                             "repetition": 0, "privileged_signal": 1.0, "exp4_relevant": "paper"})
+    variant = lambda **kw: TASKS.get("lupi")(OmegaConf.merge(base, kw)).variant()  # noqa: E731
+    assert variant() == "experiment 4, d=50, n_train=200"
+    assert variant(n_val=200) == "experiment 4, d=50, n_train=200, n_val=200"
+    assert variant(exp4_relevant="code") == "experiment 4, d=50, n_train=200, J as the reference code"

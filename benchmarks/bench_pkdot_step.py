@@ -55,7 +55,7 @@ from harness.data import TargetSpec
 from harness.training import loop_options, make_optimizer
 from methods.blocks import MultimodalNet, task_loss
 from methods.kd import response_loss
-from methods.pkdot import PrivilegedStudent, TNet, ot_terms, structural_ot_loss
+from methods.pkdot import PrivilegedStudent, TNet, ot_terms, structural_ot_loss, teacher_and_student
 
 CONF = Path(__file__).resolve().parents[1] / "harness" / "conf"
 TARGET = TargetSpec(kind="classification", dims=("pain",), n_classes=2)
@@ -95,9 +95,7 @@ def pkdot_step(batch, teacher, pk, cfg):
     """As PKDOT.fit's loss_fn, then the loop's zero_grad / backward / step."""
     student, opt = pk
     x, y = batch
-    with torch.no_grad():
-        z_t = teacher(x).z
-    s_out = student(x)
+    z_t, s_out = teacher_and_student(teacher, student, x, None)
     l_struct, _ = ot_terms(cfg, z_t, s_out.z)
     loss = cfg.task_weight * task_loss(s_out.out, y, TARGET) + l_struct
     opt.zero_grad(set_to_none=True)

@@ -21,7 +21,12 @@ machine load (this CPU is shared by several agents):
                 no .cuda(), the hard-coded sequence lengths taken from `lens`, the 3-D CosineEmbeddingLoss of
                 L_ort (it raises on current torch) replaced by an op-for-op copy of torch 1.9's version, and
                 Adam stepped every batch; F.dropout, its MultiheadAttention, the HingeLoss loop and the dead
-                proj_cosine layers stay as they are (4.74 M parameters at MOSI aligned sizes).
+                proj_cosine layers stay as they are (4.74 M parameters at MOSI aligned sizes). Get the
+                official code with `git clone https://github.com/mdswyz/DMD DIR` (516d4e1, docs/fidelity.md);
+                official_step.py can import the model, GD units, HingeLoss and MSE from DIR's `trains` package
+                as they are, if it stubs the two modules that path imports but never calls (pynvml, from
+                trains/utils/functions.py, and trains/subNets/BertTextEncoder, which needs transformers) and
+                makes Tensor.cuda / Module.cuda the identity; the step's body is do_train's batch loop.
 The ratios fast/reference and fast/official are the figures that do not depend on the load. Reported per variant: median
 wall ms and median CPU ms (process time, all threads) per step, parameter counts (the DMD network without
 and with the official code's dead `proj_cosine_*` layers, which we omit, and the two GD units). The issue's

@@ -70,7 +70,8 @@ from methods.ot import sinkhorn_divergence
 from methods.teacher import build_net, get_teacher, teacher_key
 
 __all__ = ["sinkhorn_divergence", "cosine_matrix", "shift_nonnegative", "anchor_indices", "structural_clouds",
-           "structural_ot_loss", "centroid_loss", "mmd_multi_kernel", "TNet", "get_tnet", "PKDOT", "note_k_cap"]
+           "structural_ot_loss", "centroid_loss", "mmd_multi_kernel", "TNet", "get_tnet", "PKDOT", "note_k_cap",
+           "teacher_and_student"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,16 +344,37 @@ class PrivilegedStudent(nn.Module):
         # Not registered as submodules: frozen, stored elsewhere, never in the student's optimizer/state.
         self._frozen = (teacher, tnet)
 
-    def hallucinate(self, inputs, lengths) -> dict[str, torch.Tensor] | None:
+    def hallucinate(self, inputs, lengths, teacher_pooled: dict[str, torch.Tensor] | None = None
+                    ) -> dict[str, torch.Tensor] | None:
+        """The T-Net's privileged features from the teacher's pooled student-modality features, computed here
+        or taken from `teacher_pooled` (the teacher's own forward already made them: see teacher_and_student)."""
         teacher, tnet = self._frozen
         if tnet is None:
             return None
         with torch.no_grad():
-            feats = tnet(pooled_features(teacher, inputs, lengths, self.student_modalities))
+            if teacher_pooled is None:
+                t_in = pooled_features(teacher, inputs, lengths, self.student_modalities)
+            else:
+                t_in = torch.cat([teacher_pooled[m] for m in self.student_modalities], -1)
+            feats = tnet(t_in)
         return dict(zip(self.privileged, feats.split(self.net.hidden, dim=-1)))
 
-    def forward(self, inputs, lengths=None) -> NetOutput:
-        return self.net(inputs, lengths, injected=self.hallucinate(inputs, lengths))
+    def forward(self, inputs, lengths=None, teacher_pooled: dict[str, torch.Tensor] | None = None) -> NetOutput:
+        return self.net(inputs, lengths, injected=self.hallucinate(inputs, lengths, teacher_pooled))
+
+
+def teacher_and_student(teacher: MultimodalNet, student: PrivilegedStudent, inputs, lengths
+                        ) -> tuple[torch.Tensor, NetOutput]:
+    """A training batch's teacher joint feature z_t and student output, the teacher's encoders run once.
+
+    The frozen teacher (eval mode: no dropout) encodes every modality for z_t; its pooled student-modality
+    features are the T-Net's input too, so they are reused rather than computed a second time: the same
+    values as student(inputs, lengths), one teacher encoder pass fewer per step."""
+    with torch.no_grad():
+        seqs, pooled = teacher.encode(inputs, lengths)
+        z_t = teacher.fuse_and_predict(seqs, pooled, None, lengths).z
+    shared = pooled if teacher is student._frozen[0] else None  # another teacher's features are not the T-Net's input
+    return z_t, student(inputs, lengths, teacher_pooled=shared)
 
 
 def build_student(ctx: RunContext, cfg: DictConfig, teacher: MultimodalNet, train: Split, val: Split
@@ -407,9 +429,7 @@ class PKDOT(Method):
         target, reg = ctx.spec.target, ctx.cfg.train.regression_loss
 
         def loss_fn(batch: Batch):
-            with torch.no_grad():
-                z_t = teacher(batch.inputs, batch.lengths).z
-            s_out = self.student(batch.inputs, batch.lengths)
+            z_t, s_out = teacher_and_student(teacher, self.student, batch.inputs, batch.lengths)
             l_task = task_loss(s_out.out, batch.targets, target, batch.mask, reg)
             l_struct, parts = ot_terms(cfg, z_t, s_out.z)
             loss = cfg.task_weight * l_task + l_struct

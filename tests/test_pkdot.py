@@ -18,9 +18,10 @@ from harness.runner import build_task, derive_seed, execute, resolve_device
 from harness.schema import ConfigError
 from harness.teachers import TeacherStore
 from harness.training import SplitTensors
+from methods.blocks import TemporalEncoder, separable_conv_steps
 from methods.mtpkdot import per_sample_task_loss, select_teacher, select_teacher_per_sample
 from methods.ot import sinkhorn_divergence
-from methods.pkdot import TNet, centroid_loss, mmd_multi_kernel, pooled_features, structural_clouds, structural_ot_loss
+from methods.pkdot import PrivilegedStudent, TNet, centroid_loss, teacher_and_student, mmd_multi_kernel, pooled_features, structural_clouds, structural_ot_loss
 
 
 def np_cos(z):
@@ -103,6 +104,53 @@ def test_gradient_reaches_only_the_student_features():
     (structural_ot_loss(zt, zs, k=10) + centroid_loss(zt, zs)).backward()
     assert zt.grad is None
     assert zs.grad is not None and torch.isfinite(zs.grad).all() and zs.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("steps,kernel", [(1, 5), (2, 5), (3, 3), (16, 5), (40, 7)])
+def test_conv_block_without_conv1d_is_the_conv1d_computation(steps, kernel):
+    """separable_conv_steps (shifted scaled copies + Linear, the fast path) computes TemporalEncoder's conv
+    block as nn.Conv1d does: values and the gradients of input and weights, in float64 to round-off and in
+    float32 within float tolerance."""
+    torch.manual_seed(0)
+    enc = TemporalEncoder(6, 8, layers=1, kernel=kernel).double()
+    block = enc.convs[0]
+    for p in block.parameters():
+        p.data.normal_()
+    h = torch.randn(4, steps, 8, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for fast in (True, False):
+        out = separable_conv_steps(h, block) if fast else block(h.transpose(1, 2)).transpose(1, 2)
+        g = torch.autograd.grad(out.square().sum(), [h, *block.parameters()])
+        grads.append((out.detach(), g))
+    (out_fast, g_fast), (out_ref, g_ref) = grads
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    block32, h32 = block.float(), h.detach().float()
+    torch.testing.assert_close(separable_conv_steps(h32, block32), block32(h32.transpose(1, 2)).transpose(1, 2),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_and_student_shares_the_teacher_encoders_and_changes_nothing():
+    """The training step's teacher pass feeds the T-Net too (one teacher encoder pass per step): z_t and the
+    student's output are bit for bit those of teacher(x) and student(x), dropout included."""
+    from methods.blocks import MultimodalNet
+
+    torch.manual_seed(0)
+    target = TargetSpec(kind="classification", dims=("pain",), n_classes=2)
+    teacher = MultimodalNet({"visual": 6, "physio": 5}, target, hidden=8).eval()
+    tnet = TNet(8, 8, width=16).eval()
+    net = MultimodalNet({"visual": 6}, target, hidden=8, slots=("visual", "physio")).train()
+    student = PrivilegedStudent(net, teacher, tnet, ("visual",), ("physio",))
+    x = {"visual": torch.randn(10, 7, 6), "physio": torch.randn(10, 7, 5)}
+    lengths = {"visual": torch.randint(1, 8, (10,)), "physio": torch.randint(1, 8, (10,))}
+    torch.manual_seed(1)
+    z_t, s_out = teacher_and_student(teacher, student, x, lengths)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        z_ref = teacher(x, lengths).z
+    ref = student(x, lengths)
+    assert torch.equal(z_t, z_ref) and torch.equal(s_out.out, ref.out) and torch.equal(s_out.z, ref.z)
 
 
 def test_centroid_term_by_hand():

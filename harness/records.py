@@ -35,7 +35,7 @@ KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "pri
                    "train.plateau_factor": 0.5, "train.plateau_patience": 5, "train.min_lr": 0.0,
                    "train.drop_last": True, "train.accumulate": 1, "train.grad_clip_by": "norm",
                    "train.select_on": "primary", "train.stop": "patience",
-                   "method.privileged_control": "none", "task.privileged_signal": 1.0,
+                   "method.privileged_control": "none", "task.privileged_signal": 1.0, "task.exp4_relevant": "paper",
                    "task.explained_label_noise": 0.0, "task.labelled_per_subject": None,
                    "model.encoder": "temporal", "teacher.modalities": "all", "method.recipe": "none",
                    # DMD's text: the precomputed features (task.text_input follows method.text_encoder on mosi/mosei)

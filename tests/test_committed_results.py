@@ -56,3 +56,23 @@ def test_leaderboard_md_is_generated_from_the_records():
         pytest.skip("no committed records")
     df = collect(ROOT / "results")
     assert md.read_text() == render(summarise(df), df), "leaderboard.md is stale: run `harness leaderboard`"
+
+
+def test_every_committed_record_keeps_its_run_key():
+    """A config key added later must be neutral at the value older records ran with (harness/records.py
+    KEYS_NEUTRAL_AT): each record's command (method, task, seed, fold and its overrides), composed by today's
+    code, gives its run key and folder, so the same sweep sent today skips it as done (a new lupi key once
+    changed every lupi key without any test noticing)."""
+    from harness.config import compose_one
+    from harness.records import run_key
+    bad, n = [], 0
+    for path in RECORDS:
+        rec = json.loads(path.read_text())
+        overrides = [f"method={rec['method']}", f"task={rec['task']}", f"seed={rec['seed']}", f"fold={rec['fold']}",
+                     *(o for o in rec.get("overrides") or [] if not o.startswith(("method=", "task=", "seed=", "fold=")))]
+        n += 1
+        key = run_key(compose_one(overrides))
+        if key != rec["run_key"] or key != path.parent.name:
+            bad.append(f"{path.parent} -> {key}")
+    assert n > 300
+    assert not bad, f"{len(bad)} of {n} records re-key differently today, e.g. {bad[:3]}"

@@ -45,7 +45,8 @@ from harness.cache import cached_arrays
 from harness.data import FoldData, Split, TargetSpec, TaskSpec
 from harness.registry import register_task
 from harness.task import Task, TaskError
-from tasks._common import (Cleaning, audit_split, data_source_of, finite_float32, holdout_groups, prepare_out_dir,
+from tasks._common import (Cleaning, audit_split, data_source_of, features_info, finite_float32,
+                           holdout_groups, prepare_out_dir,
                            read_table, resolve_root, standardize_inputs, write_mimic_marker)
 
 VA_DIR = "VA_Estimation_Challenge"
@@ -228,7 +229,7 @@ class AffWild2(Task):
 
     @property
     def data_source(self) -> str:
-        return data_source_of(self.root)
+        return data_source_of(self.root, self.features_root)
 
     def _under_root(self, key: str, default: str) -> Path:
         v = self.cfg.get(key)
@@ -467,6 +468,7 @@ class AffWild2(Task):
         info = {"protocol": "official: Train_Set (minus held-out videos) / Validation_Set as test",
                 "split_audit": audit, "cleaning": {**cleaning.as_info(), "windows": window_cleaning.as_info()["counts"]},
                 **d["facts"], "data_root": str(self.root),
+                "visual_features": features_info(self.features_root),
                 "n_tracks": {"train": len(fit_tracks), "val": len(val_tracks), "test": len(test_tracks)},
                 "n_valid_frames": {"train": int(train.target_mask.sum()), "val": int(val.target_mask.sum()),
                                    "test": int(test.target_mask.sum())},

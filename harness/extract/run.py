@@ -139,26 +139,27 @@ def extract(cfg: DictConfig) -> dict:
                           f"annotation line; use backbone.clip_stride=1")
     device = resolve_device(cfg.device)
     amp = device.type == "cuda" if e.amp == "auto" else bool(e.amp)
-    bb = backbones.build(cfg.backbone.name, str(e.weights), int(e.seed))
-    facts = extractor_facts(cfg, bb, p.facts)
     root = Path(p.features_root)
     old = sidecar.read(root)
-    if old is not None and not e.overwrite:
-        diff = _comparable(old.get("extractor") or {}, facts)
-        if diff:
-            raise ConfigError(f"{sidecar.path_of(root)} describes features made with other settings ({'; '.join(diff)}). "
-                              f"Extract into another folder (task.features_root=...), or replace them all with "
-                              f"extract.overwrite=true")
-    files = {} if old is None or e.overwrite else dict(old.get("files") or {})
-    skipped = {} if old is None or e.overwrite else dict(old.get("skipped") or {})
     if old is None and not e.overwrite:
         stray = [it.out for it in p.items if Path(it.out).is_file()]
         if stray:
             raise ConfigError(f"{root} already holds {len(stray)} feature files (e.g. {stray[0]}) but no "
                               f"{sidecar.NAME}: they were not made by harness extract. Extract into another folder "
                               f"(task.features_root=...), or replace them with extract.overwrite=true")
+    bb = backbones.build(cfg.backbone.name, str(e.weights), int(e.seed))
+    facts = extractor_facts(cfg, bb, p.facts)
+    if old is not None and not e.overwrite:
+        diff = _comparable(old.get("extractor") or {}, facts)
+        if diff:
+            raise ConfigError(f"{sidecar.path_of(root)} describes features made with other settings "
+                              f"({'; '.join(diff)}). Extract into another folder (task.features_root=...), or replace "
+                              f"them all with extract.overwrite=true")
+    files = {} if old is None or e.overwrite else dict(old.get("files") or {})
+    skipped = {} if old is None or e.overwrite else dict(old.get("skipped") or {})
     todo = [it for it in p.items if e.overwrite or not (it.key in files and Path(it.out).is_file())]
-    data = {"written_by": "harness extract", "extractor": facts, "random_weights": e.weights == "none",
+    data = {"written_by": "harness extract", **({"finished_at": old["finished_at"]} if files and "finished_at" in old
+                                                 else {}), "extractor": facts, "random_weights": e.weights == "none",
             "versions": versions(), "device": str(device), "amp": amp,
             "torchvision_ops": bb.torchvision_ops, "files": files, "skipped": skipped}
     if data["random_weights"]:
@@ -174,7 +175,8 @@ def extract(cfg: DictConfig) -> dict:
     sidecar.write(root, data)
     if todo:
         counts.update(_loop(cfg, todo, bb, device, amp, data, root))
-    data["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if counts["written"] or wav_counts:
+        data["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     sidecar.write(root, data)
     print(f"extract: wrote {counts['written']} files, skipped {counts['skipped']} unreadable inputs"
           + (f" (listed in {sidecar.path_of(root)})" if counts["skipped"] else "") + f"; {sidecar.path_of(root)}")

@@ -42,14 +42,17 @@ def read(features_root: Path | str) -> dict | None:
 
 
 def write(features_root: Path | str, data: dict) -> None:
-    """Atomic: a temporary file in the same folder, then renamed over the old one."""
+    """Atomic: a temporary file in the same folder, then renamed over the old one. An unchanged sidecar is not
+    rewritten (the tasks fingerprint the files of the features root: a resumed run with nothing to do changes none)."""
     p = path_of(features_root)
+    text = json.dumps(data, indent=1) + "\n"
+    if p.is_file() and p.read_text() == text:
+        return
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".EXTRACTED.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -7,9 +7,10 @@ On disk (docs/datasets.md#affwild2-files):
       `<N>th ABAW Annotations` folder, or data_root itself) unless task.annotations_dir names it.
       A video with two annotated people gives `<video>_left` and `<video>_right` tracks.
   <features_root>/<track>.npy    visual features float [frames, D], row k = frame k+1 (default
-      <data_root>/features/visual; extracting them from the face crops is a separate step).
+      <data_root>/features/visual), written from the face crops or the videos by `harness extract task=affwild2`
+      with an EXTRACTED.json beside them that every record copies (data_info).
   <audio_root>/<video>.wav       the video's audio track, one per VIDEO (its _left/_right tracks share it;
-      default <data_root>/audio; e.g. `ffmpeg -i batch1/<video>.mp4 -ac 1 -ar 16000 audio/<video>.wav`).
+      default <data_root>/audio; `harness extract` writes the missing ones, 16 kHz mono, from the videos).
   <data_root>/video_fps.csv      optional, comma-separated `video,fps`: each video's frame rate (read it from the
       video, e.g. cv2.CAP_PROP_FPS). Videos it does not list get fps = annotation lines / wav duration (true
       when the annotation has one line per video frame and the wav spans the video); task.fps=<number>
@@ -366,7 +367,8 @@ class AffWild2(Task):
     def _check_wav(self, wav: Path, video: str) -> None:
         if not wav.is_file():
             raise TaskError(f"missing audio {wav} for video {video}; the harness computes the audio features from one "
-                            f"wav per video (its _left/_right tracks share it): extract it with e.g. "
+                            f"wav per video (its _left/_right tracks share it): `harness extract task=affwild2 "
+                            f"task.data_root=...` writes it from the video, or e.g. "
                             f"`ffmpeg -i <video file> -ac 1 -ar 16000 {wav}` (task.audio_root sets the folder)")
 
     def _audio(self, videos: dict[str, int], cleaning: Cleaning) -> tuple[dict[str, np.ndarray], dict]:

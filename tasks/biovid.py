@@ -7,8 +7,8 @@ On disk (docs/datasets.md#biovid-files; every table is read by column name, neve
       TAB-separated, header: time (int, microseconds from the window start), gsr, ecg, emg_trapezius
       [Part B: + emg_corrugator, emg_zygomaticus], 512 Hz.
   <features_root>/<subject_name>/<sample_name>.npy            visual frame features, float [T, D], one row per
-      video frame (default features_root: <data_root>/features/visual; extracting them from the videos is a
-      separate step).
+      video frame (default features_root: <data_root>/features/visual), written from the videos by
+      `harness extract task=biovid` with an EXTRACTED.json beside them that every record copies (data_info).
 
 Modalities: `visual` (the student's, [T, D] frame features as stored) and `physio` (privileged), computed
 here from the signals with scipy and neurokit2 (`physio_features`), one row per spectrogram frame [T=127, D]:

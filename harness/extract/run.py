@@ -184,21 +184,29 @@ def extract(cfg: DictConfig) -> dict:
 
 
 def _wavs(p: Plan, e, data: dict) -> int:
-    """Aff-Wild2: <audio_root>/<video>.wav from each video whose wav is absent (16 kHz mono)."""
-    written = 0
+    """Aff-Wild2: <audio_root>/<video>.wav from each video whose wav is absent (16 kHz mono). A video that is not
+    there is named in EXTRACTED.json (audio.no_video) and printed, not an error: the crops alone still give the
+    visual features, and the task names the missing wav when it runs."""
+    written, no_video = 0, []
     for video, src, wav in p.wavs:
+        if src is None:
+            no_video.append(video)
+            continue
         try:
-            if src is None:
-                raise decode.DecodeError(f"no video file named {video}.* under {p.facts.get('videos_dir') or 'the data root'} "
-                                         f"to extract {wav} from (set extract.videos_dir)")
             decode.extract_wav(src, wav)
             written += 1
         except decode.DecodeError as err:
             if e.on_error == "error":
-                raise ExtractError(f"{err} (extract.on_error=skip skips it and counts it)") from None
+                raise ExtractError(f"{err}. Nothing was written for it; fix or remove the file, or set "
+                                   f"extract.on_error=skip to skip and count such inputs") from None
             data["skipped"][f"audio/{video}.wav"] = str(err)
     if p.wavs:
-        data["audio"] = {"sample_rate": 16000, "channels": 1, "written": written, "from": "the video's first audio track"}
+        data["audio"] = {"sample_rate": 16000, "channels": 1, "written": written,
+                         "from": "the video's first audio track", "no_video": no_video}
+    if no_video:
+        print(f"extract: no video file for {len(no_video)} of the {len(p.wavs)} missing wavs (e.g. {no_video[0]}) "
+              f"under {p.facts.get('videos_dir') or 'the data root'}: their audio/<video>.wav were not written (set "
+              f"extract.videos_dir, or extract.audio=false)")
     return written
 
 

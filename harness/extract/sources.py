@@ -111,6 +111,8 @@ def affwild2(task_cfg, ecfg) -> Plan:
     facts = {"input": mode, "annotations": str(va_root / VA_DIR)}
     facts.update({"frames_dir": str(frames_dir)} if mode == "frames" else
                  {"videos_dir": str(videos_dir), "two_person_tracks": "left/right half of the frame"})
+    if need_wav:
+        facts["videos_dir"] = str(videos_dir)
     return Plan(task.features_root, items, wavs, facts)
 
 

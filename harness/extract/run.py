@@ -222,17 +222,17 @@ def _loop(cfg, todo: list[Item], bb, device, amp, data: dict, root: Path) -> dic
     pending: dict[int, list[torch.Tensor]] = {}
     written = skipped = 0
     last_flush = time.monotonic()
-    total = sum(it.rows for it in todo) if all(it.rows is not None for it in todo) else None
-    bar = tqdm(total=total, unit="row" if total else "frame", desc=f"extract {bb.name}", disable=not cfg.progress,
-               dynamic_ncols=True)
+    # rows known up front (Aff-Wild2: annotation lines): a bar of rows; else (BioVid: frames unknown until decoded)
+    # a bar of files
+    by_rows = all(it.rows is not None for it in todo)
+    bar = tqdm(total=sum(it.rows for it in todo) if by_rows else len(todo), unit="row" if by_rows else "file",
+               desc=f"extract {bb.name}", disable=not cfg.progress, dynamic_ncols=True)
     it_loader = iter(loader)
     try:
         for i, what, payload in it_loader:
             item = todo[i]
             if what == "frames":
                 pending.setdefault(i, []).append(model.frames(payload) if bb.kind == "frame" else payload)
-                if bb.kind == "frame" and total is None:
-                    bar.update(len(payload))
                 continue
             parts = pending.pop(i, [])
             if what == "error":
@@ -241,6 +241,7 @@ def _loop(cfg, todo: list[Item], bb, device, amp, data: dict, root: Path) -> dic
                                        f"extract.on_error=skip to skip and count such inputs")
                 data["skipped"][item.key] = payload
                 skipped += 1
+                bar.update(item.rows if by_rows else 1)
                 continue
             src, gap = np.asarray(payload["src"]), np.asarray(payload["gap"])
             if bb.kind == "frame":
@@ -258,7 +259,7 @@ def _loop(cfg, todo: list[Item], bb, device, amp, data: dict, root: Path) -> dic
                 "source": item.source, "gaps_filled": int(rows_gap.sum()),
                 **({"half": item.half} if item.half else {}), **payload["extra"]}
             written += 1
-            bar.update(len(out) if total is not None else (len(out) if bb.kind == "clip" else 0))
+            bar.update(len(out) if by_rows else 1)
             if time.monotonic() - last_flush > FLUSH_EVERY_S:
                 sidecar.write(root, data)
                 last_flush = time.monotonic()

@@ -168,6 +168,7 @@ def extract(cfg: DictConfig) -> dict:
     for it in todo:
         skipped.pop(it.key, None)
     wav_counts = _wavs(p, e, data)
+    _fps_table(p)
     print(f"extract: {len(p.items)} files in {root} ({len(p.items) - len(todo)} done already, {len(todo)} to extract) "
           f"with {bb.name} ({bb.weights['source']} weights) on {device}")
     counts = {"files": len(p.items), "done_before": len(p.items) - len(todo), "written": 0, "skipped": 0,
@@ -208,6 +209,23 @@ def _wavs(p: Plan, e, data: dict) -> int:
               f"under {p.facts.get('videos_dir') or 'the data root'}: their audio/<video>.wav were not written (set "
               f"extract.videos_dir, or extract.audio=false)")
     return written
+
+
+def _fps_table(p: Plan) -> None:
+    """Aff-Wild2: <data_root>/video_fps.csv (video,fps) from the videos' own frame rates when the file is absent, so
+    the task aligns the audio with the frames by the true rate instead of annotation lines / wav duration."""
+    if p.fps_file is None or not p.videos:
+        return
+    rows = [(v, decode.video_fps(path)) for v, path in p.videos.items()]
+    rows = [(v, f) for v, f in rows if f]
+    if not rows:
+        return
+    text = "video,fps\n" + "".join(f"{v},{f:.6g}\n" for v, f in rows)
+    fd, tmp = tempfile.mkstemp(dir=p.fps_file.parent, prefix=".video_fps.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, p.fps_file)
+    print(f"extract: wrote {p.fps_file} ({len(rows)} videos' frame rates)")
 
 
 def _loop(cfg, todo: list[Item], bb, device, amp, data: dict, root: Path) -> dict:

@@ -6,8 +6,9 @@ files land exactly where `harness run` reads them:
             one row per video frame (clip_stride 1) for every sample of samples.csv
   affwild2  <frames_dir>/<track>/<frame:05d>.jpg, or the video <video>.mp4 found under extract.videos_dir
             ->  <features_root>/<track>.npy with exactly one row per annotation line (row k = line k+1 = frame k),
-            for every track of VA_Estimation_Challenge/{Train_Set,Validation_Set}; and <audio_root>/<video>.wav
-            from the video when absent (extract.audio)
+            for every track of VA_Estimation_Challenge/{Train_Set,Validation_Set}; <audio_root>/<video>.wav
+            from the video when absent (extract.audio); <data_root>/video_fps.csv from the videos' frame rates
+            when absent
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class Plan:
     items: list[Item]
     wavs: list[tuple[str, Path | None, Path]]   # (video name, its video file or None, the wav to write)
     facts: dict                                 # input kind, folders... for EXTRACTED.json
+    fps_file: Path | None = None                # affwild2: <data_root>/video_fps.csv, written when absent ...
+    videos: dict[str, Path] | None = None       # ... from these annotated videos' frame rates
 
 
 def biovid(task_cfg, ecfg) -> Plan:
@@ -94,8 +97,9 @@ def affwild2(task_cfg, ecfg) -> Plan:
     audio_root = task.audio_root
     need_wav = sorted({video_of(t) for t in tracks if not (audio_root / f"{video_of(t)}.wav").is_file()}) \
         if ecfg.audio else []
+    fps_file = root / task_cfg.fps_file
     videos = (_index_videos(videos_dir, [frames_dir, task.features_root, audio_root, va_root])
-              if mode == "video" or need_wav else {})
+              if mode == "video" or need_wav or not fps_file.is_file() else {})
     items = []
     for track, rows in tracks.items():
         key = f"{track}.npy"
@@ -113,7 +117,8 @@ def affwild2(task_cfg, ecfg) -> Plan:
                  {"videos_dir": str(videos_dir), "two_person_tracks": "left/right half of the frame"})
     if need_wav:
         facts["videos_dir"] = str(videos_dir)
-    return Plan(task.features_root, items, wavs, facts)
+    annotated = {v: videos[v] for v in sorted({video_of(t) for t in tracks}) if v in videos}
+    return Plan(task.features_root, items, wavs, facts, None if fps_file.is_file() else fps_file, annotated)
 
 
 PLANNERS = {"biovid": biovid, "affwild2": affwild2}

@@ -81,7 +81,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from harness.extract import backbones, compose, decode
+    from harness.extract import backbones, compose
     from harness.extract.run import Model, extract, resolve_device
     from harness.extract.sources import plan
 
@@ -110,9 +110,7 @@ def main() -> None:
         t0 = time.perf_counter()
         decoded = []
         for i, what, payload in Decoded(items, size):
-            if what == "frames":
-                decoded.append((i, payload))
-            elif what == "end":
+            if what in ("frames", "end"):
                 decoded.append((i, payload))
         decode_s = time.perf_counter() - t0
         frames_by_item: dict[int, list] = {}

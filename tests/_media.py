@@ -42,7 +42,7 @@ def write_video(path: Path, n_frames: int, w: int = 64, h: int = 48, fps: int = 
         for p in s.encode():
             c.mux(p)
         if a is not None:
-            t = np.arange(int(round(n_frames / fps * audio_rate))) / audio_rate
+            t = np.arange(round(n_frames / fps * audio_rate)) / audio_rate
             y = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
             size = a.codec_context.frame_size or 1024
             for i in range(0, len(y), size):

@@ -251,7 +251,7 @@ def test_affwild2_from_videos_writes_16k_mono_wavs_and_rows_per_annotation_line(
         assert 0.2 < np.abs(y[len(y) // 4: 3 * len(y) // 4]).max() < 0.4     # the 0.3 sine, resampled
     assert (root / "video_fps.csv").read_text() == "video,fps\nvidA,25\nvidB,25\n"   # read from the videos
     info = json.loads((root / "features" / "visual" / "EXTRACTED.json").read_text())
-    a, left, right = (info["files"][f"{t}.npy"] for t in ("vidA", "vidB_left", "vidB_right"))
+    a, left = (info["files"][f"{t}.npy"] for t in ("vidA", "vidB_left"))
     assert (a["rows"], a["frames_read"], a["gaps_filled"], a["video_longer_than_annotation"]) == (20, 20, 0, True)
     assert (left["rows"], left["frames_read"], left["gaps_filled"], left["half"]) == (14, 12, 2, "left")
     xa = np.load(root / "features" / "visual" / "vidA.npy")

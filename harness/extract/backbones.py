@@ -49,7 +49,7 @@ def import_torchvision():
 
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
-        _SHIM = torch.library.Library("torchvision", "FRAGMENT")  # noqa: PLW0603
+        _SHIM = torch.library.Library("torchvision", "FRAGMENT")
         for op in ("nms", "qnms"):
             _SHIM.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         import torchvision
@@ -113,7 +113,7 @@ def build(name: str, weights: str, seed: int = 0) -> Backbone:
 
     if name not in BACKBONES:
         raise ConfigError(f"backbone={name!r}: expected one of {', '.join(BACKBONES)}")
-    tv, has_ops = import_torchvision()
+    _, has_ops = import_torchvision()
     module, builder, enum_name, member, kind = BACKBONES[name]
     mod = importlib.import_module(module)
     enum = getattr(mod, enum_name)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from harness.errors import ConfigError, TaskError
 from harness.extract import backbones, decode, sidecar
@@ -286,7 +286,3 @@ def _loop(cfg, todo: list[Item], bb, device, amp, data: dict, root: Path) -> dic
         del it_loader  # shuts the workers down
         sidecar.write(root, data)
     return {"written": written, "skipped": skipped}
-
-
-def config_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg)

@@ -281,6 +281,34 @@ def test_a_corrupt_video_is_named_and_leaves_no_file_or_is_skipped_and_counted(a
     assert not (out / "vidA.npy").exists() and not list(out.glob(".*tmp*"))
 
 
+def test_weights_from_a_file_are_used_and_identified_by_their_hash(affwild_videos, tmp_path, capsys):
+    import hashlib
+
+    from tasks._common import data_source_of
+
+    tv, _ = backbones.import_torchvision()
+    torch.manual_seed(5)
+    path = tmp_path / "resnet18.pth"
+    torch.save(tv.models.resnet18(num_classes=7).state_dict(), path)   # its own classifier: ignored
+    root = affwild_videos
+    assert main(["extract", *AFFWILD, f"task.data_root={root}", "extract.audio=false", f"extract.weights={path}"]) == 0
+    info = json.loads((root / "features" / "visual" / "EXTRACTED.json").read_text())
+    w = info["extractor"]["weights"]
+    assert w["source"] == "file" and w["file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info["random_weights"] is False and "WARNING" not in info
+    assert data_source_of(root, root / "features" / "visual") == "real"
+    bb = backbones.build("resnet18", str(path))
+    assert bb.weights["parameters_sha256"] == w["parameters_sha256"]
+    frames = np.stack([f for f, _ in decode.iter_video(root / "batch1" / "vidA.mp4", 16)])[:20]
+    with torch.no_grad():
+        np.testing.assert_allclose(np.load(root / "features" / "visual" / "vidA.npy"),
+                                   bb.model(normalised(frames, bb)).numpy(), rtol=1e-4, atol=1e-4)
+    bad = tmp_path / "other.pth"
+    torch.save({"conv1.weight": torch.zeros(3)}, bad)
+    assert main(["extract", *AFFWILD, f"task.data_root={root}", f"extract.weights={bad}", "extract.overwrite=true"]) == 2
+    assert "does not fit torchvision's resnet18" in capsys.readouterr().err
+
+
 # --- config -------------------------------------------------------------------------------------------------------
 
 def test_extract_yaml_and_schema_tables_agree():

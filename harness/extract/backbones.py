@@ -143,11 +143,17 @@ def build(name: str, weights: str, seed: int = 0) -> Backbone:
         model = getattr(mod, builder)(weights=None)
         model.fc = torch.nn.Identity()
         sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        fix = "Give a state_dict of that architecture, or another backbone="
+        try:
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+        except RuntimeError as err:  # shapes that differ
+            raise ConfigError(f"extract.weights={str(path)!r} does not fit torchvision's {builder}: "
+                              f"{str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}. "
+                              f"{fix}") from None
         if missing or unexpected:
             raise ConfigError(f"extract.weights={str(path)!r} does not fit torchvision's {builder}: "
                               f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-                              f"(e.g. {unexpected[:3]}). Give a state_dict of that architecture, or another backbone=")
+                              f"(e.g. {unexpected[:3]}). {fix}")
         info = {"source": "file", "file": str(path.resolve()), "file_sha256": _sha256_file(path),
                 "normalisation_of": info["torchvision_name"]}
     model.fc = torch.nn.Identity()

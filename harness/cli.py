@@ -9,6 +9,7 @@
   harness leaderboard --latex leaderboard.tex       ... and the same tables as booktabs LaTeX
   harness report --results results --out report/    one static HTML page with figures (report/index.html)
   harness data mimic task=biovid out=DIR            write a mimic dataset in the real on-disk format
+  harness extract task=biovid backbone=r3d_18 task.data_root=DIR   visual features (+ EXTRACTED.json) from the videos
 """
 
 from __future__ import annotations
@@ -189,6 +190,12 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_extract(args) -> int:
+    from harness.extract import main as extract_main  # imports Hydra only; torch and torchvision when it runs
+
+    return extract_main(args.overrides, print_cfg=args.cfg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="pkd-harness: privileged multimodal KD benchmarks",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -230,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("action")
     d.add_argument("overrides", nargs="*")
     d.set_defaults(fn=cmd_data)
+    ex = sub.add_parser("extract", help="visual feature files (and Aff-Wild2 wavs) from the dataset's videos or face "
+                        "crops: `harness extract task=biovid backbone=r3d_18 task.data_root=DIR`")
+    ex.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    ex.add_argument("overrides", nargs="*", help="key=value overrides of harness/conf/extract.yaml (task=, backbone=, "
+                    "task.*, extract.*, backbone.*)")
+    ex.set_defaults(fn=cmd_extract)
     return p
 
 

@@ -71,11 +71,11 @@ def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)]
 
 
-def check_groups(overrides: list[str]) -> None:
+def check_groups(overrides: list[str], groups: tuple[str, ...] = GROUPS) -> None:
     for o in overrides:
         key, _, value = o.partition("=")
         key = key.lstrip("+~")
-        if key in GROUPS:
+        if key in groups:
             options = group_options(key)
             if value not in options:
                 raise ConfigError(unknown_name_message(key, value, options))
@@ -93,13 +93,14 @@ class Composer:
     def __exit__(self, *exc) -> None:
         self._ctx.__exit__(*exc)
 
-    def compose(self, overrides: list[str]) -> DictConfig:
+    def compose(self, overrides: list[str], config_name: str = "config", groups: tuple[str, ...] = GROUPS) -> DictConfig:
+        """One run's config; `config_name="extract"` with groups ("task", "backbone") composes `harness extract`'s."""
         overrides = _normalise(overrides)
-        check_groups(overrides)
+        check_groups(overrides, groups)
         try:
-            cfg = compose(config_name="config", overrides=overrides)
+            cfg = compose(config_name=config_name, overrides=overrides)
         except HydraException as e:
-            raise ConfigError(self._explain(e, overrides)) from None
+            raise ConfigError(self._explain(e, overrides, config_name, groups)) from None
         OmegaConf.resolve(cfg)
         return cfg
 
@@ -145,15 +146,16 @@ class Composer:
             out.append(cfg)
         return out
 
-    def _explain(self, error: Exception, overrides: list[str]) -> str:
-        groups_only = [o for o in overrides if o.partition("=")[0].lstrip("+~") in GROUPS]
+    def _explain(self, error: Exception, overrides: list[str], config_name: str = "config",
+                 groups: tuple[str, ...] = GROUPS) -> str:
+        groups_only = [o for o in overrides if o.partition("=")[0].lstrip("+~") in groups]
         try:
-            known = _flat_keys(compose(config_name="config", overrides=groups_only))
+            known = _flat_keys(compose(config_name=config_name, overrides=groups_only))
         except HydraException:
             known = []
         for o in overrides:
             key = o.partition("=")[0].lstrip("+~")
-            if key not in GROUPS and key not in known:
+            if key not in groups and key not in known:
                 return unknown_key_message(key, known)
         return str(error).splitlines()[0]
 

@@ -30,6 +30,7 @@ DECIMALS = 3  # as leaderboard.md; ties for bold are decided at this precision, 
 SOURCE_CAPTION = {
     "synthetic": "synthetic data (generated in memory: says nothing about any real dataset)",
     "mimic": "mimic data: format fixture, not the real dataset (not comparable to published numbers)",
+    "random_weights": "visual features from RANDOM backbone weights (extraction test): not the real dataset's numbers",
     "real": "real data",
 }
 BOUND_SUFFIX = {"lower_bound": " (lower bound)", "upper_bound": " (upper bound: privileged input at test)"}

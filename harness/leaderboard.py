@@ -40,6 +40,8 @@ SOURCE_NOTE = {
     "synthetic": "Synthetic data generated in memory: these numbers say nothing about any real dataset.",
     "mimic": "MIMIC data written by the harness in the real on-disk format: NOT results on the real dataset, "
              "not comparable to published numbers.",
+    "random_weights": "Visual features extracted with RANDOM backbone weights (harness extract extract.weights=none, "
+                      "for tests): NOT results on the real dataset, not comparable to published numbers.",
     "real": "Real data.",
 }
 VARIANT = ["task", "variant", "data_source"]
@@ -162,6 +164,14 @@ def _ci(rec: dict, path: Path) -> dict:
     return out
 
 
+def random_features(rec: dict) -> bool:
+    """The record's visual features were extracted with random backbone weights (their EXTRACTED.json, copied into
+    data_info by the task)."""
+    info = rec.get("data_info") if isinstance(rec.get("data_info"), dict) else {}
+    vf = info.get("visual_features") if isinstance(info.get("visual_features"), dict) else {}
+    return bool(vf.get("random_weights"))
+
+
 def collect(results_dir: Path | str) -> pd.DataFrame:
     """One row per record: identity columns, the primary metric's CI and training summary, one column per metric."""
     rows = []
@@ -185,6 +195,8 @@ def collect(results_dir: Path | str) -> pd.DataFrame:
         row["adjusted"] = rec.get("adjusted") or {}
         if row["data_source"] is None:  # failed before the task loaded: take it from the config
             row["data_source"] = "?"
+        if row["data_source"] == "real" and random_features(rec):  # never `real`, whatever wrote the record
+            row["data_source"] = "random_weights"
         row.update(_ci(rec, path))
         row.update(_training(rec, path) if rec.get("status") == "ok" else {"selected_epoch": None,
                                                                           "stop_reason": None})

@@ -388,6 +388,28 @@ TASKS: dict[str, dict[str, Field]] = {
                 "four_class_metrics": bool_()},
 }
 
+# `harness extract` (harness/conf/extract.yaml and conf/backbone/*.yaml; harness/extract/config.py checks them with
+# the task's own table above).
+EXTRACT_ROOT: dict[str, Field] = {
+    "device": ROOT["device"], "progress": bool_(), "cache_dir": str_(),
+    "extract.weights": str_(),             # default | none | a path to a state_dict file
+    "extract.seed": _SEED,
+    "extract.input": choice("auto", "frames", "video"),
+    "extract.videos_dir": nullable(_PATH), "extract.frames_dir": nullable(_PATH),
+    "extract.gap_fill": choice("previous", "zeros"),
+    "extract.audio": bool_(),
+    "extract.on_error": choice("error", "skip"),
+    "extract.overwrite": bool_(),
+    "extract.batch_size": int_(ge=1),
+    "extract.num_workers": int_(ge=0),
+    "extract.amp": choice("auto", True, False),
+}
+_BACKBONE = {"size": int_(ge=16), "clip_len": int_(ge=1), "clip_stride": int_(ge=1)}
+BACKBONES: dict[str, dict[str, Field]] = {      # harness/extract/backbones.py BACKBONES (tested)
+    "resnet18": {"name": choice("resnet18"), **_BACKBONE, "clip_len": choice(1)},
+    "r3d_18": {"name": choice("r3d_18"), **_BACKBONE},
+}
+
 _SUBMITIT = {
     "gpus_per_node": int_(ge=0), "cpus_per_task": int_(ge=1), "timeout_min": int_(ge=1),
     "signal_delay_s": int_(ge=0), "max_num_timeout": int_(ge=0), "setup": list_of(str_()), "python": nullable(_PATH),

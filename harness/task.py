@@ -21,7 +21,7 @@ from harness.errors import TaskError  # defined there so that the CLI catches it
 from harness.metrics import higher_is_better, score_columns
 from harness.predictions import columns_by_dim
 
-DATA_SOURCES = ("real", "mimic", "synthetic")
+DATA_SOURCES = ("real", "mimic", "synthetic", "random_weights")
 
 
 class Task:
@@ -52,7 +52,7 @@ class Task:
 
     @property
     def data_source(self) -> str:
-        """real / mimic / synthetic: printed beside every number this task produces."""
+        """real / mimic / synthetic / random_weights: printed beside every number this task produces."""
         raise NotImplementedError
 
     @property

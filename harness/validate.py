@@ -107,6 +107,20 @@ def schema_problems(d: dict) -> tuple[list[str], set[str]]:
     return out, bad
 
 
+def check_against(d: dict, fields: dict[str, Field]) -> list[str]:
+    """Problems of a config dict against a flat table of entries: unknown, missing and invalid keys, one line each
+    (`harness extract` checks its config with it)."""
+    sections = frozenset(p.rsplit(".", i)[0] for p in fields for i in range(1, p.count(".") + 1))
+    out: list[str] = []
+    seen: set[str] = set()
+    bad: set[str] = set()
+    _walk(d, "", fields, sections, out, seen, bad)
+    for path, field in fields.items():
+        if not field.optional and path not in seen and not any(path.startswith(b + ".") for b in bad):
+            out.append(f"{path} is missing: expected {field.describe()}")
+    return out
+
+
 @lru_cache(maxsize=256)
 def _task_verdict(task_json: str) -> tuple[str | None, Any]:
     """Build the task from its config alone (no data is read): its own checks' message, else the task."""

@@ -107,8 +107,28 @@ def resolve_root(cfg: DictConfig, task_name: str, write_mimic: Callable[[Path, D
     return root
 
 
-def data_source_of(root: Path) -> str:
-    return "mimic" if is_mimic_tree(root) else "real"
+def data_source_of(root: Path, features_root: Path | None = None) -> str:
+    """mimic (a tree the harness wrote), random_weights (visual features that `harness extract` made with random
+    backbone weights, extract.weights=none: its EXTRACTED.json says so), else real."""
+    if is_mimic_tree(root):
+        return "mimic"
+    if features_root is not None:
+        from harness.extract import sidecar
+        if sidecar.random_weights(sidecar.read(features_root)):
+            return "random_weights"
+    return "real"
+
+
+def features_info(features_root: Path) -> dict:
+    """What a record's data_info says of the visual features: the EXTRACTED.json summary `harness extract` wrote
+    beside them (backbone, weights and their hash, input size, clip length and stride, versions...), or that
+    there is none."""
+    from harness.extract import sidecar
+
+    summary = sidecar.summary(sidecar.read(features_root))
+    if summary is None:
+        return {"extracted_by": f"unknown: no {sidecar.NAME} in {features_root} (features made by another tool)"}
+    return summary
 
 
 # --- tables ---------------------------------------------------------------------------------------

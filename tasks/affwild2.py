@@ -7,9 +7,10 @@ On disk (docs/datasets.md#affwild2-files):
       `<N>th ABAW Annotations` folder, or data_root itself) unless task.annotations_dir names it.
       A video with two annotated people gives `<video>_left` and `<video>_right` tracks.
   <features_root>/<track>.npy    visual features float [frames, D], row k = frame k+1 (default
-      <data_root>/features/visual; extracting them from the face crops is a separate step).
+      <data_root>/features/visual), written from the face crops or the videos by `harness extract task=affwild2`
+      with an EXTRACTED.json beside them that every record copies (data_info).
   <audio_root>/<video>.wav       the video's audio track, one per VIDEO (its _left/_right tracks share it;
-      default <data_root>/audio; e.g. `ffmpeg -i batch1/<video>.mp4 -ac 1 -ar 16000 audio/<video>.wav`).
+      default <data_root>/audio; `harness extract` writes the missing ones, 16 kHz mono, from the videos).
   <data_root>/video_fps.csv      optional, comma-separated `video,fps`: each video's frame rate (read it from the
       video, e.g. cv2.CAP_PROP_FPS). Videos it does not list get fps = annotation lines / wav duration (true
       when the annotation has one line per video frame and the wav spans the video); task.fps=<number>
@@ -45,7 +46,8 @@ from harness.cache import cached_arrays
 from harness.data import FoldData, Split, TargetSpec, TaskSpec
 from harness.registry import register_task
 from harness.task import Task, TaskError
-from tasks._common import (Cleaning, audit_split, data_source_of, finite_float32, holdout_groups, prepare_out_dir,
+from tasks._common import (Cleaning, audit_split, data_source_of, features_info, finite_float32,
+                           holdout_groups, prepare_out_dir,
                            read_table, resolve_root, standardize_inputs, write_mimic_marker)
 
 VA_DIR = "VA_Estimation_Challenge"
@@ -228,7 +230,7 @@ class AffWild2(Task):
 
     @property
     def data_source(self) -> str:
-        return data_source_of(self.root)
+        return data_source_of(self.root, self.features_root)
 
     def _under_root(self, key: str, default: str) -> Path:
         v = self.cfg.get(key)
@@ -365,7 +367,8 @@ class AffWild2(Task):
     def _check_wav(self, wav: Path, video: str) -> None:
         if not wav.is_file():
             raise TaskError(f"missing audio {wav} for video {video}; the harness computes the audio features from one "
-                            f"wav per video (its _left/_right tracks share it): extract it with e.g. "
+                            f"wav per video (its _left/_right tracks share it): `harness extract task=affwild2 "
+                            f"task.data_root=...` writes it from the video, or e.g. "
                             f"`ffmpeg -i <video file> -ac 1 -ar 16000 {wav}` (task.audio_root sets the folder)")
 
     def _audio(self, videos: dict[str, int], cleaning: Cleaning) -> tuple[dict[str, np.ndarray], dict]:
@@ -467,6 +470,7 @@ class AffWild2(Task):
         info = {"protocol": "official: Train_Set (minus held-out videos) / Validation_Set as test",
                 "split_audit": audit, "cleaning": {**cleaning.as_info(), "windows": window_cleaning.as_info()["counts"]},
                 **d["facts"], "data_root": str(self.root),
+                "visual_features": features_info(self.features_root),
                 "n_tracks": {"train": len(fit_tracks), "val": len(val_tracks), "test": len(test_tracks)},
                 "n_valid_frames": {"train": int(train.target_mask.sum()), "val": int(val.target_mask.sum()),
                                    "test": int(test.target_mask.sum())},

@@ -7,8 +7,8 @@ On disk (docs/datasets.md#biovid-files; every table is read by column name, neve
       TAB-separated, header: time (int, microseconds from the window start), gsr, ecg, emg_trapezius
       [Part B: + emg_corrugator, emg_zygomaticus], 512 Hz.
   <features_root>/<subject_name>/<sample_name>.npy            visual frame features, float [T, D], one row per
-      video frame (default features_root: <data_root>/features/visual; extracting them from the videos is a
-      separate step).
+      video frame (default features_root: <data_root>/features/visual), written from the videos by
+      `harness extract task=biovid` with an EXTRACTED.json beside them that every record copies (data_info).
 
 Modalities: `visual` (the student's, [T, D] frame features as stored) and `physio` (privileged), computed
 here from the signals with scipy and neurokit2 (`physio_features`), one row per spectrogram frame [T=127, D]:
@@ -54,7 +54,8 @@ from harness.cache import cached_arrays
 from harness.data import FoldData, Split, TargetSpec, TaskSpec
 from harness.registry import register_task
 from harness.task import Task, TaskError
-from tasks._common import (Cleaning, audit_split, data_source_of, finite_float32, holdout_groups, pad_sequences,
+from tasks._common import (Cleaning, audit_split, data_source_of, features_info, finite_float32,
+                           holdout_groups, pad_sequences,
                            prepare_out_dir, read_table, resolve_root, standardize_inputs, write_mimic_marker, write_tsv)
 
 CLASS_NAMES = ("BL1", "PA1", "PA2", "PA3", "PA4")
@@ -311,7 +312,7 @@ class BioVid(Task):
 
     @property
     def data_source(self) -> str:
-        return data_source_of(self.root)
+        return data_source_of(self.root, self.features_root)
 
     @property
     def features_root(self) -> Path:
@@ -582,6 +583,7 @@ class BioVid(Task):
         d["cleaning"].warn(self.name)
         info = {"protocol": c.protocol, **pfacts, "n_subjects": len(self._subjects), "split_audit": audit,
                 "cleaning": d["cleaning"].as_info(), **d["facts"], "data_root": str(self.root),
+                "visual_features": features_info(self.features_root),
                 "labels": c.labels, "validation": f"{c.val_fraction} of the training subjects held out"}
         return FoldData(train=train, val=val, test=test, info=info)
 

@@ -189,10 +189,9 @@ def make_executor(launcher: DictConfig, folder: Path, sweep_id: str):
 
 
 def _payload(r: PlannedRun, results_dir: Path, cache_dir: Path) -> dict:
-    cfg = OmegaConf.to_container(r.cfg, resolve=True)
     # Jobs may start in another working directory: absolute paths (neither is part of the run key, so the
-    # job's run folder is this one, resolved; RunJob checks it).
-    cfg["results_dir"], cfg["cache_dir"] = str(results_dir), str(cache_dir)
+    # job's run folder is this one, resolved; RunJob checks it). A shallow copy: the config data is read-only.
+    cfg = {**r.config, "results_dir": str(results_dir), "cache_dir": str(cache_dir)}
     return {"config": cfg, "overrides": list(r.overrides), "run_dir": str(r.folder.resolve())}
 
 
@@ -223,7 +222,7 @@ def pack_runs(runs: list[PlannedRun], launcher: DictConfig, results_dir: Path) -
     memo: dict[tuple[str, str], float | None] = {}
     estimates = []
     for r in runs:
-        key = (r.cfg.task.name, r.cfg.method.name)
+        key = (r.config["task"]["name"], r.config["method"]["name"])
         if key not in memo:
             memo[key] = _recorded_seconds(results_dir, *key)
         if memo[key] is None and guess is None:
@@ -273,9 +272,9 @@ def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
     if not runs:
         return None
     check_launcher(launcher)
-    results_dir = Path(runs[0].cfg.results_dir).resolve()
-    cache_dir = Path(runs[0].cfg.cache_dir).resolve()
-    if any(Path(r.cfg.results_dir).resolve() != results_dir for r in runs):
+    results_dir = Path(runs[0].config["results_dir"]).resolve()
+    cache_dir = Path(runs[0].config["cache_dir"]).resolve()
+    if len({Path(d).resolve() for d in {r.config["results_dir"] for r in runs}}) > 1:
         raise LaunchError("one sweep writes to one results_dir: do not sweep results_dir")
     todo = runs_to_do(runs)
     n_recorded = len(runs) - len(todo)
@@ -326,8 +325,9 @@ def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
     for job, group in zip(jobs, groups):
         for position, k in enumerate(group):
             r, p = kept[k]
-            run_entries.append({"run_dir": p["run_dir"], "overrides": p["overrides"], "task": r.cfg.task.name,
-                                "method": r.cfg.method.name, "fold": int(r.cfg.fold), "seed": int(r.cfg.seed),
+            c = r.config
+            run_entries.append({"run_dir": p["run_dir"], "overrides": p["overrides"], "task": c["task"]["name"],
+                                "method": c["method"]["name"], "fold": int(c["fold"]), "seed": int(c["seed"]),
                                 "job_id": job.job_id, "position": position,
                                 "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
     manifest = {

@@ -83,6 +83,33 @@ def test_compose_many_is_identical_to_composing_each_run():
             assert str(fast_error.value) == str(slow_error.value)
 
 
+def test_plain_sweep_configs_equal_composed_ones_and_fall_back_where_they_must():
+    combos = expand(["method=student,kd", "seed=0,1", "train.lr=0.01,1e30", "train.grad_clip=null",
+                     "train.optimizer=sgd", "hydra/launcher=slurm_cpu", "launcher.partition=debug"], multirun=True)
+    fallbacks = [
+        ["task=lupi", "seed=7"],                           # lupi's task.repetition is ${seed}
+        ["task=mosi", "cache_dir=/elsewhere"],             # mosi's feature_cache_dir is ${cache_dir}
+        ["task=mosi", "method=dmd", "method.text_encoder=bert"],  # read by ${oc.select:method.text_encoder,...}
+        ["+extra.note=x"], ["~train.grad_clip"], ["task.privileged=[physio,audio]"], ["train=null"],
+        ["train.lr=${train.weight_decay}"],
+    ]
+    with Composer() as c:
+        plain = c.compose_plain(combos + fallbacks)
+        assert [data for data, _ in plain] == [OmegaConf.to_container(c.compose(o)) for o in combos + fallbacks]
+        # the sweep's runs never built a DictConfig; each fallback was composed by Hydra's own override code
+        assert [cfg is None for _, cfg in plain] == [True] * len(combos) + [False] * len(fallbacks)
+        assert plain[0][0]["train"] is not plain[1][0]["train"]  # each run its own copy
+        with pytest.raises(ConfigError, match="train.lrr"):
+            c.compose_plain([["seed=1"], ["train.lrr=1"]])
+
+
+def test_a_planned_run_builds_its_dictconfig_only_when_asked(tmp_path):
+    (run,) = plan_runs(["method=student", "seed=3", f"results_dir={tmp_path}"], multirun=False)
+    assert run._cfg is None and run.folder == run_dir(compose_one(["method=student", "seed=3",
+                                                                    f"results_dir={tmp_path}"]))
+    assert run.cfg.seed == 3 and OmegaConf.is_struct(run.cfg) and OmegaConf.to_container(run.cfg) == run.config
+
+
 def test_check_launcher_rejects_what_cannot_work(monkeypatch):
     # A time limit shorter than the checkpoint signal is a config value problem: the schema's rule says it.
     assert problems(compose_one(["launcher=slurm_cpu", "launcher.timeout_min=2"])) == [

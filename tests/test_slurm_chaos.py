@@ -94,7 +94,10 @@ def restart_slurmd() -> None:
     end = time.time() + 30
     while Path(f"/proc/{pid}").exists() and time.time() < end:
         time.sleep(0.2)
-    subprocess.run(["bash", str(ROOT / "scripts" / "slurm_up.sh")], check=True, capture_output=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}  # the node's CPUs, not this process's
+    subprocess.run(["bash", str(ROOT / "scripts" / "slurm_up.sh")], check=True, capture_output=True, timeout=120,
+                   env=env)
+    assert "CPUs=1 " not in Path("/etc/slurm/slurm.conf").read_text() or os.cpu_count() == 1
 
 
 def settled(manifest: dict) -> bool:

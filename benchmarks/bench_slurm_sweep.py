@@ -46,8 +46,8 @@ def harness(*args: str) -> tuple[float, str]:
 
 def sacct_elapsed(arrays: list[str]) -> dict[str, float]:
     """Elapsed seconds of every task of these job arrays (sacct Start to End)."""
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,Start,End", "-j", ",".join(arrays)], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,Start,End", "-j", ",".join(arrays)],
+                         capture_output=True, text=True, check=True).stdout
     elapsed = {}
     for line in out.split():
         job, start, end = line.split("|")

@@ -258,7 +258,9 @@ def _sets_a_plain_leaf(key: str, value, data: dict, interpolations: str) -> bool
         node = node[part]
     if isinstance(node, (dict, list)):
         return False
-    return value is None or (isinstance(value, (bool, int, float, str)) and not (isinstance(value, str) and "${" in value))
+    if isinstance(value, str):
+        return "${" not in value
+    return value is None or isinstance(value, (bool, int, float))
 
 
 def _copy_tree(node):

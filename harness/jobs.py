@@ -247,7 +247,7 @@ def pack_runs(runs: list[PlannedRun], launcher: DictConfig, results_dir: Path) -
     sizes = [len(g) for g in groups]
     how = (f"runs_per_task=auto: {min(sizes)}-{max(sizes)} runs a task (~{max(estimates) / 60:.2g} min a run, "
            f"target {launcher.target_task_minutes} min a task, array_parallelism {launcher.array_parallelism})")
-    return groups, {"runs_per_task": "auto", "how": how, "estimated_run_s": sorted(set(round(e, 1) for e in estimates))}
+    return groups, {"runs_per_task": "auto", "how": how, "estimated_run_s": sorted({round(e, 1) for e in estimates})}
 
 
 def max_array_size(launcher: DictConfig) -> int:
@@ -256,7 +256,8 @@ def max_array_size(launcher: DictConfig) -> int:
     if launcher.get("max_array_size"):
         return int(launcher.max_array_size)
     try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60,
+                             check=False).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
         out = str(e)
     found = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
@@ -314,7 +315,8 @@ def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
                 jobs += executor.submit_array(calls[start:start + chunk])
     except submitit.core.utils.FailedJobError as e:  # sbatch said no (partition, account, limits...)
         if jobs:  # the arrays already in the queue go too: a sweep is submitted whole or not at all
-            subprocess.run(["scancel", *sorted({j.job_id.split("_")[0] for j in jobs})], capture_output=True)
+            subprocess.run(["scancel", *sorted({j.job_id.split("_")[0] for j in jobs})], capture_output=True,
+                           check=False)
         shutil.rmtree(logs.parent, ignore_errors=True)
         message = " ".join(str(e).split())
         raise LaunchError(f"the scheduler refused the sweep, nothing was submitted: {message} "
@@ -323,13 +325,13 @@ def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
 
     run_entries = []
     for job, group in zip(jobs, groups):
+        stdout, stderr = str(job.paths.stdout), str(job.paths.stderr)  # once a task: submitit rebuilds them per call
         for position, k in enumerate(group):
             r, p = kept[k]
             c = r.config
             run_entries.append({"run_dir": p["run_dir"], "overrides": p["overrides"], "task": c["task"]["name"],
                                 "method": c["method"]["name"], "fold": int(c["fold"]), "seed": int(c["seed"]),
-                                "job_id": job.job_id, "position": position,
-                                "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
+                                "job_id": job.job_id, "position": position, "stdout": stdout, "stderr": stderr})
     manifest = {
         "sweep_id": sweep_id, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["harness", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith(("harness", "__main__.py")) else None,
@@ -337,7 +339,8 @@ def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
         "results_dir": str(results_dir), "logs_dir": str(logs),
         "n_requested": len(runs), "n_submitted": len(kept), "n_skipped_recorded": n_recorded,
         "n_skipped_in_flight": len(busy), "submit_seconds": round(submit_s, 3),
-        "n_tasks": len(jobs), "packing": packing, "arrays": list(dict.fromkeys(j.job_id.split("_")[0] for j in jobs)) if launcher.executor == "slurm" else [],
+        "n_tasks": len(jobs), "packing": packing,
+        "arrays": list(dict.fromkeys(j.job_id.split("_")[0] for j in jobs)) if launcher.executor == "slurm" else [],
         "jobs": [{"job_id": j.job_id, "stdout": str(j.paths.stdout), "stderr": str(j.paths.stderr),
                   "result": str(j.paths.result_pickle)} for j in jobs],
         "runs": run_entries,

@@ -283,7 +283,8 @@ def test_runs_per_task_auto_packs_by_recorded_run_time(tmp_path):
 
 def test_runs_per_task_auto_without_a_duration_names_the_keys(tmp_path):
     runs = _planned(tmp_path, "method=student", "seed=0,1", "launcher.runs_per_task=auto")
-    with pytest.raises(LaunchError, match="task=synthetic method=student.*launcher.run_minutes=.*launcher.runs_per_task="):
+    with pytest.raises(LaunchError,
+                       match="task=synthetic method=student.*launcher.run_minutes=.*launcher.runs_per_task="):
         pack_runs(runs, runs[0].cfg.launcher, tmp_path / "results")
 
 
@@ -292,8 +293,8 @@ def test_packing_keys_are_checked_before_submission():
         "launcher.runs_per_task=0: expected an integer >= 1 or auto"]
     assert problems(compose_one(["launcher=slurm_cpu", "launcher.runs_per_task=auto",
                                  "launcher.target_task_minutes=90"])) == [
-        "launcher.target_task_minutes=90 with launcher.runs_per_task=auto: expected < launcher.timeout_min=60 (each "
-        "packed task would reach its time limit); lower launcher.target_task_minutes or raise launcher.timeout_min"]
+        ("launcher.target_task_minutes=90 with launcher.runs_per_task=auto: expected < launcher.timeout_min=60 (each "
+         "packed task would reach its time limit); lower launcher.target_task_minutes or raise launcher.timeout_min")]
     assert problems(compose_one(["launcher=slurm_cpu", "launcher.runs_per_task=8",
                                  "launcher.target_task_minutes=90"])) == []
 

@@ -218,7 +218,8 @@ def test_packed_tasks_split_over_arrays_keep_each_run_apart(partition, tmp_path,
     tasks = [r["job_id"] for r in m["runs"]]
     assert tasks == [f"{first}_0", f"{first}_0", f"{first}_1", f"{first}_1", second, second]
     states = wait(m)
-    diverging = [any(o.startswith("train.lr=") and float(o.split("=")[1]) > 1 for o in r["overrides"]) for r in m["runs"]]
+    diverging = [any(o.startswith("train.lr=") and float(o.split("=")[1]) > 1 for o in r["overrides"])
+                 for r in m["runs"]]
     assert [s.state for s in states] == ["failed" if d else "done" for d in diverging]
     recs = [read_record(Path(r["run_dir"])) for r in m["runs"]]
     assert [(r["launch"]["job_id"], r["launch"]["position_in_task"], r["launch"]["runs_in_task"]) for r in recs] == \

@@ -67,7 +67,8 @@ def task_python(job_id: str) -> int | None:
             env = dict(e.split(b"=", 1) for e in (proc / "environ").read_bytes().split(b"\0") if b"=" in e)
         except OSError:
             continue
-        if env.get(b"SLURM_ARRAY_JOB_ID", b"").decode() == array and env.get(b"SLURM_ARRAY_TASK_ID", b"0").decode() == (index or "0"):
+        if (env.get(b"SLURM_ARRAY_JOB_ID", b"").decode(), env.get(b"SLURM_ARRAY_TASK_ID", b"0").decode()) == \
+                (array, index or "0"):
             return int(proc.name)
     return None
 
@@ -148,7 +149,8 @@ def test_a_sweep_survives_a_storm_of_faults_and_one_resend_finishes_it(partition
     killed_run = next(r for r in tasks[killed] if not has_record(r["run_dir"]))
     epoch = checkpoint_epoch(killed_run["run_dir"])
     assert epoch >= 2  # the checkpoint the kill left is whole (torch.load weights_only)
-    faults.append(f"SIGKILL to the Python of task {killed} in its run {seed_of(killed_run)} (checkpoint of epoch {epoch})")
+    faults.append(f"SIGKILL to the Python of task {killed} in its run {seed_of(killed_run)} "
+                  f"(checkpoint of epoch {epoch})")
 
     # 2. scancel another task while it runs.
     wait_until("a second task training", lambda: [j for j in running_mid_run() if j != killed], deadline)
@@ -176,7 +178,8 @@ def test_a_sweep_survives_a_storm_of_faults_and_one_resend_finishes_it(partition
     try:
         reference = {}
         for s in range(N_RUNS):
-            cfg = compose_one([*RUN, f"seed={s}", "train.checkpoint=true", f"results_dir={tmp_path / 'ref'}", f"cache_dir={tmp_path / 'refc'}"])
+            cfg = compose_one([*RUN, f"seed={s}", "train.checkpoint=true", f"results_dir={tmp_path / 'ref'}",
+                               f"cache_dir={tmp_path / 'refc'}"])
             reference[s] = execute(cfg)["metrics"]
     finally:
         torch.set_num_threads(threads)
@@ -209,7 +212,8 @@ def test_a_sweep_survives_a_storm_of_faults_and_one_resend_finishes_it(partition
         seed_of_run = rec["seed"]
         assert rec["status"] == "ok", rec.get("error")
         assert rec["metrics"] == reference[seed_of_run], (run["run_dir"], rec["launch"])
-    leftovers = [str(p) for p in results.rglob("*") if re.search(r"\.tmp\d+$", p.name) or p.name.startswith("checkpoint_")]
+    leftovers = [str(p) for p in results.rglob("*")
+                 if re.search(r"\.tmp\d+$", p.name) or p.name.startswith("checkpoint_")]
     assert leftovers == []
 
     # harness status agrees with sacct and the records, run by run.
@@ -237,7 +241,8 @@ def test_a_sweep_survives_a_storm_of_faults_and_one_resend_finishes_it(partition
         for f in faults:
             print(f"  - {f}")
         print(f"  runs recovered: {len(missing)} by the re-send (without an ok record after the storm: {lost[killed]} "
-              f"of the SIGKILLed task, {lost[cancelled]} of the cancelled one, {len(missing) - lost[killed] - lost[cancelled]} "
+              f"of the SIGKILLed task, {lost[cancelled]} of the cancelled one, "
+              f"{len(missing) - lost[killed] - lost[cancelled]} "
               f"others), 1 by the requeue of the preempted task (resumed at epoch "
               f"{recovered_by_requeue[0]['extra']['resumed_from_epoch']['student']}, {len(preempted_done)} finished "
               f"run(s) skipped); {N_RUNS} of {N_RUNS} records ok and equal to the undisturbed runs")

@@ -168,7 +168,7 @@ def sweep(*overrides: str, **values: Any) -> SweepResult:
     planned = plan_runs(to_overrides(*overrides, sweep=True, **values), multirun=True)
     check_planned(planned)
     launcher = planned[0].cfg.launcher
-    n_skipped = sum(not r.cfg.overwrite and r.done for r in planned)
+    n_skipped = sum(not r.config["overwrite"] and r.done for r in planned)
     manifest = None
     if submits_jobs(launcher):
         manifest = submit(planned, launcher)

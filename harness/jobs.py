@@ -8,11 +8,16 @@ imports this module when it submits jobs, and still answers for `harness.launch.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import socket
+import statistics
+import subprocess
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,11 +41,14 @@ class RunFailed(RuntimeError):
 
 
 class RunJob(submitit.helpers.Checkpointable):
-    """The callable a submitit job runs: its run(s), one after the other (one run per SLURM array task).
+    """The callable a submitit job runs: its run(s), one after the other, in one Python process (a SLURM array task
+    runs launcher.runs_per_task runs; a local worker its share of the sweep).
 
     A submitit Checkpointable: on SIGUSR2 (preemption, or the time limit coming) submitit calls
     checkpoint(), pickles the returned call and requeues the job; the requeued job calls this object
-    again and each run resumes from its own last per-epoch checkpoint through the training loop.
+    again: the runs it finished are skipped (their ok records), the current one resumes from its own last
+    per-epoch checkpoint through the training loop. A run that fails writes a failed record and the task goes
+    on with the next; the task fails at the end (RunFailed) so that sacct shows it.
     """
 
     def __init__(self, runs: list[dict], sweep_id: str, launcher: str, threads: int = 0):
@@ -70,11 +78,17 @@ class RunJob(submitit.helpers.Checkpointable):
                 self.started.append(i)
                 if cfg.overwrite:
                     clear_checkpoints(folder)
-            print(f"[{i + 1}/{len(self.runs)}] {' '.join(spec['overrides']) or '(defaults)'} -> {folder}", flush=True)
+            # One log section per run: a packed task's log reads as the logs of its runs, one after the other.
+            print(f"==== [{i + 1}/{len(self.runs)}] {' '.join(spec['overrides']) or '(defaults)'} -> {folder}",
+                  flush=True)
             try:
-                rec = execute(cfg, spec["overrides"], launch=self.launch_info())
-            except (ConfigError, TaskError) as e:  # a config or data mistake found with the data: no record
-                first = str(e).splitlines()[0]
+                rec = execute(cfg, spec["overrides"], launch=self.launch_info(i))
+            except Exception as e:  # noqa: BLE001 - a config or data mistake found with the data (no record), or
+                # anything execute does not record: this run is reported, the task's other runs go on
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                if not isinstance(e, (ConfigError, TaskError)):
+                    first = f"{type(e).__name__}: {first}"
+                    traceback.print_exc()
                 print(f"  -> not run: {first}", flush=True)
                 summary.append({"run_dir": spec["run_dir"], "status": "not run", "error": first})
                 failed.append(f"{spec['run_dir']}: not run: {first}")
@@ -82,7 +96,8 @@ class RunJob(submitit.helpers.Checkpointable):
             if i not in self.finished:
                 self.finished.append(i)
             resumed = (rec.get("extra") or {}).get("resumed_from_epoch")
-            print(f"  -> {rec['status']}" + (f" (resumed at epoch {resumed})" if resumed else "")
+            print(f"  -> {rec['status']}" + (" (recorded before, skipped)" if rec.get("skipped") else "")
+                  + (f" (resumed at epoch {resumed})" if resumed else "")
                   + (f": {rec.get('error')}" if rec["status"] != "ok" else ""), flush=True)
             summary.append({"run_dir": spec["run_dir"], "status": rec["status"], "error": rec.get("error")})
             if rec["status"] != "ok":
@@ -97,9 +112,9 @@ class RunJob(submitit.helpers.Checkpointable):
         self.requeues += 1
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
-    def launch_info(self) -> dict:
+    def launch_info(self, position: int = 0) -> dict:
         info = {"launcher": self.launcher, "sweep_id": self.sweep_id, "job_id": None, "requeues": self.requeues,
-                "node": socket.gethostname()}
+                "node": socket.gethostname(), "position_in_task": position, "runs_in_task": len(self.runs)}
         try:
             info["job_id"] = submitit.JobEnvironment().job_id
         except Exception:  # noqa: BLE001 - called outside a submitit job (tests)
@@ -174,11 +189,82 @@ def make_executor(launcher: DictConfig, folder: Path, sweep_id: str):
 
 
 def _payload(r: PlannedRun, results_dir: Path, cache_dir: Path) -> dict:
-    cfg = OmegaConf.to_container(r.cfg, resolve=True)
     # Jobs may start in another working directory: absolute paths (neither is part of the run key, so the
-    # job's run folder is this one, resolved; RunJob checks it).
-    cfg["results_dir"], cfg["cache_dir"] = str(results_dir), str(cache_dir)
+    # job's run folder is this one, resolved; RunJob checks it). A shallow copy: the config data is read-only.
+    cfg = {**r.config, "results_dir": str(results_dir), "cache_dir": str(cache_dir)}
     return {"config": cfg, "overrides": list(r.overrides), "run_dir": str(r.folder.resolve())}
+
+
+def _recorded_seconds(results_dir: Path, task: str, method: str, sample: int = 50) -> float | None:
+    """Median own time (timings.total_s) of ok records of this task and method under results_dir; None if none."""
+    seconds = []
+    for path in sorted((results_dir / task / method).glob("*/record.json"))[:sample]:
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if rec.get("status") == "ok" and (rec.get("timings") or {}).get("total_s") is not None:
+            seconds.append(float(rec["timings"]["total_s"]))
+    return statistics.median(seconds) if seconds else None
+
+
+def pack_runs(runs: list[PlannedRun], launcher: DictConfig, results_dir: Path) -> tuple[list[list[int]], dict]:
+    """The runs of each array task (indices into runs, consecutive in sweep order) and how their number was chosen.
+
+    runs_per_task=K: K runs a task. auto: a run's time is the median of its task and method's ok records under
+    results_dir (else launcher.run_minutes); runs are packed until a task's estimate reaches target_task_minutes,
+    but into no fewer tasks than array_parallelism allows to run at once (so a short sweep still spreads out)."""
+    n, k = len(runs), launcher.get("runs_per_task", 1)
+    if k != "auto":
+        k = int(k)
+        return [list(range(s, min(s + k, n))) for s in range(0, n, k)], {"runs_per_task": k, "how": f"{k} runs a task"}
+    guess = launcher.get("run_minutes")
+    memo: dict[tuple[str, str], float | None] = {}
+    estimates = []
+    for r in runs:
+        key = (r.config["task"]["name"], r.config["method"]["name"])
+        if key not in memo:
+            memo[key] = _recorded_seconds(results_dir, *key)
+        if memo[key] is None and guess is None:
+            raise LaunchError(f"launcher.runs_per_task=auto needs a run's duration: {results_dir} has no ok record "
+                              f"of task={key[0]} method={key[1]} to time one; set launcher.run_minutes=<minutes a run "
+                              f"takes> or launcher.runs_per_task=<runs per task>")
+        estimates.append(memo[key] if memo[key] is not None else 60 * float(guess))
+    target = 60 * float(launcher.target_task_minutes)
+    spread = sum(estimates) / min(int(launcher.array_parallelism), n)  # each of the parallel tasks' share
+    groups, current, total = [], [], 0.0
+    for i, seconds in enumerate(estimates):
+        if current and total + seconds > target:
+            groups.append(current)
+            current, total = [], 0.0
+        current.append(i)
+        total += seconds
+        if total >= spread * (1 - 1e-9):
+            groups.append(current)
+            current, total = [], 0.0
+    if current:
+        groups.append(current)
+    sizes = [len(g) for g in groups]
+    how = (f"runs_per_task=auto: {min(sizes)}-{max(sizes)} runs a task (~{max(estimates) / 60:.2g} min a run, "
+           f"target {launcher.target_task_minutes} min a task, array_parallelism {launcher.array_parallelism})")
+    return groups, {"runs_per_task": "auto", "how": how, "estimated_run_s": sorted({round(e, 1) for e in estimates})}
+
+
+def max_array_size(launcher: DictConfig) -> int:
+    """Array tasks one sbatch may hold: launcher.max_array_size, else the cluster's MaxArraySize (task ids run
+    from 0 to MaxArraySize - 1, and submitit numbers them from 0)."""
+    if launcher.get("max_array_size"):
+        return int(launcher.max_array_size)
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60,
+                             check=False).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        out = str(e)
+    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+    if found is None or int(found.group(1)) < 1:
+        raise LaunchError("cannot read MaxArraySize from `scontrol show config` (job arrays disabled, or scontrol "
+                          "unavailable): set launcher.max_array_size=<array tasks per sbatch>")
+    return int(found.group(1))
 
 
 def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
@@ -187,9 +273,9 @@ def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
     if not runs:
         return None
     check_launcher(launcher)
-    results_dir = Path(runs[0].cfg.results_dir).resolve()
-    cache_dir = Path(runs[0].cfg.cache_dir).resolve()
-    if any(Path(r.cfg.results_dir).resolve() != results_dir for r in runs):
+    results_dir = Path(runs[0].config["results_dir"]).resolve()
+    cache_dir = Path(runs[0].config["cache_dir"]).resolve()
+    if len({Path(d).resolve() for d in {r.config["results_dir"] for r in runs}}) > 1:
         raise LaunchError("one sweep writes to one results_dir: do not sweep results_dir")
     todo = runs_to_do(runs)
     n_recorded = len(runs) - len(todo)
@@ -207,22 +293,30 @@ def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
         print("nothing to submit.")
         return None
 
-    sweep_id = new_sweep_id()
-    logs = sweeps_dir(results_dir) / sweep_id / "logs"
-    executor = make_executor(launcher, logs, sweep_id)
     payloads = [p for _, p in kept]
-    threads = int(launcher.get("cpus_per_task") or 0)
+    packing = None
     if launcher.executor == "local":
         n_workers = min(int(launcher.parallelism), len(payloads))
         groups = [list(range(k, len(payloads), n_workers)) for k in range(n_workers)]
+        chunk = len(groups)
     else:
-        groups = [[k] for k in range(len(payloads))]
+        groups, packing = pack_runs([r for r, _ in kept], launcher, results_dir)
+        chunk = max_array_size(launcher)
+    sweep_id = new_sweep_id()
+    logs = sweeps_dir(results_dir) / sweep_id / "logs"
+    executor = make_executor(launcher, logs, sweep_id)
+    threads = int(launcher.get("cpus_per_task") or 0)
     calls = [RunJob([payloads[k] for k in g], sweep_id, launcher.name, threads) for g in groups]
     t_submit = time.perf_counter()
+    jobs: list = []
     try:
         with _jobs_import_this_harness():
-            jobs = executor.submit_array(calls)  # SLURM: one sbatch --array for the whole sweep
+            for start in range(0, len(calls), chunk):  # SLURM: one sbatch --array per MaxArraySize tasks
+                jobs += executor.submit_array(calls[start:start + chunk])
     except submitit.core.utils.FailedJobError as e:  # sbatch said no (partition, account, limits...)
+        if jobs:  # the arrays already in the queue go too: a sweep is submitted whole or not at all
+            subprocess.run(["scancel", *sorted({j.job_id.split("_")[0] for j in jobs})], capture_output=True,
+                           check=False)
         shutil.rmtree(logs.parent, ignore_errors=True)
         message = " ".join(str(e).split())
         raise LaunchError(f"the scheduler refused the sweep, nothing was submitted: {message} "
@@ -231,12 +325,13 @@ def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
 
     run_entries = []
     for job, group in zip(jobs, groups):
+        stdout, stderr = str(job.paths.stdout), str(job.paths.stderr)  # once a task: submitit rebuilds them per call
         for position, k in enumerate(group):
             r, p = kept[k]
-            run_entries.append({"run_dir": p["run_dir"], "overrides": p["overrides"], "task": r.cfg.task.name,
-                                "method": r.cfg.method.name, "fold": int(r.cfg.fold), "seed": int(r.cfg.seed),
-                                "job_id": job.job_id, "position": position,
-                                "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
+            c = r.config
+            run_entries.append({"run_dir": p["run_dir"], "overrides": p["overrides"], "task": c["task"]["name"],
+                                "method": c["method"]["name"], "fold": int(c["fold"]), "seed": int(c["seed"]),
+                                "job_id": job.job_id, "position": position, "stdout": stdout, "stderr": stderr})
     manifest = {
         "sweep_id": sweep_id, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["harness", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith(("harness", "__main__.py")) else None,
@@ -244,6 +339,8 @@ def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
         "results_dir": str(results_dir), "logs_dir": str(logs),
         "n_requested": len(runs), "n_submitted": len(kept), "n_skipped_recorded": n_recorded,
         "n_skipped_in_flight": len(busy), "submit_seconds": round(submit_s, 3),
+        "n_tasks": len(jobs), "packing": packing,
+        "arrays": list(dict.fromkeys(j.job_id.split("_")[0] for j in jobs)) if launcher.executor == "slurm" else [],
         "jobs": [{"job_id": j.job_id, "stdout": str(j.paths.stdout), "stderr": str(j.paths.stderr),
                   "result": str(j.paths.result_pickle)} for j in jobs],
         "runs": run_entries,
@@ -256,9 +353,16 @@ def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
 def _print_submitted(manifest: dict, path: Path, jobs, seconds: float) -> None:
     n, sid = manifest["n_submitted"], manifest["sweep_id"]
     if manifest["executor"] == "slurm":
-        array = jobs[0].job_id.split("_")[0]
-        where = f"SLURM job array {array} ({jobs[0].job_id}..{jobs[-1].job_id})" if len(jobs) > 1 else f"SLURM job {array}"
-        cancel = f"scancel {array}"
+        arrays = manifest["arrays"]
+        if len(arrays) > 1:
+            where = f"{len(arrays)} SLURM job arrays {', '.join(arrays)} ({len(jobs)} tasks)"
+        elif len(jobs) > 1:
+            where = f"SLURM job array {arrays[0]} ({jobs[0].job_id}..{jobs[-1].job_id})"
+        else:
+            where = f"SLURM job {arrays[0]}"
+        if manifest["packing"]["runs_per_task"] != 1:
+            where += f", {manifest['packing']['how']}"
+        cancel = f"scancel {' '.join(arrays)}"
     else:
         where = f"{len(jobs)} local worker process(es) (pids {', '.join(j.job_id for j in jobs)})"
         cancel = f"kill {' '.join(j.job_id for j in jobs)}"

@@ -35,10 +35,9 @@ harness/jobs.py, imported only to submit, so that a run in process does not impo
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from harness.config import Composer, expand
 from harness.records import read_record, run_dir
@@ -56,14 +55,33 @@ class LaunchError(RuntimeError):
     """The launcher cannot work here or with these settings: the message says what to change."""
 
 
-@dataclass
 class PlannedRun:
-    overrides: list[str]
-    cfg: DictConfig
+    """One run of a command line: its overrides and its resolved config, as plain data (`config`: what the
+    checks, the run folder and the job side read) and as a DictConfig (`cfg`: built when first asked for, so
+    that a sweep of thousands of runs sent to SLURM never builds one). Treat both as read-only."""
+
+    def __init__(self, overrides: list[str], cfg: DictConfig | None = None, config: dict | None = None):
+        if cfg is None and config is None:
+            raise ValueError("PlannedRun needs the run's cfg or its config data")
+        self.overrides = overrides
+        self._cfg, self._config = cfg, config
+
+    @property
+    def cfg(self) -> DictConfig:
+        if self._cfg is None:
+            self._cfg = OmegaConf.create(self._config)
+            OmegaConf.set_struct(self._cfg, True)  # as Hydra composes it: a misspelt key fails, never reads None
+        return self._cfg
+
+    @property
+    def config(self) -> dict:
+        if self._config is None:
+            self._config = OmegaConf.to_container(self._cfg)  # composed configs are resolved already
+        return self._config
 
     @functools.cached_property
     def folder(self) -> Path:
-        return run_dir(self.cfg)  # hashes the resolved config: once per run
+        return run_dir(self.config)  # hashes the resolved config: once per run
 
     @property
     def done(self) -> bool:
@@ -76,17 +94,17 @@ def plan_runs(overrides: list[str], multirun: bool) -> list[PlannedRun]:
     combination of the sweep overrides. Raises ConfigError for an override that cannot be parsed or composed."""
     combos = expand(overrides, multirun=multirun)
     with Composer() as composer:
-        return [PlannedRun(o, cfg) for o, cfg in zip(combos, composer.compose_many(combos))]
+        return [PlannedRun(o, cfg, config) for o, (config, cfg) in zip(combos, composer.compose_plain(combos))]
 
 
 def check_planned(runs: list[PlannedRun]) -> None:
     """Every value of every run checked before the first run starts or the first job is submitted: a mistake
     costs one line per distinct problem (ConfigError; UnknownNameError for an unregistered name), and no folder,
     record or job is made."""
-    check_runs([(r.overrides, r.cfg) for r in runs])
-    for r in runs:
-        METHODS.get(r.cfg.method.name)
-        TASKS.get(r.cfg.task.name)
+    check_runs([(r.overrides, r.config) for r in runs])
+    for method, task in {(r.config["method"]["name"], r.config["task"]["name"]) for r in runs}:
+        METHODS.get(method)
+        TASKS.get(task)
 
 
 def runs_to_do(runs: list[PlannedRun]) -> list[PlannedRun]:
@@ -94,7 +112,7 @@ def runs_to_do(runs: list[PlannedRun]) -> list[PlannedRun]:
     task's files are those it was computed on: otherwise one StaleDataError names it (and counts the others)."""
     todo, stale, memo = [], [], {}
     for r in runs:
-        rec = None if r.cfg.overwrite else read_record(r.folder)
+        rec = None if r.config["overwrite"] else read_record(r.folder)
         if rec is None or rec.get("status") != "ok":
             todo.append(r)
             continue

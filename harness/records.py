@@ -74,9 +74,9 @@ def _get(d: dict, dotted: str):
     return d
 
 
-def run_key(cfg: DictConfig) -> str:
+def run_key(cfg: DictConfig | dict) -> str:
     """Readable and unique: fold, seed, then a hash of everything that changes the result."""
-    return f"f{cfg.fold}-s{cfg.seed}-{stable_hash(semantic_config(cfg))}"
+    return f"f{cfg['fold']}-s{cfg['seed']}-{stable_hash(semantic_config(cfg))}"
 
 
 # What varies between the runs that one leaderboard row averages: the seed, the fold, and keys that merely copy
@@ -89,8 +89,8 @@ def config_id(cfg: DictConfig | dict) -> str:
     return stable_hash(semantic_config(cfg, also_drop=ROW_VARYING), n=8)
 
 
-def run_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.results_dir) / cfg.task.name / cfg.method.name / run_key(cfg)
+def run_dir(cfg: DictConfig | dict) -> Path:
+    return Path(cfg["results_dir"]) / cfg["task"]["name"] / cfg["method"]["name"] / run_key(cfg)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

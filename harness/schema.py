@@ -422,6 +422,8 @@ LAUNCHERS: dict[str, dict[str, Field]] = {
         "partition": nullable(str_()), "account": nullable(str_()), "qos": nullable(str_()),
         "constraint": nullable(str_()), "gres": nullable(str_()), "mem_gb": nullable(float_(gt=0)),
         "array_parallelism": int_(ge=1), "srun_args": list_of(str_()), "additional_parameters": dict_(),
+        "runs_per_task": either(int_(ge=1), choice("auto")), "target_task_minutes": float_(gt=0),
+        "run_minutes": nullable(float_(gt=0)), "max_array_size": nullable(int_(ge=1)),
         **_SUBMITIT,
     },
 }
@@ -435,6 +437,15 @@ def _signal_before_limit(timeout_min, signal_delay_s):
     return (f"launcher.timeout_min={timeout_min} is too short for launcher.signal_delay_s={signal_delay_s}: the "
             f"checkpoint signal would come before the run starts; use launcher.timeout_min >= "
             f"{int((signal_delay_s + 60) // 60) + 1} or lower launcher.signal_delay_s")
+
+
+def _packed_task_within_limit(runs_per_task, target_task_minutes, timeout_min):
+    # auto packs runs up to target_task_minutes: a target beyond the time limit would requeue every task at it.
+    if runs_per_task != "auto" or target_task_minutes < timeout_min:
+        return None
+    return (f"launcher.target_task_minutes={target_task_minutes} with launcher.runs_per_task=auto: expected < "
+            f"launcher.timeout_min={timeout_min} (each packed task would reach its time limit); lower "
+            f"launcher.target_task_minutes or raise launcher.timeout_min")
 
 
 def _nfft_covers_segment(nperseg, nfft):
@@ -470,7 +481,8 @@ RULES: dict[str, list[Rule]] = {
                     Rule(("physio.nperseg", "physio.noverlap"), _overlap_below_segment)],
     "task/affwild2": [Rule(("audio.fmin", "audio.fmax"), _fmax_above_fmin),
                       Rule(("mimic.min_frames", "mimic.max_frames"), _frames_ordered)],
-    "launcher/slurm": [Rule(("timeout_min", "signal_delay_s"), _signal_before_limit)],
+    "launcher/slurm": [Rule(("timeout_min", "signal_delay_s"), _signal_before_limit),
+                       Rule(("runs_per_task", "target_task_minutes", "timeout_min"), _packed_task_within_limit)],
 }
 RULES["launcher/slurm_cpu"] = RULES["launcher/slurm"]
 

@@ -171,7 +171,7 @@ def run_states(manifest: dict, states: dict[str, str] | None = None) -> list[Run
     # it started (SLURM keeps no accounting record of it): gone, not unknown.
     known_arrays = {j.split("_")[0] for j in states} if not local else set()
     out: list[RunState] = []
-    lane_busy: set[str] = set()  # local workers whose current run has been found
+    lane_busy: set[str] = set()  # local workers / packed SLURM tasks whose current run has been found
     for run in manifest["runs"]:
         rec = read_record(Path(run["run_dir"]))
         ours = rec is not None and (rec.get("launch") or {}).get("sweep_id") == sweep_id
@@ -198,7 +198,10 @@ def run_states(manifest: dict, states: dict[str, str] | None = None) -> list[Run
                 state = "pending" if job in lane_busy else "running"
                 lane_busy.add(job)
                 out.append(RunState(run, state, f"worker {job} {'busy' if state == 'pending' else 'running it'}", log))
+            elif SLURM_ACTIVE[sched] == "running" and job in lane_busy:  # a packed task runs its runs in order
+                out.append(RunState(run, "pending", f"waits in running task {job}", log))
             else:
+                lane_busy.add(job)
                 out.append(RunState(run, SLURM_ACTIVE[sched], f"{sched} (job {job})", log))
         elif sched is None and job.split("_")[0] in known_arrays:
             out.append(RunState(run, "failed", f"job {job} is gone from the scheduler without writing a record "

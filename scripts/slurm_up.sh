@@ -146,7 +146,9 @@ write_if_changed() {  # write_if_changed DEST MODE OWNER  (content on stdin)
 }
 CONF_CHANGED=0
 
-NCPU=$(nproc)
+# CPUs the node offers: not nproc's answer under OMP_NUM_THREADS=1 (which it honours), or a test run with it
+# set would configure a 1-CPU node.
+NCPU=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 MEM_MB=$(free -m | awk '/^Mem:/{print $2}')
 HEADROOM=${SLURM_MEM_HEADROOM_MB:-$(( MEM_MB / 10 > 1024 ? MEM_MB / 10 : 1024 ))}
 REAL_MEM=$(( MEM_MB - HEADROOM ))

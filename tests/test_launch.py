@@ -20,8 +20,8 @@ from omegaconf import OmegaConf
 import harness.training
 from harness.cli import main
 from harness.config import Composer, ConfigError, compose_one, expand
-from harness.jobs import RunFailed, RunJob, check_launcher
-from harness.launch import LaunchError
+from harness.jobs import RunFailed, RunJob, check_launcher, max_array_size, pack_runs
+from harness.launch import LaunchError, plan_runs
 from harness.leaderboard import collect
 from harness.records import iter_records, read_record, run_dir
 from harness.runner import execute
@@ -81,6 +81,33 @@ def test_compose_many_is_identical_to_composing_each_run():
             with pytest.raises(ConfigError) as fast_error:
                 c.compose_many([bad])
             assert str(fast_error.value) == str(slow_error.value)
+
+
+def test_plain_sweep_configs_equal_composed_ones_and_fall_back_where_they_must():
+    combos = expand(["method=student,kd", "seed=0,1", "train.lr=0.01,1e30", "train.grad_clip=null",
+                     "train.optimizer=sgd", "hydra/launcher=slurm_cpu", "launcher.partition=debug"], multirun=True)
+    fallbacks = [
+        ["task=lupi", "seed=7"],                           # lupi's task.repetition is ${seed}
+        ["task=mosi", "cache_dir=/elsewhere"],             # mosi's feature_cache_dir is ${cache_dir}
+        ["task=mosi", "method=dmd", "method.text_encoder=bert"],  # read by ${oc.select:method.text_encoder,...}
+        ["+extra.note=x"], ["~train.grad_clip"], ["task.privileged=[physio,audio]"], ["train=null"],
+        ["train.lr=${train.weight_decay}"],
+    ]
+    with Composer() as c:
+        plain = c.compose_plain(combos + fallbacks)
+        assert [data for data, _ in plain] == [OmegaConf.to_container(c.compose(o)) for o in combos + fallbacks]
+        # the sweep's runs never built a DictConfig; each fallback was composed by Hydra's own override code
+        assert [cfg is None for _, cfg in plain] == [True] * len(combos) + [False] * len(fallbacks)
+        assert plain[0][0]["train"] is not plain[1][0]["train"]  # each run its own copy
+        with pytest.raises(ConfigError, match="train.lrr"):
+            c.compose_plain([["seed=1"], ["train.lrr=1"]])
+
+
+def test_a_planned_run_builds_its_dictconfig_only_when_asked(tmp_path):
+    (run,) = plan_runs(["method=student", "seed=3", f"results_dir={tmp_path}"], multirun=False)
+    assert run._cfg is None and run.folder == run_dir(compose_one(["method=student", "seed=3",
+                                                                    f"results_dir={tmp_path}"]))
+    assert run.cfg.seed == 3 and OmegaConf.is_struct(run.cfg) and OmegaConf.to_container(run.cfg) == run.config
 
 
 def test_check_launcher_rejects_what_cannot_work(monkeypatch):
@@ -199,6 +226,94 @@ def test_checkpoint_requeues_the_same_job_and_counts_it(tiny_cfg):
     assert read_record(run_dir(cfg))["launch"]["requeues"] == 0
 
 
+def test_a_requeued_packed_task_skips_its_finished_runs_and_resumes_the_current_one(tiny_cfg, tmp_path,
+                                                                                   monkeypatch):
+    knobs = ["method=student", "train.checkpoint=true", "train.max_epochs=5", "train.patience=5"]
+    cfgs = [tiny_cfg(*knobs, f"seed={seed}") for seed in range(3)]
+    references = [execute(compose_one([*TINY, *knobs, f"seed={seed}", f"results_dir={tmp_path}/ref",
+                                       f"cache_dir={tmp_path}/c"])) for seed in range(3)]
+    job = RunJob([_payload(c, [f"seed={i}"]) for i, c in enumerate(cfgs)], "sweep-p", "slurm_cpu", threads=1)
+    # The preemption signal comes while the second run trains, after its epoch 1.
+    preempt_after(monkeypatch, lambda path, state: path.parent == run_dir(cfgs[1]) and state["epoch"] == 1)
+    with pytest.raises(Preempted):
+        job()
+    first = read_record(run_dir(cfgs[0]))
+    assert first["status"] == "ok" and read_record(run_dir(cfgs[1])) is None and read_record(run_dir(cfgs[2])) is None
+    requeued = pickle.loads(pickle.dumps(job.checkpoint().function))  # what submitit writes and requeues
+    summary = requeued()
+    assert [s["status"] for s in summary] == ["ok"] * 3
+    assert read_record(run_dir(cfgs[0]))["started_at"] == first["started_at"]  # finished before: not run again
+    recs = [read_record(run_dir(c)) for c in cfgs]
+    assert "resumed_from_epoch" not in recs[0]["extra"] and "resumed_from_epoch" not in recs[2]["extra"]
+    assert recs[1]["extra"]["resumed_from_epoch"] == {"student": 2} and recs[1]["launch"]["requeues"] == 1
+    assert [r["launch"]["position_in_task"] for r in recs] == [0, 1, 2]
+    assert {r["launch"]["runs_in_task"] for r in recs} == {3}
+    for rec, ref in zip(recs, references):  # each run equals its run alone, uninterrupted, in its own process order
+        assert rec["metrics"] == ref["metrics"]
+
+
+def _planned(tmp_path, *overrides):
+    return plan_runs([*overrides, "hydra/launcher=slurm_cpu", f"results_dir={tmp_path}/results"], multirun=True)
+
+
+def test_runs_per_task_packs_consecutive_runs(tmp_path):
+    runs = _planned(tmp_path, "method=student", "seed=range(0,10)", "launcher.runs_per_task=3")
+    groups, packing = pack_runs(runs, runs[0].cfg.launcher, tmp_path / "results")
+    assert groups == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]] and packing["runs_per_task"] == 3
+
+
+def test_runs_per_task_auto_packs_by_recorded_run_time(tmp_path):
+    # Recorded: a student run takes 60 s (median of 50, 60, 70); kd has no record and falls back to run_minutes=2.
+    for i, seconds in enumerate((50, 60, 70)):
+        _write(tmp_path / "results" / "synthetic" / "student" / f"old{i}",
+               {"status": "ok", "timings": {"total_s": seconds}})
+    _write(tmp_path / "results" / "synthetic" / "student" / "failed", {"status": "failed", "timings": {"total_s": 1}})
+    runs = _planned(tmp_path, "method=student,kd", "seed=range(0,5)", "launcher.runs_per_task=auto",
+                    "launcher.target_task_minutes=5", "launcher.array_parallelism=2", "launcher.run_minutes=2")
+    groups, packing = pack_runs(runs, runs[0].cfg.launcher, tmp_path / "results")
+    # 5 x 60 s of student fill one 300 s task; kd runs (120 s) go two to a task.
+    assert groups == [[0, 1, 2, 3, 4], [5, 6], [7, 8], [9]]
+    assert packing["estimated_run_s"] == [60.0, 120.0]
+    # A target beyond the sweep: still no fewer tasks than array_parallelism (900 s of runs over 2 slots).
+    runs = _planned(tmp_path, "method=student,kd", "seed=range(0,5)", "launcher.runs_per_task=auto",
+                    "launcher.target_task_minutes=50", "launcher.array_parallelism=2", "launcher.run_minutes=2")
+    groups, _ = pack_runs(runs, runs[0].cfg.launcher, tmp_path / "results")
+    assert groups == [[0, 1, 2, 3, 4, 5, 6], [7, 8, 9]]  # 5 x 60 + 2 x 120 = 540 >= 450: the first task closes
+
+
+def test_runs_per_task_auto_without_a_duration_names_the_keys(tmp_path):
+    runs = _planned(tmp_path, "method=student", "seed=0,1", "launcher.runs_per_task=auto")
+    with pytest.raises(LaunchError,
+                       match="task=synthetic method=student.*launcher.run_minutes=.*launcher.runs_per_task="):
+        pack_runs(runs, runs[0].cfg.launcher, tmp_path / "results")
+
+
+def test_packing_keys_are_checked_before_submission():
+    assert problems(compose_one(["launcher=slurm_cpu", "launcher.runs_per_task=0"])) == [
+        "launcher.runs_per_task=0: expected an integer >= 1 or auto"]
+    assert problems(compose_one(["launcher=slurm_cpu", "launcher.runs_per_task=auto",
+                                 "launcher.target_task_minutes=90"])) == [
+        ("launcher.target_task_minutes=90 with launcher.runs_per_task=auto: expected < launcher.timeout_min=60 (each "
+         "packed task would reach its time limit); lower launcher.target_task_minutes or raise launcher.timeout_min")]
+    assert problems(compose_one(["launcher=slurm_cpu", "launcher.runs_per_task=8",
+                                 "launcher.target_task_minutes=90"])) == []
+
+
+def test_max_array_size_comes_from_the_key_or_scontrol(tmp_path, monkeypatch):
+    launcher = compose_one(["launcher=slurm_cpu"]).launcher
+    assert max_array_size(compose_one(["launcher=slurm_cpu", "launcher.max_array_size=4"]).launcher) == 4
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text("#!/bin/sh\nprintf 'MaxArraySizeX = 3\\nMaxArraySize            = 1001\\nMaxJobCount = 10000\\n'\n")
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert max_array_size(launcher) == 1001
+    scontrol.write_text("#!/bin/sh\necho 'slurm_load_ctl_conf error' >&2; exit 1\n")
+    with pytest.raises(LaunchError, match="launcher.max_array_size="):
+        max_array_size(launcher)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Run states (harness status) from records and scheduler states
 
@@ -258,6 +373,18 @@ def test_a_task_sacct_does_not_list_yet_is_asked_of_the_controller(tmp_path, mon
     assert [s.state for s in run_states({"sweep_id": "S", "executor": "slurm", "runs": runs})] == ["running", "pending"]
     (bin_dir / "squeue").write_text("#!/bin/sh\nexit 1\n")  # the controller no longer holds it either: gone
     assert [s.state for s in run_states({"sweep_id": "S", "executor": "slurm", "runs": runs})] == ["failed", "pending"]
+
+
+def test_a_packed_slurm_task_runs_its_runs_in_order(tmp_path):
+    ok = {"status": "ok", "primary_metric": "acc", "metrics": {"acc": 1.0}, "launch": {"sweep_id": "P"}}
+    _write(tmp_path / "a", ok)
+    runs = [{"run_dir": str(tmp_path / n), "job_id": j, "overrides": []}
+            for n, j in (("a", "9_0"), ("b", "9_0"), ("c", "9_0"), ("d", "9_1"), ("e", "9_1"))]
+    got = run_states({"sweep_id": "P", "executor": "slurm", "runs": runs}, {"9_0": "RUNNING", "9_1": "PENDING"})
+    assert [s.state for s in got] == ["done", "running", "pending", "pending", "pending"]
+    assert got[2].detail == "waits in running task 9_0"
+    got = run_states({"sweep_id": "P", "executor": "slurm", "runs": runs}, {"9_0": "FAILED", "9_1": "COMPLETED"})
+    assert [s.state for s in got] == ["done", "failed", "failed", "failed", "failed"]
 
 
 def test_local_worker_runs_its_share_in_order(tmp_path):

@@ -205,3 +205,33 @@ def test_a_refused_submission_fails_in_one_line_and_leaves_nothing(partition, tm
     assert code == 2
     assert "the scheduler refused the sweep, nothing was submitted" in capsys.readouterr().err
     assert not list((tmp_path / "_sweeps").iterdir())
+
+
+def test_packed_tasks_split_over_arrays_keep_each_run_apart(partition, tmp_path, capsys):
+    # 6 runs, 2 to a task (3 tasks), at most 2 tasks an array (2 sbatch): the middle task runs a diverging run
+    # (failed record), then a good one, which still runs and succeeds.
+    sweep = ("method=student", "train.lr=1e30,0.002", "seed=0,1,2", "launcher.runs_per_task=2",
+             "launcher.max_array_size=2", *TINY)
+    m = send(tmp_path, partition, *sweep)
+    assert (m["n_submitted"], m["n_tasks"], len(m["arrays"])) == (6, 3, 2)
+    first, second = m["arrays"]
+    tasks = [r["job_id"] for r in m["runs"]]
+    assert tasks == [f"{first}_0", f"{first}_0", f"{first}_1", f"{first}_1", second, second]
+    states = wait(m)
+    diverging = [any(o.startswith("train.lr=") and float(o.split("=")[1]) > 1 for o in r["overrides"])
+                 for r in m["runs"]]
+    assert [s.state for s in states] == ["failed" if d else "done" for d in diverging]
+    recs = [read_record(Path(r["run_dir"])) for r in m["runs"]]
+    assert [(r["launch"]["job_id"], r["launch"]["position_in_task"], r["launch"]["runs_in_task"]) for r in recs] == \
+        [(t, k % 2, 2) for k, t in enumerate(tasks)]
+    assert [r["status"] for r in recs] == ["failed" if d else "ok" for d in diverging]
+    # sacct: a task fails when one of its runs failed, completes when all did.
+    sacct = final_sacct(tasks, tasks)
+    assert [sacct[t] for t in dict.fromkeys(tasks)] == ["FAILED", "FAILED", "COMPLETED"]
+    log = Path(m["runs"][2]["stdout"]).read_text()  # the mixed task: one log section per run, both ran
+    assert log.index("==== [1/2] ") < log.index("  -> failed") < log.index("==== [2/2] ") < log.index("  -> ok")
+    capsys.readouterr()
+    assert main(["status", "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"sweep {m['sweep_id']}") == 1 and f"job {first} {second}," in out
+    assert "6 runs: 3 done, 0 running, 0 pending, 3 failed" in out

@@ -32,6 +32,14 @@ ROWS = [("1", 1, "", 32), ("2", 2, "", 32), ("3", 3, "", 32), ("4", 4, "", 32),
         ("4, one J per split (reference code)", 4, ", J as the reference code", 32)]
 
 
+def _paper_recipe(overrides: str, batch: int) -> bool:
+    """A row of the paper's models: its label overrides name no other encoder than linear and no other
+    mini-batch than `batch` (32, the paper's, is also what a row that names none is taken to use)."""
+    named = dict(o.split("=", 1) for o in overrides.split() if "=" in o)
+    return (named.get("model.encoder", "linear") == "linear"
+            and named.get("train.batch_size", "32") == str(batch))
+
+
 def table(results: str) -> str:
     from harness.leaderboard import collect, compare, summarise
     runs = collect(results)
@@ -42,10 +50,8 @@ def table(results: str) -> str:
     rows = []
     for label, experiment, suffix, batch in ROWS:
         variant = f"experiment {experiment}, d=50, n_train=200{suffix}"
-        recipe = f"train.batch_size={batch}"
         acc = summary[(summary.variant == variant) & (summary.metric == "accuracy") & (summary.control == "none")
-                      & summary.overrides.str.contains("model.encoder=linear", regex=False)
-                      & summary.overrides.str.contains(recipe, regex=False)]
+                      & summary.overrides.map(lambda o, b=batch: _paper_recipe(o, b))]
         if acc.empty:
             continue
         row = {"exp": label}

@@ -35,13 +35,16 @@ def main() -> int:
     ap.add_argument("--experiments", default="1,2,3,4")
     ap.add_argument("--n-train", default="200", help="training-set sizes, e.g. 200,500,1000,2000,5000 (the "
                     "sample-size sweep: --experiments 1,3 --seeds 0-9)")
+    ap.add_argument("--extra", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides added to every run, e.g. train.batch_size=128 (Keras 0.x's default batch, which "
+                         "the reference code used) or task.exp4_relevant=code (its experiment 4)")
     ap.add_argument("--launcher", default="inprocess", help="inprocess | local | slurm | slurm_cpu")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = ap.parse_args()
     status = 0
     for kind in KINDS:
         cmd = [sys.executable, "-m", "harness", "run", "-m", *PAPER, *kind, f"task.experiment={args.experiments}",
-               f"task.n_train={args.n_train}",
+               f"task.n_train={args.n_train}", *args.extra,
                f"seed={seeds(args.seeds)}", f"launcher={args.launcher}", "progress=false",
                # records of a size to commit: 40 of the 1000 epochs of each log (+ first and last), and no
                # predictions.csv of the 10 000 test samples (the record keeps the metrics and their bootstrap CI)

@@ -25,6 +25,14 @@ TOKEN_DIM = len(TOKEN_ROWS)  # the text modality's feature dim when the task del
 
 
 def _transformers():
+    # transformers imports torchvision when it is installed (its image utilities, even for BertModel), and PyPI's
+    # torchvision does not import beside the CPU build of torch that setup.sh installs: import it the way
+    # `harness extract` does first (harness/extract/backbones.py), a no-op where the pair matches or it is absent
+    try:
+        from harness.extract.backbones import import_torchvision
+        import_torchvision()
+    except ImportError:
+        pass  # no torchvision: transformers does not try it either
     try:
         import transformers
     except ImportError:

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
+from methods.dmd.bert import _transformers  # noqa: E402  (imports torchvision first where the CPU torch needs it)
+
+transformers = _transformers()
 
 import harness.training  # noqa: E402
 from harness.config import compose_one  # noqa: E402

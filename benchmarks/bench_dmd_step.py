@@ -57,6 +57,7 @@ import torch
 from omegaconf import OmegaConf
 from tabulate import tabulate
 
+from benchmarks._interleave import interleaved
 from harness.data import TargetSpec
 from methods.dmd import DMDLoss, build_dmd, count_parameters, make_optimizer, resolve_hparams
 from methods.dmd.bert import TOKEN_DIM, BertTextEncoder
@@ -171,13 +172,7 @@ def main() -> None:
             steps[variant], sizes = make_step(task, dims, lens, fast)
         if make_official is not None:
             steps["official"], sizes["official"] = make_official(dims, lens, 16, task)
-        for _ in range(args.warmup):
-            for s in steps.values():
-                s()
-        times = {v: [] for v in steps}
-        for _ in range(args.reps):  # interleaved: every variant sees the same load
-            for v, s in steps.items():
-                times[v].append(timed(s))
+        times = interleaved(steps, args.warmup, args.reps, timed)
         med = {v: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)) for v, ts in times.items()}
         if name == "mosi":
             base = med["fast"][1]

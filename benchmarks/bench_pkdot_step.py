@@ -55,6 +55,7 @@ from omegaconf import OmegaConf
 from tabulate import tabulate
 from torch import nn
 
+from benchmarks._interleave import interleaved
 from harness.data import TargetSpec
 from harness.training import loop_options, make_optimizer
 from methods.blocks import MultimodalNet, task_loss
@@ -164,13 +165,7 @@ def main() -> None:
                     steps["fused"] = lambda: pkdot_step((x, y), teacher, pk_fused, cfg)
                 if official is not None:
                     steps["official"] = official[0]
-                for _ in range(args.warmup):
-                    for fn in steps.values():
-                        fn()
-                times = {name: [] for name in steps}
-                for _ in range(args.repeats):  # interleaved: background load hits every step alike
-                    for name, fn in steps.items():
-                        times[name].append(timed(fn))
+                times = interleaved(steps, args.warmup, args.repeats, timed)
                 med = {name: statistics.median(t) for name, t in times.items()}
                 kd_ms, off_ms = med.get("kd"), med.get("official")
                 rows.append([B, hidden, f"{n_params(pk[0].net) / 1e6:.2f} M", f"{med['pkdot']:.1f}",

@@ -90,13 +90,8 @@ def schema_problems(d: dict) -> tuple[list[str], set[str]]:
             return out, {f"{group}."}
         names.append((group, name, base))
     fields, rules, sections = _table(tuple(names))
-    seen: set[str] = set()
     bad: set[str] = set()
-    _walk(d, "", fields, sections, out, seen, bad)
-    for path, field in fields.items():
-        if not field.optional and path not in seen and not any(path.startswith(b + ".") for b in bad):
-            out.append(f"{path} is missing: expected {field.describe()} (a run needs it; `~{path}` removes it)")
-            bad.add(path)
+    _check_fields(d, fields, sections, out, bad, " (a run needs it; `~{path}` removes it)")
     for prefix, rule in rules:
         values = [_lookup(d, prefix + k) for k in rule.keys]
         if any(v is _MISSING for v in values) or any(prefix + k in bad for k in rule.keys):
@@ -112,13 +107,20 @@ def check_against(d: dict, fields: dict[str, Field]) -> list[str]:
     (`harness extract` checks its config with it)."""
     sections = frozenset(p.rsplit(".", i)[0] for p in fields for i in range(1, p.count(".") + 1))
     out: list[str] = []
+    _check_fields(d, fields, sections, out, set())
+    return out
+
+
+def _check_fields(d: dict, fields: dict[str, Field], sections: frozenset, out: list[str], bad: set[str],
+                  missing_hint: str = "") -> None:
+    """Unknown and invalid keys (_walk), then every required key absent, one line each into `out`; the paths
+    found bad go into `bad`. `missing_hint` ends the missing-key line ({path} is filled in)."""
     seen: set[str] = set()
-    bad: set[str] = set()
     _walk(d, "", fields, sections, out, seen, bad)
     for path, field in fields.items():
         if not field.optional and path not in seen and not any(path.startswith(b + ".") for b in bad):
-            out.append(f"{path} is missing: expected {field.describe()}")
-    return out
+            out.append(f"{path} is missing: expected {field.describe()}{missing_hint.format(path=path)}")
+            bad.add(path)
 
 
 @lru_cache(maxsize=256)

@@ -26,10 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.launch import SUBMITIT_EXECUTORS, LaunchError, PlannedRun, clear_checkpoints, runs_to_do
 from harness.records import run_dir
-from harness.runner import execute
 from harness.schema import ConfigError
 from harness.sweeps import in_flight, new_sweep_id, sweeps_dir, write_manifest
-from harness.task import TaskError
+from harness.errors import TaskError
 
 
 class RunFailed(RuntimeError):
@@ -61,7 +60,9 @@ class RunJob(submitit.helpers.Checkpointable):
         self.finished: list[int] = []  # runs whose record this job wrote (not recomputed after a requeue)
 
     def __call__(self) -> list[dict]:
-        import torch
+        import torch  # the job side only: submitting imports neither torch nor the runner
+
+        from harness.runner import execute
 
         threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or self.threads or 0)
         if threads > 0:  # one job per CPU slot: torch must not use every core of the node

@@ -77,6 +77,12 @@ class Registry(Generic[T]):
         except KeyError:
             raise UnknownNameError(self.kind, name, self.names()) from None
 
+    def require(self, name: str) -> None:
+        """UnknownNameError unless `name` is listed or registered; imports nothing (submitting a sweep checks its
+        names this way: the jobs import the method, the submitting process need not import torch)."""
+        if name not in self._items and name not in self.catalogue:
+            raise UnknownNameError(self.kind, name, self.names())
+
     def names(self) -> list[str]:
         return sorted(self.catalogue.keys() | self._items.keys())
 

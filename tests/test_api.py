@@ -12,6 +12,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import harness.launch
+import harness.runner
 from harness import api
 from harness.cli import main
 from harness.config import ConfigError
@@ -123,7 +124,7 @@ def test_sweep_skips_recorded_runs_on_a_second_call(swept, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("a recorded run was run again")
 
-    monkeypatch.setattr(harness.launch, "execute", must_not_run)
+    monkeypatch.setattr(harness.runner, "execute", must_not_run)  # the in-process launcher looks it up there
     out = api.sweep("method=student,kd", "seed=0,1", *TINY, *where(swept))
     assert (out.n_runs, out.n_launched, out.n_skipped) == (4, 0, 4)
     assert sorted(Path(d) / "record.json" for d in out.run_dirs) == files

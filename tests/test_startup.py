@@ -3,6 +3,8 @@ are measured by benchmarks/bench_startup.py, not here).
 
 - `import harness.cli`, building the parser and `harness --help`: no torch, pandas, scipy, submitit, Hydra;
 - `harness list`: no torch (names and descriptions come from the packages' catalogues);
+- submitting a sweep (plan, check every config, skip the recorded runs, import the job side): no torch and no
+  method module, so that a 5000-run sweep reaches its prompt without them (the jobs import them);
 - a synthetic student run in process: none of the libraries it does not use (POT, geomloss, matplotlib,
   TensorBoard, MLflow, submitit, statsmodels) and no other method's or task's module.
 """
@@ -14,6 +16,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,6 +73,31 @@ def test_synthetic_student_run_imports_only_what_it_uses(tmp_path):
     others = {m for m in modules if m.startswith(("methods.", "tasks."))}
     # student trains through the teacher module's network builder and loss; tasks._common is not needed
     assert others <= {"methods.student", "methods.teacher", "methods.blocks", "tasks.synthetic"}, others
+
+
+def test_submitting_a_sweep_imports_no_torch_nor_any_method_module(tmp_path):
+    modules = modules_after(
+        "import harness.jobs\n"
+        "from harness.launch import check_planned, plan_runs, runs_to_do\n"
+        "runs = plan_runs(['method=student,kd,pkdot', 'seed=0,1', 'task=synthetic', 'results_dir=results'], True)\n"
+        "check_planned(runs)\n"
+        "assert len(runs_to_do(runs)) == 6\n", tmp_path)
+    assert "submitit" in modules and "tasks.synthetic" in modules  # it did plan and check the runs
+    assert imported(modules, "torch", "harness.runner") == []
+    assert sorted(m for m in modules if m.startswith("methods.")) == []
+
+
+def test_registry_require_checks_a_name_without_importing_its_module(tmp_path):
+    modules = modules_after(
+        "from harness.registry import METHODS, UnknownNameError\n"
+        "METHODS.require('pkdot')\n"
+        "try:\n"
+        "    METHODS.require('pkdott')\n"
+        "except UnknownNameError as e:\n"
+        "    assert 'did you mean pkdot' in str(e), str(e)\n"
+        "else:\n"
+        "    raise AssertionError('pkdott was accepted')\n", tmp_path)
+    assert sorted(m for m in modules if m.startswith("methods.")) == [] and "torch" not in modules
 
 
 def test_job_side_still_answers_from_harness_launch():

@@ -186,7 +186,7 @@ def _ordered_pair(key: str, path: str, what: str) -> Rule:
 
 # The training loop's options (harness/training.py imports them from here: one place for the choices).
 LOOP_CHOICES: dict[str, tuple] = {
-    "optimizer": ("adamw", "adam", "rmsprop", "sgd"), "fused": ("auto", True, False), "schedule": ("none", "plateau"),
+    "optimizer": ("adamw", "adam", "rmsprop", "sgd", "rmsprop_keras"), "fused": ("auto", True, False), "schedule": ("none", "plateau"),
     "grad_clip_by": ("norm", "value"), "select_on": ("primary", "loss"), "stop": ("patience", "budget")}
 
 TRAIN: dict[str, Field] = {

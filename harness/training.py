@@ -6,7 +6,8 @@ checkpoint so a requeued job resumes where it stopped. Its options are the keys 
 config group (harness/conf/config.yaml); a method may override them (DMD's `method.training`).
 
 - optimizer: adamw (default) | adam | rmsprop | sgd, torch's fused implementation where torch offers
-  one for it (`fused: auto`);
+  one for it (`fused: auto`); rmsprop_keras is RMSprop as Keras 0.x wrote it (KerasRMSprop), for
+  reproducing code written with it;
 - schedule: none (default) | plateau (ReduceLROnPlateau on the selection quantity);
 - accumulate: gradients SUMMED over k mini-batches per optimizer step (the official DMD loop); the
   trailing partial group of an epoch is dropped; k is cut to the batches of an epoch (recorded);
@@ -147,6 +148,39 @@ def loop_options(train_cfg: DictConfig | dict) -> dict[str, Any]:
     return opts
 
 
+class KerasRMSprop(torch.optim.Optimizer):
+    """RMSprop as Keras 0.x's `keras.optimizers.RMSprop` computes it, the optimizer of code written with it (Lopez-Paz
+    et al.'s reference code for "Unifying distillation and privileged information"): a <- rho*a + (1-rho)*g^2, then
+    p <- p - lr * g / sqrt(a + eps), with rho = 0.9 and eps = 1e-6 INSIDE the square root. torch's RMSprop (alpha
+    0.99, p <- p - lr * g / (sqrt(a) + eps), eps 1e-8) differs in both constants and in where eps goes: once the
+    gradients fall below about 1e-3, Keras's steps shrink with them while torch's stay near lr * sign(g).
+    torch has no option for eps under the root, hence this class. weight_decay adds wd * p to the gradient, as
+    torch's RMSprop does (Keras 0.x had none: use 0 to reproduce it)."""
+
+    def __init__(self, params, lr: float = 1e-3, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, rho, eps, wd = group["lr"], group["rho"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+                state = self.state[p]
+                if not state:
+                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                a = state["square_avg"]
+                a.mul_(rho).addcmul_(g, g, value=1 - rho)
+                p.addcdiv_(g, (a + eps).sqrt_(), value=-lr)
+        return loss
+
+
 def make_optimizer(params: list, opts: dict) -> torch.optim.Optimizer:
     """The configured optimizer over `params` (tensors or param groups), fused where torch offers it.
 
@@ -169,6 +203,11 @@ def make_optimizer(params: list, opts: dict) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(opts.get("momentum", 0.0)), **kw)
     if name == "rmsprop":  # torch has no fused RMSprop
         return torch.optim.RMSprop(params, lr=lr, weight_decay=wd, momentum=float(opts.get("momentum", 0.0)))
+    if name == "rmsprop_keras":
+        if float(opts.get("momentum", 0.0)):
+            raise ValueError("train.optimizer=rmsprop_keras has no momentum (Keras 0.x's RMSprop had none): "
+                             "set train.momentum=0")
+        return KerasRMSprop(params, lr=lr, weight_decay=wd)
     raise ValueError(f"train.optimizer={name!r}: choose one of {', '.join(CHOICES['optimizer'])}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -200,6 +201,52 @@ def test_optimizer_choice_and_fused_where_torch_has_it(name, cls):
     assert type(opt) is cls
     # auto: fused Adam and SGD (no fused RMSprop in torch; AdamW stays on torch's default, the committed records')
     assert bool(opt.defaults.get("fused")) == (name in ("adam", "sgd"))
+
+
+def test_rmsprop_keras_follows_keras_0x_update_rule_not_torchs():
+    """Against the rule written out in numpy (Keras 0.x keras/optimizers.py: a = rho*a + (1-rho)*g^2,
+    p -= lr*g/sqrt(a + eps), rho 0.9, eps 1e-6) along a least-squares trajectory and on one step whose gradient
+    (1e-4) is small enough for eps under the root to matter; torch's RMSprop differs on both."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 3))
+    y = X @ np.array([0.5, -1.0, 2.0]) + rng.normal(size=20)
+
+    def grad(w):  # of mean squared error / 2
+        return X.T @ (X @ w - y) / len(y)
+
+    w, a = np.zeros(3), np.zeros(3)  # 120 steps: past ~150 the steps near the optimum amplify rounding differences
+    for _ in range(120):
+        g = grad(w)
+        a = 0.9 * a + 0.1 * g ** 2
+        w = w - 0.01 * g / np.sqrt(a + 1e-6)
+
+    def torch_run(name):
+        p = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+        opt = make_optimizer([p], {"optimizer": name, "lr": 0.01, "weight_decay": 0.0})
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+        for _ in range(120):
+            opt.zero_grad()
+            (((Xt @ p - yt) ** 2).mean() / 2).backward()
+            opt.step()
+        return p.detach().numpy()
+
+    np.testing.assert_allclose(torch_run("rmsprop_keras"), w, rtol=0, atol=1e-12)
+    assert np.abs(torch_run("rmsprop") - w).max() > 1e-3
+
+    def one_step(name):  # from a zero accumulator, gradient 1e-4 in every coordinate
+        p = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+        p.grad = torch.full((3,), 1e-4, dtype=torch.float64)
+        make_optimizer([p], {"optimizer": name, "lr": 0.01, "weight_decay": 0.0}).step()
+        return p.detach().numpy()
+
+    keras_step = 0.01 * 1e-4 / np.sqrt(0.1 * 1e-8 + 1e-6)  # ~1e-3 * lr: eps dominates the root
+    np.testing.assert_allclose(one_step("rmsprop_keras"), -keras_step, rtol=1e-12)
+    np.testing.assert_allclose(one_step("rmsprop"), -0.01 * 1e-4 / (np.sqrt(0.01 * 1e-8) + 1e-8), rtol=1e-6)
+
+
+def test_rmsprop_keras_refuses_momentum():
+    with pytest.raises(ValueError, match="rmsprop_keras has no momentum"):
+        make_optimizer([nn.Parameter(torch.zeros(3))], {"optimizer": "rmsprop_keras", "lr": 0.1, "momentum": 0.9})
 
 
 @pytest.mark.parametrize("key,value", [("optimizer", "lbfgs"), ("schedule", "cosine"), ("grad_clip_by", "max"),

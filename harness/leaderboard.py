@@ -26,7 +26,8 @@ from tabulate import tabulate
 
 from harness import stats
 from harness.metrics import higher_is_better
-from harness.records import ROW_VARYING, atomic_write_text, config_id, iter_records, semantic_config
+from harness.records import (ROW_VARYING, atomic_write_text, config_id, config_value, iter_records,
+                             semantic_config)
 from harness.registry import TASKS
 from harness.schema import show
 from harness.teachers import stable_hash
@@ -172,8 +173,9 @@ def random_features(rec: dict) -> bool:
     return bool(vf.get("random_weights"))
 
 
-def collect(results_dir: Path | str) -> pd.DataFrame:
-    """One row per record: identity columns, the primary metric's CI and training summary, one column per metric."""
+def collect(results_dir: Path | str, config_keys: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per record: identity columns, the primary metric's CI and training summary, one column per metric,
+    and a column `c:<key>` per dotted key of `config_keys` (its value in the record's config, None if absent)."""
     rows = []
     for rec in iter_records(results_dir):
         path = Path(rec["_dir"]) / "record.json"
@@ -202,6 +204,8 @@ def collect(results_dir: Path | str) -> pd.DataFrame:
                                                                           "stop_reason": None})
         for k, v in (rec.get("metrics") or {}).items():
             row[f"m:{k}"] = v
+        for key in config_keys:
+            row[f"c:{key}"] = config_value(config, key)
         rows.append(row)
     return data_versions(pd.DataFrame(rows))
 

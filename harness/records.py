@@ -59,14 +59,15 @@ def semantic_config(cfg: DictConfig | dict, also_drop: tuple[str, ...] = ()) -> 
     for key in NON_SEMANTIC_KEYS + also_drop:
         _drop(d, key)
     for key, neutral in KEYS_NEUTRAL_AT.items():
-        if _get(d, key) == neutral:
+        if config_value(d, key) == neutral:
             _drop(d, key)
             if d.get(head := key.partition(".")[0]) == {}:  # a group of neutral keys only (teacher)
                 d.pop(head)
     return d
 
 
-def _get(d: dict, dotted: str):
+def config_value(d: dict, dotted: str):
+    """The value at a dotted key of a (config) dict, None where the path is absent."""
     for part in dotted.split("."):
         if not isinstance(d, dict):
             return None

@@ -13,7 +13,6 @@ written to a CSV beside the figure, so every point of the figure can be checked.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,15 +39,6 @@ class Scaling:
     n_records: int
 
 
-def _lookup(config: dict, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _panel_title(variant: str, key: str) -> str:
     """The variant without the swept key's own part (lupi: `experiment 1, d=50, n_train=200` -> `experiment 1,
     d=50`)."""
@@ -71,17 +61,13 @@ def _common_overrides(overrides: list[str]) -> list[str]:
 
 
 def scaling_table(results_dir: Path | str, task: str, key: str) -> tuple[pd.DataFrame, int]:
-    df = collect(results_dir)
+    df = collect(results_dir, config_keys=(key,))
     if df.empty:
         raise ScalingError(f"no records under {results_dir}/")
     df = df[(df.task == task) & (df.status == "ok")].copy()
     if df.empty:
         raise ScalingError(f"no finished {task} record under {results_dir}/")
-    xs = []
-    for d in df.dir:
-        config = json.loads((Path(d) / "record.json").read_text()).get("config") or {}
-        xs.append(_lookup(config, key))
-    df["x"] = xs
+    df["x"] = df[f"c:{key}"]
     missing = df[df.x.isna()]
     if len(missing):
         raise ScalingError(f"{missing.dir.iloc[0]}/record.json: config has no {key}; choose a key of the task's "

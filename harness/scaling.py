@@ -111,20 +111,28 @@ def plot(table: pd.DataFrame, key: str, out: Path) -> Path:
     fig, axes = plt.subplots(2, len(panels), figsize=(5.2 * len(panels), 7.2), squeeze=False, sharex="col",
                              gridspec_kw={"height_ratios": [3, 2]})
     metric = table.metric.iloc[0]
-    colours = {}
+    styles: dict[str, tuple[str, str, str]] = {}  # row -> colour, marker, line style: rows that coincide stay visible
+    markers, lines = "osD^v<>", ("-", "--", ":", "-.")
     for j, panel in enumerate(panels):
         top, bottom = axes[0, j], axes[1, j]
-        for label, g in table[table.panel == panel].groupby("label", sort=True):
+        groups = list(table[table.panel == panel].groupby("label", sort=True))
+        for k, (label, g) in enumerate(groups):
             first = g.iloc[0]
             short = label_of(first.method, first.control, " ".join(o for o in first.overrides.split() if o not in common))
-            colour = colours.setdefault(short, f"C{len(colours)}")
+            n = len(styles)
+            colour, marker, line = styles.setdefault(short, (f"C{n}", markers[n % len(markers)], lines[n % len(lines)]))
             g = g.sort_values("x")
+            # each row a little apart on the (log) x axis, so that rows with equal values (a distilled student that
+            # reaches its teacher) do not hide one another; the ticks stay at the true values
+            x = g.x.astype(float) * 1.035 ** (k - (len(groups) - 1) / 2)
+            kw = {"marker": marker, "ls": line, "ms": 4, "capsize": 3, "color": colour, "label": short}
             err = np.vstack([g["mean"] - g.ci_low, g.ci_high - g["mean"]])
-            top.errorbar(g.x, g["mean"], yerr=err, marker="o", ms=4, capsize=3, color=colour, label=short)
+            top.errorbar(x, g["mean"], yerr=err, **kw)
             if "delta" in g and g.delta.notna().any():
-                d = g[g.delta.notna()]
+                keep = g.delta.notna().to_numpy()
+                d = g[keep]
                 derr = np.vstack([d.delta - d.delta_low, d.delta_high - d.delta])
-                bottom.errorbar(d.x, d.delta, yerr=derr, marker="o", ms=4, capsize=3, color=colour, label=short)
+                bottom.errorbar(x[keep], d.delta, yerr=derr, **kw)
         top.set_title(panel, fontsize=10)
         top.set_xscale("log")
         top.set_ylabel(f"test {metric} (mean, 95% t CI over repetitions)", fontsize=8)
@@ -135,7 +143,7 @@ def plot(table: pd.DataFrame, key: str, out: Path) -> Path:
         bottom.set_ylabel(f"Δ {metric} vs student (paired, 95% CI)", fontsize=8)
         bottom.grid(alpha=0.3)
         xs = sorted(table[table.panel == panel].x.unique())
-        bottom.set_xticks(xs, [str(x) for x in xs])
+        bottom.set_xticks(xs, [str(x) for x in xs])  # the true values, under the rows drawn a little apart
         bottom.minorticks_off()
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 0.02), ncol=min(len(labels), 3),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from csv import DictReader
 from pathlib import Path
 
 import numpy as np
@@ -85,12 +86,22 @@ def test_means_intervals_and_paired_deltas_match_independent_computations(tree):
 
 def test_cli_writes_the_figure_and_its_numbers(tree, tmp_path, capsys):
     root, truth = tree
+    other = root / "synthetic" / "student" / "f0-s0-x"  # another task's record, whose config lacks task.n_train
+    other.mkdir(parents=True)
+    (other / "record.json").write_text(json.dumps({
+        "schema_version": 1, "run_key": "f0-s0-x", "method": "student", "task": "synthetic", "fold": 0, "seed": 0,
+        "status": "ok", "primary_metric": "accuracy", "data_source": "synthetic", "metrics": {"accuracy": 0.4},
+        "config": {"method": {"name": "student"}, "task": {"name": "synthetic"}, "seed": 0, "fold": 0}}))
     out = tmp_path / "fig" / "sizes.png"
     assert main(["scaling", "--results", str(root), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv = out.with_suffix(".csv").read_text().splitlines()
     assert csv[0].startswith("panel,label,method,control,overrides,x,metric,mean")
     assert len(csv) == 1 + 4  # student and kd at two sizes
+    assert {row["x"] for row in DictReader(csv)} == {"200", "1000"}
+    # the other task's record leaves NaN in pandas' column of the key: x stays the configs' int (tick labels
+    # read "200", not "200.0")
+    assert {str(x) for x in scaling_table(root, "lupi", "task.n_train")[0].x} == {"200", "1000"}
     assert "wrote" in capsys.readouterr().out
 
 

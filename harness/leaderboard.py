@@ -176,7 +176,7 @@ def random_features(rec: dict) -> bool:
 def collect(results_dir: Path | str, config_keys: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per record: identity columns, the primary metric's CI and training summary, one column per metric,
     and a column `c:<key>` per dotted key of `config_keys` (its value in the record's config, None if absent)."""
-    rows = []
+    rows, values = [], {key: [] for key in config_keys}
     for rec in iter_records(results_dir):
         path = Path(rec["_dir"]) / "record.json"
         row = {k: rec.get(k) for k in ("task", "method", "fold", "seed", "status", "run_key", "config_id", "bound",
@@ -205,9 +205,12 @@ def collect(results_dir: Path | str, config_keys: tuple[str, ...] = ()) -> pd.Da
         for k, v in (rec.get("metrics") or {}).items():
             row[f"m:{k}"] = v
         for key in config_keys:
-            row[f"c:{key}"] = config_value(config, key)
+            values[key].append(config_value(config, key))
         rows.append(row)
-    return data_versions(pd.DataFrame(rows))
+    df = pd.DataFrame(rows)
+    for key, column in values.items():  # object columns: the configs' values as they are (200, not 200.0 beside None)
+        df[f"c:{key}"] = pd.Series(column, index=df.index, dtype=object)
+    return data_versions(df)
 
 
 def data_versions(df: pd.DataFrame) -> pd.DataFrame:

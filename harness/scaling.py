@@ -67,8 +67,7 @@ def scaling_table(results_dir: Path | str, task: str, key: str) -> tuple[pd.Data
     df = df[(df.task == task) & (df.status == "ok")].copy()
     if df.empty:
         raise ScalingError(f"no finished {task} record under {results_dir}/")
-    # pandas made the column float where other tasks' records lack the key: whole numbers back to int (200, not 200.0)
-    df["x"] = df[f"c:{key}"].map(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)
+    df["x"] = df[f"c:{key}"]
     missing = df[df.x.isna()]
     if len(missing):
         raise ScalingError(f"{missing.dir.iloc[0]}/record.json: config has no {key}; choose a key of the task's "

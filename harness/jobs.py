@@ -24,11 +24,11 @@ from pathlib import Path
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
+from harness.errors import TaskError
 from harness.launch import SUBMITIT_EXECUTORS, LaunchError, PlannedRun, clear_checkpoints, runs_to_do
 from harness.records import run_dir
 from harness.schema import ConfigError
 from harness.sweeps import in_flight, new_sweep_id, sweeps_dir, write_manifest
-from harness.errors import TaskError
 
 
 class RunFailed(RuntimeError):

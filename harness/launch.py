@@ -40,11 +40,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import Composer, expand
+from harness.errors import TaskError
 from harness.records import read_record, run_dir
 from harness.registry import METHODS
 from harness.schema import ConfigError
 from harness.stale import StaleDataError, check_data_unchanged, combined
-from harness.errors import TaskError
 from harness.validate import check_runs
 
 SUBMITIT_EXECUTORS = ("slurm", "local")

@@ -19,9 +19,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from harness.cache import signature_changes
+from harness.errors import TaskError
 from harness.records import atomic_write_text
 from harness.registry import TASKS
-from harness.errors import TaskError
 
 SIGNATURES_DIR = "_data_signatures"  # a `_` folder: not a task, iter_records passes it by
 SHOW_FILES = 5  # changed files named in a refusal; the rest are counted

@@ -95,10 +95,22 @@ def scaling_table(results_dir: Path | str, task: str, key: str) -> tuple[pd.Data
                 both = a.index.intersection(b.index)
                 t = paired_test((a[both] - b[both]).to_numpy(), sign_flip=False)
                 row.update(delta=t.mean, delta_low=t.ci_low, delta_high=t.ci_high, p_t=t.p_t, pairs=t.n)
+            row["data"] = ", ".join(sorted(set(gx.data_source)))
             rows.append(row)
     if not rows:
         raise ScalingError(f"no {task} row has runs at two values of {key} or more under {results_dir}/")
-    return pd.DataFrame(rows), len(df)
+    table = pd.DataFrame(rows)
+    return table[[c for c in table.columns if c != "data"] + ["data"]], len(df)  # data last, whichever row came first
+
+
+def footnote(table: pd.DataFrame, common: list[str]) -> str:
+    """The figure's last line: which data its points come from (synthetic and mimic numbers are always labelled as
+    such) and the overrides every row shares."""
+    sources = sorted({s for cell in table.data for s in cell.split(", ")})
+    line = f"data: {', '.join(sources)}"
+    if any(s != "real" for s in sources):
+        line += " (not a real dataset: these numbers say nothing about one)"
+    return line + ("; every row: " + " ".join(common) if common else "")
 
 
 def plot(table: pd.DataFrame, key: str, out: Path) -> Path:
@@ -148,8 +160,7 @@ def plot(table: pd.DataFrame, key: str, out: Path) -> Path:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 0.02), ncol=min(len(labels), 3),
                frameon=False)
-    note = "every row: " + " ".join(common) if common else ""
-    fig.text(0.5, 0.005, note, fontsize=6, ha="center", wrap=True)
+    fig.text(0.5, 0.005, footnote(table, common), fontsize=6, ha="center", wrap=True)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".tmp" + out.suffix)

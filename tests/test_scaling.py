@@ -14,7 +14,7 @@ from scipy import stats as sps
 
 from harness.cli import main
 from harness.records import semantic_config, stable_hash
-from harness.scaling import ScalingError, scaling_table
+from harness.scaling import ScalingError, footnote, scaling_table
 
 RECIPE = ["model.encoder=linear", "train.optimizer=rmsprop"]
 
@@ -101,7 +101,12 @@ def test_cli_writes_the_figure_and_its_numbers(tree, tmp_path, capsys):
     assert {row["x"] for row in DictReader(csv)} == {"200", "1000"}
     # the other task's record leaves NaN in pandas' column of the key: x stays the configs' int (tick labels
     # read "200", not "200.0")
-    assert {str(x) for x in scaling_table(root, "lupi", "task.n_train")[0].x} == {"200", "1000"}
+    table = scaling_table(root, "lupi", "task.n_train")[0]
+    assert {str(x) for x in table.x} == {"200", "1000"}
+    # the figure says its data are synthetic, as the leaderboard does
+    assert {row["data"] for row in DictReader(csv)} == {"synthetic"}
+    assert footnote(table, ["model.encoder=linear"]) == ("data: synthetic (not a real dataset: these numbers say "
+                                                         "nothing about one); every row: model.encoder=linear")
     assert "wrote" in capsys.readouterr().out
 
 

@@ -17,6 +17,7 @@ section. Either is an error with `harness leaderboard --strict`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -489,8 +490,15 @@ class SectionLayout:
     rows: list[tuple[tuple, pd.DataFrame]]
 
 
+def natural_key(section: tuple) -> tuple:
+    """Sort key of a section: its numbers compared as numbers ("n_train=200" before "n_train=1000")."""
+    return tuple(tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                       for part in re.split(r"(\d+)", str(field))) for field in section)
+
+
 def section_layouts(summary: pd.DataFrame, comparisons: pd.DataFrame) -> Iterator[SectionLayout]:
-    for section, sec in summary.groupby(SECTION, sort=True):
+    sections = sorted(summary.groupby(SECTION, sort=False), key=lambda kv: natural_key(kv[0]))
+    for section, sec in sections:
         task, variant, source, data = section
         ok = sec[sec.metric.notna()]
         primary = ok.primary_metric.dropna().iloc[0] if ok.primary_metric.notna().any() else None

@@ -314,3 +314,19 @@ def test_csv_carries_the_comparisons_on_the_primary_metric_line(tmp_path):
     assert kd.vs_student_n == 5 and kd.vs_student_p_t == pytest.approx(ttest_rel(METHODS["kd"], STUDENT).pvalue)
     assert kd.vs_student_delta == pytest.approx(np.mean(np.subtract(METHODS["kd"], STUDENT)))
     assert pd.isna(csv[(csv.method == "kd") & (csv.metric == "mae_mean")].iloc[0].vs_student_delta)
+
+
+def test_sections_sort_their_numbers_as_numbers(tmp_path):
+    """A sample-size sweep's sections read n_train=200, 500, 1000, not the string order 1000, 200, 500."""
+    for n in (1000, 200, 500):
+        for s in range(2):
+            rec = {"schema_version": 1, "run_key": f"f0-s{s}-n{n}", "config_id": f"c{n}", "method": "student",
+                   "task": "synthetic", "task_variant": f"experiment 1, n_train={n}", "fold": 0, "seed": s,
+                   "status": "ok", "bound": "lower_bound", "primary_metric": "accuracy", "data_source": "synthetic",
+                   "overrides": [], "metrics": {"accuracy": 0.5 + s / 10}}
+            d = tmp_path / "synthetic" / f"n{n}" / rec["run_key"]
+            d.mkdir(parents=True)
+            (d / "record.json").write_text(json.dumps(rec))
+    text = render(summarise(collect(tmp_path)), collect(tmp_path))
+    headings = [line for line in text.splitlines() if line.startswith("## synthetic")]
+    assert [h.split("n_train=")[1].split()[0] for h in headings] == ["200", "500", "1000"]

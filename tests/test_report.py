@@ -223,3 +223,23 @@ def test_chromium_renders_the_page(which, request, tmp_path):
     assert pixels.std() > 10  # text and figures, not a blank page
     # the first figure's rows (below the header, tables and forest plot) hold drawn pixels too
     assert pixels[1200:2400].std() > 10
+
+
+def test_curves_of_budget_runs_leave_the_validation_panel_empty(tmp_path, monkeypatch):
+    """Runs without a validation split (train.stop=budget) get a labelled empty panel: no ticks, no legend."""
+    from harness.report import figures
+    from harness.report.data import Curve
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or path)
+    nan = float("nan")
+    runs = [Curve(f"f0-s{s}", [0, 1, 2], [0.9, 0.5 - s / 10, 0.3], [nan] * 3, 2, "budget") for s in range(2)]
+    figures.curves(runs, "lupi", "student", "accuracy", tmp_path / "budget.png")
+    runs[1] = Curve("f0-s1", [0, 1, 2], [0.9, 0.4, 0.3], [0.6, 0.7, 0.65], 1, "patience")
+    figures.curves(runs, "lupi", "student", "accuracy", tmp_path / "validated.png")
+    (loss_ax, val_ax), (loss_ax2, val_ax2) = (fig.axes for fig in drawn)
+    assert len(val_ax.get_xticks()) == 0 and len(val_ax.get_yticks()) == 0
+    assert any("no validation split" in t.get_text() for t in val_ax.texts)
+    assert val_ax.get_legend() is None and loss_ax.get_legend() is not None
+    assert list(loss_ax.get_xticks()) == [int(t) for t in loss_ax.get_xticks()]  # integer epochs on the loss panel
+    assert len(val_ax2.get_xticks()) > 0 and val_ax2.get_legend() is not None

@@ -133,7 +133,7 @@ def curves(runs: list[Curve], label: str, model: str, primary: str, path: Path) 
         val_ax.set_yticks([])
         val_ax.text(0.5, 0.5, "no validation split (train.stop=budget:\nthe last epoch is kept)",
                     transform=val_ax.transAxes, ha="center", va="center", fontsize=10, color="0.4")
-    for ax in (loss_ax, val_ax):
+    for ax in (loss_ax, val_ax) if validated else (loss_ax,):  # an empty panel keeps no ticks
         ax.set_xlabel("epoch (from 0); ○ = selected epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -9,21 +9,16 @@ import pandas as pd
 import pytest
 from scipy.stats import ttest_rel
 
+from _records import control_overrides, write_record
+
 from harness.leaderboard import LeaderboardError, collect, compare, render, summarise, write_leaderboard
-from harness.records import semantic_config
-from harness.teachers import stable_hash
 
 
 def fake_record(root: Path, method, seed, fold, value, status="ok", bound="", error=None, cid="c1"):
-    rec = {"schema_version": 1, "run_key": f"f{fold}-s{seed}-x", "config_id": cid, "method": method,
-           "task": "synthetic", "task_variant": "valence/arousal regression", "fold": fold, "seed": seed,
-           "status": status, "bound": bound, "primary_metric": "ccc_mean", "data_source": "synthetic",
-           "overrides": [], "metrics": {} if status != "ok" else {"ccc_mean": value, "mae_mean": 1 - value}}
-    if error:
-        rec["error"] = error
-    d = root / "synthetic" / method / rec["run_key"]
-    d.mkdir(parents=True)
-    (d / "record.json").write_text(json.dumps(rec))
+    """A record without a config: its row is `cid`, its bound as given."""
+    write_record(root, method, seed, {} if status != "ok" else {"ccc_mean": value, "mae_mean": 1 - value},
+                 fold=fold, config_id=cid, run_key=f"f{fold}-s{seed}-x", bound=bound, status=status,
+                 **({"error": error} if error else {}))
 
 
 def test_mean_std_delta_bounds_and_failures(tmp_path):
@@ -102,22 +97,11 @@ def test_frozen_text_note_sits_under_mmsa_sections_and_beside_published_numbers(
 def write(root: Path, method: str, seed: int, value: float, fold: int = 0, control: str | None = None,
           task_variant: str = "valence/arousal regression", **extra_fields) -> Path:
     """A record with a config (so privileged-information controls can be matched) and any extra fields."""
-    method_cfg = {"name": method, "lr": 0.01}
-    if control is not None:
-        method_cfg["privileged_control"] = control
-    config = {"method": method_cfg, "task": {"name": "synthetic", "target": "regression"}, "seed": seed,
-              "fold": fold, "results_dir": "/somewhere"}
-    cid = stable_hash(semantic_config(config, also_drop=("seed", "fold")), n=8)
-    rec = {"schema_version": 1, "run_key": f"f{fold}-s{seed}-{cid}", "config_id": cid, "method": method,
-           "task": "synthetic", "task_variant": task_variant, "fold": fold, "seed": seed, "status": "ok",
-           "bound": {"student": "lower_bound", "teacher": "upper_bound"}.get(method, ""),
-           "primary_metric": "ccc_mean", "data_source": "synthetic", "config": config,
-           "overrides": [f"method.privileged_control={control}"] if control else [],
-           "metrics": {"ccc_mean": value, "mae_mean": 1 - value}, **extra_fields}
-    d = root / "synthetic" / method / rec["run_key"]
-    d.mkdir(parents=True)
-    (d / "record.json").write_text(json.dumps(rec))
-    return d / "record.json"
+    method_cfg = {"name": method, "lr": 0.01, **({"privileged_control": control} if control is not None else {})}
+    config = {"method": method_cfg, "task": {"name": "synthetic", "target": "regression"}, "results_dir": "/somewhere"}
+    return write_record(root, method, seed, {"ccc_mean": value, "mae_mean": 1 - value}, fold=fold,
+                        task_variant=task_variant, config=config, overrides=control_overrides(control),
+                        **extra_fields)
 
 
 def section_rows(text: str) -> dict[str, list[str]]:
@@ -320,13 +304,8 @@ def test_sections_sort_their_numbers_as_numbers(tmp_path):
     """A sample-size sweep's sections read n_train=200, 500, 1000, not the string order 1000, 200, 500."""
     for n in (1000, 200, 500):
         for s in range(2):
-            rec = {"schema_version": 1, "run_key": f"f0-s{s}-n{n}", "config_id": f"c{n}", "method": "student",
-                   "task": "synthetic", "task_variant": f"experiment 1, n_train={n}", "fold": 0, "seed": s,
-                   "status": "ok", "bound": "lower_bound", "primary_metric": "accuracy", "data_source": "synthetic",
-                   "overrides": [], "metrics": {"accuracy": 0.5 + s / 10}}
-            d = tmp_path / "synthetic" / f"n{n}" / rec["run_key"]
-            d.mkdir(parents=True)
-            (d / "record.json").write_text(json.dumps(rec))
+            write_record(tmp_path, "student", s, {"accuracy": 0.5 + s / 10}, task_variant=f"experiment 1, n_train={n}",
+                         primary_metric="accuracy", config_id=f"c{n}")
     text = render(summarise(collect(tmp_path)), collect(tmp_path))
     headings = [line for line in text.splitlines() if line.startswith("## synthetic")]
     assert [h.split("n_train=")[1].split()[0] for h in headings] == ["200", "500", "1000"]

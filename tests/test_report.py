@@ -1,7 +1,6 @@
 """`harness report`: the figures draw the leaderboard's own numbers, the page names every section and row, every
 image it links is a readable PNG, and headless Chromium renders it (skipped when Chromium is absent)."""
 
-import json
 import re
 import shutil
 import subprocess
@@ -10,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from _records import control_overrides, write_record
 
 from harness.cli import main
 from harness.leaderboard import collect, compare, section_layouts, summarise
-from harness.records import semantic_config
 from harness.report import ReportError, write_report
 from harness.report.data import forest_points, strip_columns
-from harness.teachers import stable_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -26,23 +24,14 @@ REGRESSION, CLASSES = "valence/arousal regression", "5-class"
 def write(root: Path, method: str, seed: int, value: float | None, control: str | None = None,
           variant: str = REGRESSION, epochs: int = 4, error: str | None = None, **extra) -> None:
     """A record like tests/test_leaderboard.py's `write`, with a training log of the evaluated model."""
-    method_cfg = {"name": method, **({"privileged_control": control} if control else {})}
-    config = {"method": method_cfg, "task": {"name": "synthetic", "variant": variant}, "seed": seed, "fold": 0}
-    cid = stable_hash(semantic_config(config, also_drop=("seed", "fold")), n=8)
-    bound = {"student": "lower_bound", "teacher": "upper_bound"}.get(method, "")
+    config = {"method": {"name": method, **({"privileged_control": control} if control else {})},
+              "task": {"name": "synthetic", "variant": variant}}
     log = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_ccc_mean": value * e / epochs,
             "selected": e == epochs - 2} for e in range(epochs)] if error is None else []
-    rec = {"schema_version": 1, "run_key": f"f0-s{seed}-{cid}", "config_id": cid, "method": method,
-           "task": "synthetic", "task_variant": variant, "fold": 0, "seed": seed, "status": "ok", "bound": bound,
-           "primary_metric": "ccc_mean", "data_source": "synthetic", "config": config, "git": "abc123",
-           "overrides": [f"method.privileged_control={control}"] if control else [],
-           "metrics": {"ccc_mean": value, "mae_mean": 1 - value} if error is None else {},
-           "logs": {"teacher" if method == "teacher" else "student": log}, "extra": extra}
-    if error is not None:
-        rec.update(status="failed", error=error)
-    d = root / "synthetic" / method / rec["run_key"]
-    d.mkdir(parents=True)
-    (d / "record.json").write_text(json.dumps(rec))
+    failed = {} if error is None else {"status": "failed", "error": error}
+    write_record(root, method, seed, {"ccc_mean": value, "mae_mean": 1 - value} if error is None else {},
+                 task_variant=variant, config=config, git="abc123", overrides=control_overrides(control),
+                 logs={"teacher" if method == "teacher" else "student": log}, extra=extra, **failed)
 
 
 def hand_made(root: Path) -> Path:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _records import write_record
 from scipy import stats as sps
 
 from harness.cli import main
-from harness.records import semantic_config, stable_hash
 from harness.scaling import ScalingError, footnote, scaling_table
 
 RECIPE = ["model.encoder=linear", "train.optimizer=rmsprop"]
@@ -22,19 +22,11 @@ RECIPE = ["model.encoder=linear", "train.optimizer=rmsprop"]
 def write(root: Path, method: str, experiment: int, n_train: int, seed: int, accuracy: float,
           overrides: list[str] | None = None, teacher: str | None = None) -> None:
     task = {"name": "lupi", "experiment": experiment, "d": 50, "n_train": n_train, "n_val": 0}
-    config = {"method": {"name": method}, "task": task, "seed": seed, "fold": 0,
-              "model": {"encoder": "linear"}, "train": {"optimizer": "rmsprop"}}
-    if teacher:
-        config["teacher"] = {"modalities": teacher}
-    cid = stable_hash(semantic_config(config, also_drop=("seed", "fold")), n=8)
-    rec = {"schema_version": 1, "run_key": f"f0-s{seed}-{cid}", "config_id": cid, "method": method, "task": "lupi",
-           "task_variant": f"experiment {experiment}, d=50, n_train={n_train}", "fold": 0, "seed": seed,
-           "status": "ok", "bound": {"student": "lower_bound", "teacher": "upper_bound"}.get(method, ""),
-           "primary_metric": "accuracy", "data_source": "synthetic", "config": config,
-           "overrides": RECIPE + (overrides or []), "metrics": {"accuracy": accuracy, "f1_macro": accuracy}}
-    d = root / "lupi" / method / rec["run_key"]
-    d.mkdir(parents=True)
-    (d / "record.json").write_text(json.dumps(rec))
+    config = {"method": {"name": method}, "task": task, "model": {"encoder": "linear"},
+              "train": {"optimizer": "rmsprop"}, **({"teacher": {"modalities": teacher}} if teacher else {})}
+    write_record(root, method, seed, {"accuracy": accuracy, "f1_macro": accuracy}, task="lupi",
+                 task_variant=f"experiment {experiment}, d=50, n_train={n_train}", primary_metric="accuracy",
+                 config=config, overrides=RECIPE + (overrides or []))
 
 
 def t_ci(values) -> tuple[float, float]:

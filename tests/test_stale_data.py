@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _records import write_record
 from _task_trees import TINY, copy_tree, one_torch_thread, shared_tree
 
 from harness.cli import main
@@ -189,15 +190,9 @@ def test_the_signature_does_not_depend_on_where_the_tree_is_mounted(tree, tmp_pa
 
 def fake_record(root: Path, method: str, seed: int, value: float, source_fp: str | None, data_fp: str = "d0",
                 fold: int = 0):
-    rec = {"schema_version": 1, "run_key": f"f{fold}-s{seed}-{source_fp}", "config_id": "c1", "method": method,
-           "task": "biovid", "task_variant": "BL1 vs PA4, 5-fold by subject", "fold": fold, "seed": seed,
-           "status": "ok", "bound": "lower_bound" if method == "student" else "", "primary_metric": "accuracy",
-           "data_source": "mimic", "overrides": [], "metrics": {"accuracy": value}, "data_fingerprint": data_fp}
-    if source_fp:
-        rec["source_fingerprint"] = source_fp
-    d = root / "biovid" / method / rec["run_key"]
-    d.mkdir(parents=True)
-    (d / "record.json").write_text(json.dumps(rec))
+    write_record(root, method, seed, {"accuracy": value}, task="biovid", task_variant="BL1 vs PA4, 5-fold by subject",
+                 primary_metric="accuracy", data_source="mimic", fold=fold, run_key=f"f{fold}-s{seed}-{source_fp}",
+                 data_fingerprint=data_fp, **({"source_fingerprint": source_fp} if source_fp else {}))
 
 
 def test_leaderboard_separates_data_versions_with_a_footnote_or_errors_when_strict(tmp_path):

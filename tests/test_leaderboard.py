@@ -9,16 +9,16 @@ import pandas as pd
 import pytest
 from scipy.stats import ttest_rel
 
-from _records import control_overrides, write_record
+from _records import control_overrides, hand_made_record
 
 from harness.leaderboard import LeaderboardError, collect, compare, render, summarise, write_leaderboard
 
 
 def fake_record(root: Path, method, seed, fold, value, status="ok", bound="", error=None, cid="c1"):
     """A record without a config: its row is `cid`, its bound as given."""
-    write_record(root, method, seed, {} if status != "ok" else {"ccc_mean": value, "mae_mean": 1 - value},
-                 fold=fold, config_id=cid, run_key=f"f{fold}-s{seed}-x", bound=bound, status=status,
-                 **({"error": error} if error else {}))
+    hand_made_record(root, method, seed, {} if status != "ok" else {"ccc_mean": value, "mae_mean": 1 - value},
+                     fold=fold, config_id=cid, run_key=f"f{fold}-s{seed}-x", bound=bound, status=status,
+                     **({"error": error} if error else {}))
 
 
 def test_mean_std_delta_bounds_and_failures(tmp_path):
@@ -99,9 +99,9 @@ def write(root: Path, method: str, seed: int, value: float, fold: int = 0, contr
     """A record with a config (so privileged-information controls can be matched) and any extra fields."""
     method_cfg = {"name": method, "lr": 0.01, **({"privileged_control": control} if control is not None else {})}
     config = {"method": method_cfg, "task": {"name": "synthetic", "target": "regression"}, "results_dir": "/somewhere"}
-    return write_record(root, method, seed, {"ccc_mean": value, "mae_mean": 1 - value}, fold=fold,
-                        task_variant=task_variant, config=config, overrides=control_overrides(control),
-                        **extra_fields)
+    return hand_made_record(root, method, seed, {"ccc_mean": value, "mae_mean": 1 - value}, fold=fold,
+                            task_variant=task_variant, config=config, overrides=control_overrides(control),
+                            **extra_fields)
 
 
 def section_rows(text: str) -> dict[str, list[str]]:
@@ -304,8 +304,9 @@ def test_sections_sort_their_numbers_as_numbers(tmp_path):
     """A sample-size sweep's sections read n_train=200, 500, 1000, not the string order 1000, 200, 500."""
     for n in (1000, 200, 500):
         for s in range(2):
-            write_record(tmp_path, "student", s, {"accuracy": 0.5 + s / 10}, task_variant=f"experiment 1, n_train={n}",
-                         primary_metric="accuracy", config_id=f"c{n}")
-    text = render(summarise(collect(tmp_path)), collect(tmp_path))
+            hand_made_record(tmp_path, "student", s, {"accuracy": 0.5 + s / 10},
+                             task_variant=f"experiment 1, n_train={n}", primary_metric="accuracy", config_id=f"c{n}")
+    df = collect(tmp_path)
+    text = render(summarise(df), df)
     headings = [line for line in text.splitlines() if line.startswith("## synthetic")]
     assert [h.split("n_train=")[1].split()[0] for h in headings] == ["200", "500", "1000"]

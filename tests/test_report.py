@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from _records import control_overrides, write_record
+from _records import control_overrides, hand_made_record
 
 from harness.cli import main
 from harness.leaderboard import collect, compare, section_layouts, summarise
@@ -29,9 +29,9 @@ def write(root: Path, method: str, seed: int, value: float | None, control: str 
     log = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_ccc_mean": value * e / epochs,
             "selected": e == epochs - 2} for e in range(epochs)] if error is None else []
     failed = {} if error is None else {"status": "failed", "error": error}
-    write_record(root, method, seed, {"ccc_mean": value, "mae_mean": 1 - value} if error is None else {},
-                 task_variant=variant, config=config, git="abc123", overrides=control_overrides(control),
-                 logs={"teacher" if method == "teacher" else "student": log}, extra=extra, **failed)
+    hand_made_record(root, method, seed, {"ccc_mean": value, "mae_mean": 1 - value} if error is None else {},
+                     task_variant=variant, config=config, git="abc123", overrides=control_overrides(control),
+                     logs={"teacher" if method == "teacher" else "student": log}, extra=extra, **failed)
 
 
 def hand_made(root: Path) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _records import write_record
+from _records import hand_made_record
 from scipy import stats as sps
 
 from harness.cli import main
@@ -24,9 +24,9 @@ def write(root: Path, method: str, experiment: int, n_train: int, seed: int, acc
     task = {"name": "lupi", "experiment": experiment, "d": 50, "n_train": n_train, "n_val": 0}
     config = {"method": {"name": method}, "task": task, "model": {"encoder": "linear"},
               "train": {"optimizer": "rmsprop"}, **({"teacher": {"modalities": teacher}} if teacher else {})}
-    write_record(root, method, seed, {"accuracy": accuracy, "f1_macro": accuracy}, task="lupi",
-                 task_variant=f"experiment {experiment}, d=50, n_train={n_train}", primary_metric="accuracy",
-                 config=config, overrides=RECIPE + (overrides or []))
+    hand_made_record(root, method, seed, {"accuracy": accuracy, "f1_macro": accuracy}, task="lupi",
+                     task_variant=f"experiment {experiment}, d=50, n_train={n_train}", primary_metric="accuracy",
+                     config=config, overrides=RECIPE + (overrides or []))
 
 
 def t_ci(values) -> tuple[float, float]:

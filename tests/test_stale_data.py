@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _records import write_record
+from _records import hand_made_record
 from _task_trees import TINY, copy_tree, one_torch_thread, shared_tree
 
 from harness.cli import main
@@ -190,9 +190,10 @@ def test_the_signature_does_not_depend_on_where_the_tree_is_mounted(tree, tmp_pa
 
 def fake_record(root: Path, method: str, seed: int, value: float, source_fp: str | None, data_fp: str = "d0",
                 fold: int = 0):
-    write_record(root, method, seed, {"accuracy": value}, task="biovid", task_variant="BL1 vs PA4, 5-fold by subject",
-                 primary_metric="accuracy", data_source="mimic", fold=fold, run_key=f"f{fold}-s{seed}-{source_fp}",
-                 data_fingerprint=data_fp, **({"source_fingerprint": source_fp} if source_fp else {}))
+    hand_made_record(root, method, seed, {"accuracy": value}, task="biovid",
+                     task_variant="BL1 vs PA4, 5-fold by subject", primary_metric="accuracy", data_source="mimic",
+                     fold=fold, run_key=f"f{fold}-s{seed}-{source_fp}", data_fingerprint=data_fp,
+                     **({"source_fingerprint": source_fp} if source_fp else {}))
 
 
 def test_leaderboard_separates_data_versions_with_a_footnote_or_errors_when_strict(tmp_path):

@@ -6,10 +6,16 @@
 Our steps run on cached features (the official PKDOT student trains only its fusion on frozen 512-d backbone
 features, docs/fidelity.md#pkdot-model): one time step per modality (visual, physio), binary classes, the
 harness's optimizer (train.optimizer=adamw, lr 0.002, torch's default implementation, as `fit` builds it).
-- `pkdot`: the method's own training loss (methods/pkdot.py: the frozen teacher's forward, the frozen
-  teacher-encoder -> T-Net path into the student's physio slot, the student's forward, the task loss and the
-  structural OT loss at the method's defaults, k = 30, ε = 0.01), backward, optimizer step;
-- `kd`: Hinton KD + FitNets on the same nets (methods/kd.py), for scale;
+- `pkdot`: the method's own training loss as it runs by default (teacher.cache_outputs=true: the frozen
+  teacher's joint feature and the T-Net's physio features of every training sample are computed once per run,
+  methods/teacher.py frozen_outputs, and a step reads its batch's rows), the student's forward, the task loss
+  and the structural OT loss at the method's defaults (k = 30, ε = 0.01), backward, optimizer step;
+- `per-batch`: the same step with teacher.cache_outputs=false: the frozen teacher's forward and the
+  teacher-encoder -> T-Net path run on every batch, as the official step does (the same values, bit for bit:
+  tests/test_frozen_outputs.py). `frozen pass` is that frozen part alone: what the cached run pays once per
+  training sample per run (one frozen pass over the training split) instead of once per sample per epoch;
+- `kd`: Hinton KD + FitNets on the same nets (methods/kd.py, its teacher's outputs read from their table too),
+  for scale;
 - `OT`: the structural OT loss alone, forward and backward (its share of the pkdot step).
 Sizes: `--hidden 512` is our default student (1.59 M parameters); `--hidden 976` matches the official fusion
 transformer's parameter count (5.29 M against 5.26 M). The teacher has the same hidden size.
@@ -33,9 +39,9 @@ cosine matrix (k = 30), geomloss SamplesLoss("sinkhorn", p=2, blur=0.1), cross-e
 keeps AdamW on torch's per-tensor implementation, which every committed record was trained with (the two differ
 by float round-off, e.g. 2e-7 after 20 steps).
 
-Reported per thread count: median wall ms per step of each, pkdot / kd, the OT share, and pkdot / official at
-each student size (the figure that does not depend on the machine's load). Target: pkdot / official <= 0.5 at
-the matched size.
+Reported per thread count: median wall ms per step of each, pkdot / kd, the OT share, and pkdot / official and
+per-batch / official at each student size (the figures that do not depend on the machine's load). Target:
+pkdot / official <= 0.5 at the matched size.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from harness.data import TargetSpec
 from harness.training import loop_options, make_optimizer
 from methods.blocks import MultimodalNet, task_loss
 from methods.kd import response_loss
-from methods.pkdot import PrivilegedStudent, TNet, ot_terms, structural_ot_loss, teacher_and_student
+from methods.pkdot import PrivilegedStudent, TNet, frozen_path, ot_terms, structural_ot_loss
 
 CONF = Path(__file__).resolve().parents[1] / "harness" / "conf"
 TARGET = TargetSpec(kind="classification", dims=("pain",), n_classes=2)
@@ -84,24 +90,36 @@ def build(hidden: int, layers: int, fused: bool = False):
     return teacher, (kd_net, kd_proj, kd_opt), (student, pk_opt)
 
 
-def kd_step(batch, teacher, kd):
+def kd_step(batch, kd, table):
+    """As KD.fit's loss_fn with the teacher's outputs read from its table (teacher.cache_outputs=true)."""
     net, proj, opt = kd
     x, y = batch
-    with torch.no_grad():
-        t = teacher(x)
+    rows = torch.arange(len(y))
+    t_out, t_z = (column[rows] for column in table)
     s = net(x)
-    loss = (task_loss(s.out, y, TARGET) + response_loss(s.out, t.out, TARGET.kind, 4.0)
-            + 0.5 * F.mse_loss(proj(s.z), t.z))
+    loss = (task_loss(s.out, y, TARGET) + response_loss(s.out, t_out, TARGET.kind, 4.0)
+            + 0.5 * F.mse_loss(proj(s.z), t_z))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
 
 
-def pkdot_step(batch, teacher, pk, cfg):
-    """As PKDOT.fit's loss_fn, then the loop's zero_grad / backward / step."""
+def frozen_part(batch, teacher, pk):
+    with torch.no_grad():
+        return frozen_path(teacher, pk[0])(batch[0], None)
+
+
+def pkdot_step(batch, teacher, pk, cfg, table=None):
+    """As PKDOT.fit's loss_fn, then the loop's zero_grad / backward / step. table: the frozen part's outputs for
+    every row of the batch, computed ahead (teacher.cache_outputs=true); None runs it here (false)."""
     student, opt = pk
     x, y = batch
-    z_t, s_out = teacher_and_student(teacher, student, x, None)
+    if table is None:
+        z_t, features = frozen_part(batch, teacher, pk)
+    else:  # the rows of the batch, read as frozen_outputs reads them
+        rows = torch.arange(len(y))
+        z_t, features = (column[rows] for column in table)
+    s_out = student(x, None, features)
     l_struct, _ = ot_terms(cfg, z_t, s_out.z)
     loss = cfg.task_weight * task_loss(s_out.out, y, TARGET) + l_struct
     opt.zero_grad(set_to_none=True)
@@ -157,31 +175,39 @@ def main() -> None:
                 y = torch.randint(0, 2, (B, 1))
                 with torch.no_grad():
                     z_t, z_s = teacher(x).z, pk[0](x).z
-                steps = {"pkdot": lambda: pkdot_step((x, y), teacher, pk, cfg),
+                table = frozen_part((x, y), teacher, pk)
+                steps = {"pkdot": lambda: pkdot_step((x, y), teacher, pk, cfg, table),
+                         "per-batch": lambda: pkdot_step((x, y), teacher, pk, cfg),
+                         "frozen pass": lambda: frozen_part((x, y), teacher, pk),
                          "OT": lambda: ot_only(z_t, z_s, cfg)}
                 if not args.no_kd:
-                    steps["kd"] = lambda: kd_step((x, y), teacher, kd)
+                    with torch.no_grad():
+                        kd_table = (teacher(x).out, teacher(x).z)
+                    steps["kd"] = lambda: kd_step((x, y), kd, kd_table)
                 if pk_fused is not None:
-                    steps["fused"] = lambda: pkdot_step((x, y), teacher, pk_fused, cfg)
+                    steps["fused"] = lambda: pkdot_step((x, y), teacher, pk_fused, cfg, table)
                 if official is not None:
                     steps["official"] = official[0]
                 times = interleaved(steps, args.warmup, args.repeats, timed)
                 med = {name: statistics.median(t) for name, t in times.items()}
                 kd_ms, off_ms = med.get("kd"), med.get("official")
                 rows.append([B, hidden, f"{n_params(pk[0].net) / 1e6:.2f} M", f"{med['pkdot']:.1f}",
+                             f"{med['per-batch']:.1f}", f"{med['frozen pass']:.1f}",
                              "-" if kd_ms is None else f"{kd_ms:.1f}",
                              "-" if kd_ms is None else f"{med['pkdot'] / kd_ms:.2f}",
                              f"{med['OT'] / med['pkdot']:.2f}",
                              "-" if off_ms is None else f"{off_ms:.1f} ({official[1] / 1e6:.2f} M)",
-                             "-" if off_ms is None else f"{med['pkdot'] / off_ms:.2f}"]
+                             "-" if off_ms is None else f"{med['pkdot'] / off_ms:.2f}",
+                             "-" if off_ms is None else f"{med['per-batch'] / off_ms:.2f}"]
                             + ([] if pk_fused is None else
                                [f"{med['fused']:.1f}", "-" if off_ms is None else f"{med['fused'] / off_ms:.2f}"]))
                 print(f"done B={B} hidden={hidden} threads={threads}", file=sys.stderr, flush=True)
         print(f"\nPKDOT training step, torch {torch.__version__}, {threads} thread(s), {args.repeats} interleaved "
               f"repeats (medians); load average before {load_before[0]:.1f}, now {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} CPUs")
-        print(tabulate(rows, headers=["B", "hidden", "student params", "pkdot ms", "kd ms", "pkdot/kd",
-                                      "OT share of pkdot", "official ms (params)", "pkdot/official"]
+        print(tabulate(rows, headers=["B", "hidden", "student params", "pkdot ms", "per-batch ms", "frozen pass ms",
+                                      "kd ms", "pkdot/kd", "OT share of pkdot", "official ms (params)",
+                                      "pkdot/official", "per-batch/official"]
                        + (["pkdot fused-AdamW ms", "fused/official"] if args.fused else []),
                        tablefmt="github", disable_numparse=True))
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 # Config keys that do not change what a run computes: left out of its key.
 NON_SEMANTIC_KEYS = ("results_dir", "overwrite", "device", "progress", "cache_dir", "launcher", "train.checkpoint",
                      "task.data_root", "task.mimic_dir", "task.cache_dir", "task.feature_cache", "task.feature_cache_dir",
-                     "stats", "logger", "log_every", "save_predictions")
+                     "stats", "logger", "log_every", "save_predictions", "teacher.cache_outputs")
 # Keys added after records existed, at the value that reproduces those records: left out of the key at that
 # value, so older records keep their run keys (resume finds them) and share leaderboard rows with new ones.
 KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "privileged",

@@ -237,6 +237,7 @@ ROOT: dict[str, Field] = {
     "save_predictions": bool_(),  # harness/live.py LOGGERS (tests/test_live_logger.py)
     "stats.bootstrap_resamples": int_(ge=0),
     "teacher.modalities": choice("all", "privileged"),
+    "teacher.cache_outputs": bool_(),  # methods/teacher.py frozen_outputs
     **{f"model.{k}": f for k, f in MODEL.items()},
     **{f"train.{k}": f for k, f in TRAIN.items()},
 }

@@ -23,7 +23,7 @@ from harness.method import Method
 from harness.registry import register_method
 from harness.training import Batch, fit
 from methods.blocks import task_loss
-from methods.teacher import build_net, get_teacher, predict_split, predictor
+from methods.teacher import build_net, frozen_outputs, get_teacher, predict_split, predictor
 
 
 def response_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, kind: str, temperature: float,
@@ -72,13 +72,17 @@ class KD(Method):
         target = ctx.spec.target
         w = resolved_weights(cfg, ctx)
 
+        def teacher_outputs(inputs, lengths):
+            out = teacher(inputs, lengths)
+            return out.out, out.z
+        frozen = frozen_outputs(teacher_outputs, train, ctx)
+
         def loss_fn(batch: Batch):
-            with torch.no_grad():
-                t_out = teacher(batch.inputs, batch.lengths)
+            t_logits, t_z = frozen(batch)
             s_out = self.net(batch.inputs, batch.lengths)
             l_task = task_loss(s_out.out, batch.targets, target, batch.mask, ctx.cfg.train.regression_loss)
-            l_resp = response_loss(s_out.out, t_out.out, target.kind, w["temperature"], batch.mask)
-            l_feat = F.mse_loss(self.proj(s_out.z), t_out.z)
+            l_resp = response_loss(s_out.out, t_logits, target.kind, w["temperature"], batch.mask)
+            l_feat = F.mse_loss(self.proj(s_out.z), t_z)
             loss = w["task_weight"] * l_task + w["response_weight"] * l_resp + w["feature_weight"] * l_feat
             return loss, {"task": float(l_task.detach()), "response": float(l_resp.detach()), "feature": float(l_feat.detach())}
 

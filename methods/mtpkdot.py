@@ -58,7 +58,8 @@ from methods.pkdot import (
     student_predictor,
     student_train_cfg,
 )
-from methods.teacher import build_net, get_teacher, note_stored_adjustments, stored_training_summary, teacher_key
+from methods.teacher import (build_net, frozen_outputs, get_teacher, note_stored_adjustments, stored_training_summary,
+                             teacher_key)
 
 
 class TeacherSet(nn.Module):
@@ -216,9 +217,19 @@ class MTPKDOT(Method):
         names = teachers.names
         choices: list[list[int]] = []  # per training batch, samples assigned to each candidate
 
+        def frozen_fn(inputs, lengths) -> tuple[torch.Tensor, ...]:
+            """Every candidate's (z, output), flattened, then the T-Net's features (when there is a T-Net)."""
+            flat = tuple(t for pair in teachers(inputs, lengths) for t in pair)
+            features = self.student.hallucinate(inputs, lengths)
+            return flat if features is None else flat + (features,)
+        frozen = frozen_outputs(frozen_fn, train, ctx)
+        n_flat = 2 * len(names)
+
         def loss_fn(batch: Batch):
+            values = frozen(batch)
+            cands = [values[i:i + 2] for i in range(0, n_flat, 2)]
+            features = values[n_flat] if len(values) > n_flat else None
             with torch.no_grad():
-                cands = teachers(batch.inputs, batch.lengths)
                 if cfg.selection == "batch":
                     pick = select_teacher([task_loss(o, batch.targets, target, batch.mask, reg) for _, o in cands])
                     z_star = cands[pick][0]
@@ -232,7 +243,7 @@ class MTPKDOT(Method):
                     z_star = cands[-1][0]
                     counts = [0] * (len(names) - 1) + [1]
             choices.append(counts)
-            s_out = self.student(batch.inputs, batch.lengths)
+            s_out = self.student(batch.inputs, batch.lengths, features)
             l_task = task_loss(s_out.out, batch.targets, target, batch.mask, reg)
             l_struct, parts = ot_terms(cfg, z_star, s_out.z)
             loss = cfg.task_weight * l_task + l_struct

@@ -67,11 +67,11 @@ from harness.schema import ConfigError
 from harness.training import Batch, SplitTensors, adopt_stored_log, fit, predict_in_batches
 from methods.blocks import MultimodalNet, NetOutput, task_loss
 from methods.ot import sinkhorn_divergence
-from methods.teacher import build_net, get_teacher, teacher_key
+from methods.teacher import build_net, frozen_outputs, get_teacher, teacher_key
 
 __all__ = ["sinkhorn_divergence", "cosine_matrix", "shift_nonnegative", "anchor_indices", "structural_clouds",
            "structural_ot_loss", "centroid_loss", "mmd_multi_kernel", "TNet", "get_tnet", "PKDOT", "note_k_cap",
-           "teacher_and_student"]
+           "frozen_path"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,9 +345,10 @@ class PrivilegedStudent(nn.Module):
         self._frozen = (teacher, tnet)
 
     def hallucinate(self, inputs, lengths, teacher_pooled: dict[str, torch.Tensor] | None = None
-                    ) -> dict[str, torch.Tensor] | None:
-        """The T-Net's privileged features from the teacher's pooled student-modality features, computed here
-        or taken from `teacher_pooled` (the teacher's own forward already made them: see teacher_and_student)."""
+                    ) -> torch.Tensor | None:
+        """The T-Net's privileged features [B, P·hidden] from the teacher's pooled student-modality features,
+        computed here or taken from `teacher_pooled` (the teacher's own forward already made them: see
+        frozen_path). None without a T-Net."""
         teacher, tnet = self._frozen
         if tnet is None:
             return None
@@ -356,25 +357,34 @@ class PrivilegedStudent(nn.Module):
                 t_in = pooled_features(teacher, inputs, lengths, self.student_modalities)
             else:
                 t_in = torch.cat([teacher_pooled[m] for m in self.student_modalities], -1)
-            feats = tnet(t_in)
-        return dict(zip(self.privileged, feats.split(self.net.hidden, dim=-1)))
+            return tnet(t_in)
 
-    def forward(self, inputs, lengths=None, teacher_pooled: dict[str, torch.Tensor] | None = None) -> NetOutput:
-        return self.net(inputs, lengths, injected=self.hallucinate(inputs, lengths, teacher_pooled))
+    def slots(self, features: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
+        """hallucinate's features as the student net's privileged fusion slots."""
+        return None if features is None else dict(zip(self.privileged, features.split(self.net.hidden, dim=-1)))
+
+    def forward(self, inputs, lengths=None, features: torch.Tensor | None = None) -> NetOutput:
+        """features: the T-Net's output for these rows when the caller has it (a training step's frozen_path)."""
+        if features is None:
+            features = self.hallucinate(inputs, lengths)
+        return self.net(inputs, lengths, injected=self.slots(features))
 
 
-def teacher_and_student(teacher: MultimodalNet, student: PrivilegedStudent, inputs, lengths
-                        ) -> tuple[torch.Tensor, NetOutput]:
-    """A training batch's teacher joint feature z_t and student output, the teacher's encoders run once.
+def frozen_path(teacher: MultimodalNet, student: PrivilegedStudent):
+    """What a PKDOT training step takes from frozen models, for a batch: (teacher joint feature z_t,) plus the
+    T-Net's privileged features when there is a T-Net. Deterministic (eval mode), so frozen_outputs may compute
+    it once per training sample.
 
     The frozen teacher (eval mode: no dropout) encodes every modality for z_t; its pooled student-modality
-    features are the T-Net's input too, so they are reused rather than computed a second time: the same
-    values as student(inputs, lengths), one teacher encoder pass fewer per step."""
-    with torch.no_grad():
+    features are the T-Net's input too, so they are reused rather than computed a second time: the values
+    student(inputs, lengths) would compute, one teacher encoder pass fewer."""
+    def fn(inputs, lengths) -> tuple[torch.Tensor, ...]:
         seqs, pooled = teacher.encode(inputs, lengths)
         z_t = teacher.fuse_and_predict(seqs, pooled, None, lengths).z
-    shared = pooled if teacher is student._frozen[0] else None  # another teacher's features are not the T-Net's input
-    return z_t, student(inputs, lengths, teacher_pooled=shared)
+        shared = pooled if teacher is student._frozen[0] else None  # another teacher's features are not the T-Net's input
+        features = student.hallucinate(inputs, lengths, teacher_pooled=shared)
+        return (z_t,) if features is None else (z_t, features)
+    return fn
 
 
 def build_student(ctx: RunContext, cfg: DictConfig, teacher: MultimodalNet, train: Split, val: Split
@@ -428,8 +438,11 @@ class PKDOT(Method):
         self.student = build_student(ctx, cfg, teacher, train, val)
         target, reg = ctx.spec.target, ctx.cfg.train.regression_loss
 
+        frozen = frozen_outputs(frozen_path(teacher, self.student), train, ctx)
+
         def loss_fn(batch: Batch):
-            z_t, s_out = teacher_and_student(teacher, self.student, batch.inputs, batch.lengths)
+            z_t, *features = frozen(batch)
+            s_out = self.student(batch.inputs, batch.lengths, features[0] if features else None)
             l_task = task_loss(s_out.out, batch.targets, target, batch.mask, reg)
             l_struct, parts = ot_terms(cfg, z_t, s_out.z)
             loss = cfg.task_weight * l_task + l_struct

@@ -9,6 +9,8 @@ only: it sees x* alone, at train and (method `teacher`) at test, as Lopez-Paz et
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -50,6 +52,33 @@ def predictor(net: MultimodalNet, ctx: RunContext):
 def predict_split(net: MultimodalNet, split: Split, ctx: RunContext) -> np.ndarray:
     data = SplitTensors(split, ctx.device, ctx.spec.target.kind == "classification")
     return predict_in_batches(predictor(net, ctx), data, ctx.cfg.train.eval_batch_size)
+
+
+def frozen_outputs(fn: Callable[[dict, dict], tuple[torch.Tensor, ...]], train: Split, ctx: RunContext
+                   ) -> Callable[[Batch], tuple[torch.Tensor, ...]]:
+    """fn's outputs for a training batch, fn being frozen and deterministic (a stored teacher, the T-Net,
+    MT-PKDOT's stage-1 teachers: eval mode, no dropout, no gradient).
+
+    With teacher.cache_outputs (the default) fn runs once over the training split before training, and every
+    batch reads its rows (Batch.index) from that table: a frozen model gives a sample the same output in every
+    epoch, so running it on every batch repeats the same arithmetic epoch after epoch (for kd, a teacher
+    forward per step; for PKDOT, the teacher and the T-Net). The values are the ones fn gives on the batch,
+    bit for bit (tests/test_frozen_outputs.py), so the option is not part of a run's key. Off, fn runs on
+    every batch, as before."""
+    def per_batch(batch: Batch) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            return tuple(fn(batch.inputs, batch.lengths))
+
+    if not bool(OmegaConf.select(ctx.cfg, "teacher.cache_outputs", default=True)):
+        return per_batch
+    data = SplitTensors(train, ctx.device, ctx.spec.target.kind == "classification")
+    parts = [per_batch(batch) for batch in data.batches(int(ctx.cfg.train.eval_batch_size))]
+    table = tuple(torch.cat(column) for column in zip(*parts))
+
+    def cached(batch: Batch) -> tuple[torch.Tensor, ...]:
+        index = batch.index.to(ctx.device)
+        return tuple(column[index] for column in table)
+    return cached
 
 
 def teacher_key(ctx: RunContext) -> dict:

@@ -21,7 +21,7 @@ from harness.training import SplitTensors
 from methods.blocks import TemporalEncoder, separable_conv_steps
 from methods.mtpkdot import per_sample_task_loss, select_teacher, select_teacher_per_sample
 from methods.ot import sinkhorn_divergence
-from methods.pkdot import PrivilegedStudent, TNet, centroid_loss, teacher_and_student, mmd_multi_kernel, pooled_features, structural_clouds, structural_ot_loss
+from methods.pkdot import PrivilegedStudent, TNet, centroid_loss, frozen_path, mmd_multi_kernel, pooled_features, structural_clouds, structural_ot_loss
 
 
 def np_cos(z):
@@ -131,9 +131,9 @@ def test_conv_block_without_conv1d_is_the_conv1d_computation(steps, kernel):
                                rtol=1e-5, atol=1e-5)
 
 
-def test_teacher_and_student_shares_the_teacher_encoders_and_changes_nothing():
+def test_frozen_path_shares_the_teacher_encoders_and_changes_nothing():
     """The training step's teacher pass feeds the T-Net too (one teacher encoder pass per step): z_t and the
-    student's output are bit for bit those of teacher(x) and student(x), dropout included."""
+    student's output fed the path's features are bit for bit those of teacher(x) and student(x), dropout included."""
     from methods.blocks import MultimodalNet
 
     torch.manual_seed(0)
@@ -144,13 +144,18 @@ def test_teacher_and_student_shares_the_teacher_encoders_and_changes_nothing():
     student = PrivilegedStudent(net, teacher, tnet, ("visual",), ("physio",))
     x = {"visual": torch.randn(10, 7, 6), "physio": torch.randn(10, 7, 5)}
     lengths = {"visual": torch.randint(1, 8, (10,)), "physio": torch.randint(1, 8, (10,))}
+    with torch.no_grad():
+        z_t, features = frozen_path(teacher, student)(x, lengths)
     torch.manual_seed(1)
-    z_t, s_out = teacher_and_student(teacher, student, x, lengths)
+    s_out = student(x, lengths, features)
     torch.manual_seed(1)
     with torch.no_grad():
         z_ref = teacher(x, lengths).z
     ref = student(x, lengths)
     assert torch.equal(z_t, z_ref) and torch.equal(s_out.out, ref.out) and torch.equal(s_out.z, ref.z)
+    assert features.shape == (10, 8)
+    student_alone = PrivilegedStudent(net, teacher, None, ("visual",), ("physio",))
+    assert len(frozen_path(teacher, student_alone)(x, lengths)) == 1  # no T-Net: z_t only
 
 
 def test_centroid_term_by_hand():

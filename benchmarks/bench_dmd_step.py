@@ -58,6 +58,7 @@ from omegaconf import OmegaConf
 from tabulate import tabulate
 
 from benchmarks._interleave import interleaved
+from harness.allocator import tune_allocator
 from harness.data import TargetSpec
 from methods.dmd import DMDLoss, build_dmd, count_parameters, make_optimizer, resolve_hparams
 from methods.dmd.bert import TOKEN_DIM, BertTextEncoder
@@ -155,6 +156,7 @@ def main() -> None:
                     help="bert: time DMD with fine-tuned text against the frozen-text step (see the docstring)")
     ap.add_argument("--bert-config", choices=("base", "tiny"), default="base")
     args = ap.parse_args()
+    malloc = tune_allocator()  # as harness.runner.execute: every variant, the official included, runs with it
     if args.text_encoder == "bert":
         return compare_text_encoders(args)
     make_official = None
@@ -187,7 +189,8 @@ def main() -> None:
                      f"{med['fast'][1] / base:.2f}" if base else "-"])
         print(f"done {name}", file=sys.stderr, flush=True)
     print(f"DMD training step, batch 16, torch {torch.__version__}, {args.threads} thread(s), {args.reps} reps "
-          f"(medians); load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+          f"(medians); load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+          f"malloc: {malloc} (harness/allocator.py, every variant)")
     print(tabulate(rows, headers=["shape", "DMD params (ours + official dead layers)", "GD units", "fast wall ms",
                                   "fast CPU ms", "ref wall ms", "ref CPU ms", "fast/ref (CPU)", "official wall ms (params)",
                                   "fast/official (wall)", "vs MOSI fast (CPU)"],

@@ -62,6 +62,7 @@ from tabulate import tabulate
 from torch import nn
 
 from benchmarks._interleave import interleaved
+from harness.allocator import tune_allocator
 from harness.data import TargetSpec
 from harness.training import loop_options, make_optimizer
 from methods.blocks import MultimodalNet, task_loss
@@ -156,6 +157,7 @@ def main() -> None:
     ap.add_argument("--fused", action="store_true",
                     help="also time the pkdot step with train.fused=true (fused AdamW: not the default, see the docstring)")
     args = ap.parse_args()
+    malloc = tune_allocator()  # as harness.runner.execute: every variant, the official included, runs with it
     make_official = None
     if args.official:
         sys.path.insert(0, args.official)
@@ -204,7 +206,7 @@ def main() -> None:
                 print(f"done B={B} hidden={hidden} threads={threads}", file=sys.stderr, flush=True)
         print(f"\nPKDOT training step, torch {torch.__version__}, {threads} thread(s), {args.repeats} interleaved "
               f"repeats (medians); load average before {load_before[0]:.1f}, now {os.getloadavg()[0]:.1f} on "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs; malloc: {malloc} (harness/allocator.py, every variant)")
         print(tabulate(rows, headers=["B", "hidden", "student params", "pkdot ms", "per-batch ms", "frozen pass ms",
                                       "kd ms", "pkdot/kd", "OT share of pkdot", "official ms (params)",
                                       "pkdot/official", "per-batch/official"]

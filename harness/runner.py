@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import RECORD_SCHEMA_VERSION, __version__
+from harness.allocator import tune_allocator
 from harness.controls import apply_privileged_control, check_privileged_control
 from harness.data import FoldData
 from harness.live import LiveLogger, open_live_logger, require_logger_library
@@ -163,6 +164,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
         check_data_unchanged(cfg, existing, folder)
         existing["skipped"] = True
         return existing
+    malloc = tune_allocator()  # once per process: freed training memory is kept for the next step
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     record: dict[str, Any] = {
@@ -172,7 +174,7 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
         "status": "running", "overrides": describing_overrides(overrides or []),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **environment(),
+        **environment(), "malloc": malloc,
     }
     if launch is not None:
         record["launch"] = launch

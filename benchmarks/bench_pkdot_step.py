@@ -91,12 +91,17 @@ def build(hidden: int, layers: int, fused: bool = False):
     return teacher, (kd_net, kd_proj, kd_opt), (student, pk_opt)
 
 
+def batch_rows(table, n: int):
+    """The batch's rows of a frozen-output table, read as methods/teacher.py frozen_outputs reads them."""
+    rows = torch.arange(n)
+    return tuple(column[rows] for column in table)
+
+
 def kd_step(batch, kd, table):
     """As KD.fit's loss_fn with the teacher's outputs read from its table (teacher.cache_outputs=true)."""
     net, proj, opt = kd
     x, y = batch
-    rows = torch.arange(len(y))
-    t_out, t_z = (column[rows] for column in table)
+    t_out, t_z = batch_rows(table, len(y))
     s = net(x)
     loss = (task_loss(s.out, y, TARGET) + response_loss(s.out, t_out, TARGET.kind, 4.0)
             + 0.5 * F.mse_loss(proj(s.z), t_z))
@@ -117,9 +122,8 @@ def pkdot_step(batch, teacher, pk, cfg, table=None):
     x, y = batch
     if table is None:
         z_t, features = frozen_part(batch, teacher, pk)
-    else:  # the rows of the batch, read as frozen_outputs reads them
-        rows = torch.arange(len(y))
-        z_t, features = (column[rows] for column in table)
+    else:
+        z_t, features = batch_rows(table, len(y))
     s_out = student(x, None, features)
     l_struct, _ = ot_terms(cfg, z_t, s_out.z)
     loss = cfg.task_weight * task_loss(s_out.out, y, TARGET) + l_struct
@@ -184,7 +188,8 @@ def main() -> None:
                          "OT": lambda: ot_only(z_t, z_s, cfg)}
                 if not args.no_kd:
                     with torch.no_grad():
-                        kd_table = (teacher(x).out, teacher(x).z)
+                        t_out = teacher(x)
+                    kd_table = (t_out.out, t_out.z)
                     steps["kd"] = lambda: kd_step((x, y), kd, kd_table)
                 if pk_fused is not None:
                     steps["fused"] = lambda: pkdot_step((x, y), teacher, pk_fused, cfg, table)

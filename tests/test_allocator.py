@@ -1,5 +1,6 @@
-"""harness/allocator.py: the runner's malloc settings keep freed training memory in the process (measured as page
-faults with getrusage, in fresh processes), and PKD_HARNESS_MALLOC / the MALLOC_* variables decide."""
+"""harness/allocator.py: the runner's malloc settings keep freed training memory in the process (measured as the
+resident memory a freed tensor leaves, in fresh processes), and PKD_HARNESS_MALLOC / the MALLOC_* variables
+decide."""
 
 from __future__ import annotations
 

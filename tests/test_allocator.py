@@ -21,6 +21,8 @@ PROBE = textwrap.dedent("""
     def resident_mib():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    warm_up = torch.ones(1 << 16)  # loads the fill kernel and starts its threads, so they are not counted below
+    del warm_up
     before = resident_mib()
     temporary = torch.ones(4 << 20)  # a 16 MiB activation, written
     held = resident_mib()
@@ -43,10 +45,12 @@ def test_tuned_malloc_keeps_a_freed_temporary_where_glibc_defaults_return_it():
     this saves is measured in benchmarks/bench_allocator.py."""
     tuned, default = probe(), probe(**{ENV: "default"})
     assert tuned["state"] == "tuned" and default["state"] == "default"
+    # What freeing gives back to the kernel is measured as held - kept, so resident memory the first 16 MiB fill
+    # brings besides the tensor (code pages, thread stacks: 1.4 MiB here, 5.4 MiB on a CI machine) cancels out.
     for run in (tuned, default):
-        assert run["held"] == pytest.approx(16, abs=1.5)
-    assert default["kept"] == pytest.approx(0, abs=1.5)
-    assert tuned["kept"] == pytest.approx(16, abs=1.5)
+        assert run["held"] >= 16 - 1  # the tensor was resident (less the warm-up chunk a tuned heap reuses)
+    assert default["held"] - default["kept"] == pytest.approx(16, abs=1)
+    assert tuned["held"] - tuned["kept"] == pytest.approx(0, abs=1)
 
 
 def test_user_variables_win_and_a_bad_choice_names_the_variable():

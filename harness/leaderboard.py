@@ -62,6 +62,10 @@ CONTROL_ROLE = {"zeros": "control: privileged input zeroed", "shuffle": "control
 EVALUATED_MODEL = {"upper_bound": "teacher"}
 STOP_REASONS = ("patience", "max_epochs", "min_lr", "budget", "unknown")
 EARLY_EPOCH = 1  # selected at epoch <= 1 (epochs counted from 0): possibly undertrained
+# Patience counts epochs; a run making a few updates an epoch (small data, large batches, gradient accumulation)
+# can stop on validation noise after a few dozen updates, at any selected epoch (lupi's n_train=200 at B=128:
+# one update an epoch). Selected after fewer optimizer updates than this: possibly undertrained.
+MIN_UPDATES = 100
 
 HEADER = f"""# Leaderboard
 
@@ -89,7 +93,8 @@ One section per task, task variant and data source; one row per method and confi
   the same way, with Holm's correction over the section's methods. This is the part of the gain that the
   privileged information explains.
 - **Footnotes** name failed runs (never averaged), unpaired runs, and possibly undertrained runs: the evaluated
-  model (the student; the teacher for `teacher`) was selected at epoch ≤ {EARLY_EPOCH} (epochs counted from 0) or
+  model (the student; the teacher for `teacher`) was selected at epoch ≤ {EARLY_EPOCH} (epochs counted from 0),
+  after fewer than {MIN_UPDATES} optimizer updates (patience counts epochs, which can be a few updates each), or
   stopped at `max_epochs`. Fixed-budget training (`train.stop=budget`) keeps its last epoch by design and is
   not flagged.
 - The teacher is an upper bound: it sees the privileged modalities at test.
@@ -125,7 +130,8 @@ def _training(rec: dict, path: Path) -> dict:
     logs = rec.get("logs") or {}
     model = EVALUATED_MODEL.get(rec.get("bound") or "", "student")
     if model not in training and model not in logs:
-        return {"selected_epoch": None, "stop_reason": None}
+        return {"selected_epoch": None, "stop_reason": None, "updates_at_selection": None}
+    updates = _updates_at_selection(logs.get(model))
     if model in training:
         summary = training[model]
         where = f"extra.training.{model}"
@@ -136,14 +142,28 @@ def _training(rec: dict, path: Path) -> dict:
             raise LeaderboardError(f"{path}: {where}.stop_reason = {reason!r}: expected one of {list(STOP_REASONS)}")
         if isinstance(epoch, bool) or not isinstance(epoch, int):
             raise LeaderboardError(f"{path}: {where}.selected_epoch = {epoch!r}: expected a whole epoch number")
-        return {"selected_epoch": epoch, "stop_reason": reason}
+        return {"selected_epoch": epoch, "stop_reason": reason, "updates_at_selection": updates}
     entries = logs[model]
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise LeaderboardError(f"{path}: logs.{model} is not a list of epoch entries")
     selected = [e.get("epoch") for e in entries if e.get("selected")]
     if len(selected) > 1:
         raise LeaderboardError(f"{path}: logs.{model}: {len(selected)} entries have selected=true, expected one")
-    return {"selected_epoch": selected[0] if selected else None, "stop_reason": "unknown"}
+    return {"selected_epoch": selected[0] if selected else None, "stop_reason": "unknown",
+            "updates_at_selection": updates}
+
+
+def _updates_at_selection(entries) -> int | None:
+    """Optimizer updates made up to and including the selected epoch, from the per-epoch log (None when the log
+    does not count them: older records, or no epoch selected)."""
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        return None
+    selected = [e.get("epoch") for e in entries if e.get("selected")]
+    steps = [e.get("optimizer_steps") for e in entries]
+    whole = [*steps, *(e.get("epoch") for e in entries)]
+    if len(selected) != 1 or not all(isinstance(n, int) and not isinstance(n, bool) for n in whole):
+        return None
+    return sum(n for e, n in zip(entries, steps) if e.get("epoch") <= selected[0])
 
 
 def _ci(rec: dict, path: Path) -> dict:
@@ -202,7 +222,8 @@ def collect(results_dir: Path | str, config_keys: tuple[str, ...] = ()) -> pd.Da
             row["data_source"] = "random_weights"
         row.update(_ci(rec, path))
         row.update(_training(rec, path) if rec.get("status") == "ok" else {"selected_epoch": None,
-                                                                          "stop_reason": None})
+                                                                          "stop_reason": None,
+                                                                          "updates_at_selection": None})
         for k, v in (rec.get("metrics") or {}).items():
             row[f"m:{k}"] = v
         for key in config_keys:
@@ -284,20 +305,25 @@ def _run_name(r) -> str:
 
 
 def _flags(ok: pd.DataFrame) -> dict:
-    """Possibly undertrained runs of a row: selected at epoch <= EARLY_EPOCH, or stopped at max_epochs."""
-    early, capped = [], []
+    """Possibly undertrained runs of a row: selected at epoch <= EARLY_EPOCH, else selected after fewer than
+    MIN_UPDATES optimizer updates, or stopped at max_epochs."""
+    early, few_updates, capped = [], [], []
     for r in ok.itertuples():
         if r.stop_reason == "budget":
             continue
         if r.selected_epoch is not None and not pd.isna(r.selected_epoch) and r.selected_epoch <= EARLY_EPOCH:
             early.append(f"{_run_name(r)} (epoch {int(r.selected_epoch)})")
+        elif r.updates_at_selection is not None and not pd.isna(r.updates_at_selection) \
+                and r.updates_at_selection < MIN_UPDATES:
+            few_updates.append(f"{_run_name(r)} ({int(r.updates_at_selection)})")
         if r.stop_reason == "max_epochs":
             capped.append(_run_name(r))
-    flagged = {n.split(" ")[0] for n in early} | set(capped)
+    flagged = {n.split(" ")[0] for n in early + few_updates} | set(capped)
     parts = ([f"selected at epoch ≤ {EARLY_EPOCH}: {', '.join(early)}"] if early else []) + \
+            ([f"selected after < {MIN_UPDATES} updates: {', '.join(few_updates)}"] if few_updates else []) + \
             ([f"stopped at max_epochs: {', '.join(capped)}"] if capped else [])
-    return {"n_flagged": len(flagged), "n_selected_early": len(early), "n_max_epochs": len(capped),
-            "flagged_runs": "; ".join(parts)}
+    return {"n_flagged": len(flagged), "n_selected_early": len(early), "n_few_updates": len(few_updates),
+            "n_max_epochs": len(capped), "flagged_runs": "; ".join(parts)}
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
@@ -592,7 +618,8 @@ def render(summary: pd.DataFrame, df: pd.DataFrame, comparisons: pd.DataFrame | 
             n_ok = int(sec.drop_duplicates(ROW).n_runs.sum())
             n_flag = int(sec.drop_duplicates(ROW).n_flagged.sum())
             lines += [f"Possibly undertrained: {n_flag} of {n_ok} runs (evaluated model selected at epoch ≤ "
-                      f"{EARLY_EPOCH}, counted from 0, or stopped at max_epochs):", *flagged, ""]
+                      f"{EARLY_EPOCH}, counted from 0, or after fewer than {MIN_UPDATES} optimizer updates, or "
+                      f"stopped at max_epochs):", *flagged, ""]
         if single:
             lines += ["Single-run rows show the run's test-set bootstrap 95 % CI of the primary metric:", *single, ""]
         lines += adjusted_footnote(df, section)

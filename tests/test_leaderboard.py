@@ -230,11 +230,19 @@ def test_possibly_undertrained_runs_are_flagged_with_counts(tmp_path):
     def logs(epoch):
         return {"logs": {"student": [{"epoch": e, "selected": e == epoch} for e in range(epoch + 3)]}}
 
+    def counted(epoch, per_epoch):  # a newer record: its log counts each epoch's optimizer updates
+        return {"logs": {"student": [{"epoch": e, "selected": e == epoch, "optimizer_steps": per_epoch}
+                                     for e in range(epoch + 12)]},
+                **summary("student", "patience", epoch)}
+
     write(tmp_path, "student", 0, 0.3, **summary("student", "patience", 0))     # selected at epoch 0: flag
     write(tmp_path, "student", 1, 0.3, **summary("student", "max_epochs", 30))  # hit the cap: flag
     write(tmp_path, "student", 2, 0.3, **summary("student", "budget", 1))       # fixed budget: no flag
     write(tmp_path, "student", 3, 0.3, **logs(1))                               # older record, epoch 1: flag
     write(tmp_path, "student", 4, 0.3, **logs(7))                               # older record, epoch 7: fine
+    write(tmp_path, "student", 5, 0.3, **counted(7, 12))   # epoch 7, but 8 x 12 = 96 updates < 100: flag
+    write(tmp_path, "student", 6, 0.3, **counted(7, 13))   # 8 x 13 = 104 updates: fine
+    write(tmp_path, "student", 7, 0.3, **counted(1, 1000))  # epoch 1 (many updates): flagged once, as early
     write(tmp_path, "kd", 0, 0.3, **{"extra": {"training": {"teacher": {"stop_reason": "max_epochs",
                                                                         "selected_epoch": 0},
                                                             "student": {"stop_reason": "min_lr",
@@ -243,11 +251,11 @@ def test_possibly_undertrained_runs_are_flagged_with_counts(tmp_path):
     df = collect(tmp_path)
     summ = summarise(df)
     student = summ[summ.method == "student"].iloc[0]
-    assert (student.n_flagged, student.n_selected_early, student.n_max_epochs) == (3, 2, 1)
+    assert (student.n_flagged, student.n_selected_early, student.n_few_updates, student.n_max_epochs) == (5, 3, 1, 1)
     text = render(summ, df)
-    assert "Possibly undertrained: 4 of 7 runs" in text
-    assert ("- student: 3 of 5 (selected at epoch ≤ 1: f0-s0 (epoch 0), f0-s3 (epoch 1); "
-            "stopped at max_epochs: f0-s1)") in text
+    assert "Possibly undertrained: 6 of 10 runs" in text
+    assert ("- student: 5 of 8 (selected at epoch ≤ 1: f0-s0 (epoch 0), f0-s3 (epoch 1), f0-s7 (epoch 1); "
+            "selected after < 100 updates: f0-s5 (96); stopped at max_epochs: f0-s1)") in text
     assert "- teacher: 1 of 1 (stopped at max_epochs: f0-s0)" in text
     assert "- kd:" not in text  # kd's own teacher hit its cap, but kd is scored on its student
 

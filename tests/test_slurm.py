@@ -160,43 +160,50 @@ PREEMPTED = {
 }
 
 
-@pytest.mark.parametrize("method", sorted(PREEMPTED))
-def test_a_preempted_run_is_requeued_and_resumes_from_its_checkpoint(partition, tmp_path, method):
-    knobs = [f"method={method}", *PREEMPTED[method]]
-    epochs = int(next(k for k in knobs if "max_epochs=" in k).split("=")[1])
-    m = send(tmp_path, partition, *knobs)
-    (run,) = m["runs"]
-    ckpt = Path(run["run_dir"]) / f"checkpoint_{method}.pt"
-    end = time.time() + 300
-    while time.time() < end:
-        if ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 2:
-            break
+def test_a_preempted_run_is_requeued_and_resumes_from_its_checkpoint(partition, tmp_path):
+    """One run of each loop (the harness's, DMD's own), sent together so that SLURM's requeue delays (~30-60 s)
+    overlap: each is preempted as soon as its checkpoint reaches epoch 2."""
+    sweeps = {}
+    for method, knobs in PREEMPTED.items():
+        m = send(tmp_path / method, partition, f"method={method}", *knobs)
+        (run,) = m["runs"]
+        sweeps[method] = (m, run, Path(run["run_dir"]) / f"checkpoint_{method}.pt")
+    waiting, end = set(PREEMPTED), time.time() + 300
+    while waiting and time.time() < end:
+        for method in sorted(waiting):
+            _, run, ckpt = sweeps[method]
+            if ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 2:
+                subprocess.run(["scancel", "--signal=USR2", run["job_id"]], check=True)  # what a preemption sends
+                waiting.discard(method)
         time.sleep(0.2)
-    else:
-        pytest.fail(f"no checkpoint of epoch 2 after 300 s; see {run['stderr']}")
-    subprocess.run(["scancel", "--signal=USR2", run["job_id"]], check=True)  # what a preemption sends
+    if waiting:
+        pytest.fail("no checkpoint of epoch 2 after 300 s: "
+                    + ", ".join(f"{method}, see {sweeps[method][1]['stderr']}" for method in sorted(waiting)))
 
-    # While SLURM requeues it (~30-60 s), the same run uninterrupted, in this process, as the reference.
-    ref_cfg = compose_one([*knobs, "train.checkpoint=true", "progress=false", f"results_dir={tmp_path}/ref",
-                           f"cache_dir={tmp_path}/ref_cache"])
-    reference = execute(ref_cfg)
+    # While SLURM requeues them, the same runs uninterrupted, in this process, as the references.
+    references = {method: execute(compose_one([f"method={method}", *knobs, "train.checkpoint=true", "progress=false",
+                                               f"results_dir={tmp_path}/ref", f"cache_dir={tmp_path}/ref_cache"]))
+                  for method, knobs in PREEMPTED.items()}
 
-    assert [s.state for s in wait(m)] == ["done"], Path(run["stderr"]).read_text()[-2000:]
-    rec = read_record(Path(run["run_dir"]))
-    assert rec["launch"]["requeues"] == 1 and rec["launch"]["slurm_restart_count"] == 1
-    assert rec["extra"]["resumed_from_epoch"]["student"] >= 3
-    assert [e["epoch"] for e in rec["logs"]["student"]] == list(range(epochs))
-    assert rec["metrics"] == pytest.approx(reference["metrics"], abs=1e-6)
-    if method == "dmd":  # the learned edges' history goes on across the requeue, as in the uninterrupted run
-        for unit in ("homo", "hetero"):
-            got, want = (np.asarray(r["extra"]["dmd_edges"][unit]["per_epoch"]) for r in (rec, reference))
-            assert got.shape == want.shape == (epochs, 1) and np.allclose(got, want, atol=1e-6)
-        assert (Path(run["run_dir"]) / "dmd_edges.png").stat().st_size > 10_000
-    history = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State", "-j", run["job_id"]],
-                             capture_output=True, text=True, check=True).stdout.split()
-    assert any(line.endswith("|REQUEUED") for line in history) and history[-1].endswith("|COMPLETED")
-    log = Path(run["stdout"]).read_text() + Path(run["stderr"]).read_text()
-    assert "Caught signal SIGUSR2" in log and "this job is preempted" in log
+    for method, (m, run, _) in sweeps.items():
+        epochs = int(next(k for k in PREEMPTED[method] if "max_epochs=" in k).split("=")[1])
+        reference = references[method]
+        assert [s.state for s in wait(m)] == ["done"], (method, Path(run["stderr"]).read_text()[-2000:])
+        rec = read_record(Path(run["run_dir"]))
+        assert rec["launch"]["requeues"] == 1 and rec["launch"]["slurm_restart_count"] == 1, method
+        assert rec["extra"]["resumed_from_epoch"]["student"] >= 3, method
+        assert [e["epoch"] for e in rec["logs"]["student"]] == list(range(epochs)), method
+        assert rec["metrics"] == pytest.approx(reference["metrics"], abs=1e-6), method
+        if method == "dmd":  # the learned edges' history goes on across the requeue, as in the uninterrupted run
+            for unit in ("homo", "hetero"):
+                got, want = (np.asarray(r["extra"]["dmd_edges"][unit]["per_epoch"]) for r in (rec, reference))
+                assert got.shape == want.shape == (epochs, 1) and np.allclose(got, want, atol=1e-6)
+            assert (Path(run["run_dir"]) / "dmd_edges.png").stat().st_size > 10_000
+        history = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State", "-j", run["job_id"]],
+                                 capture_output=True, text=True, check=True).stdout.split()
+        assert any(line.endswith("|REQUEUED") for line in history) and history[-1].endswith("|COMPLETED"), method
+        log = Path(run["stdout"]).read_text() + Path(run["stderr"]).read_text()
+        assert "Caught signal SIGUSR2" in log and "this job is preempted" in log, method
 
 
 def test_a_refused_submission_fails_in_one_line_and_leaves_nothing(partition, tmp_path, capsys):

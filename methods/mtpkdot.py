@@ -55,8 +55,8 @@ from methods.pkdot import (
     note_k_cap,
     ot_terms,
     predict_student,
-    student_predictor,
     student_train_cfg,
+    validation_predictor,
 )
 from methods.teacher import (build_net, frozen_outputs, get_teacher, note_stored_adjustments, stored_training_summary,
                              teacher_key)
@@ -250,7 +250,7 @@ class MTPKDOT(Method):
             share = {f"choice_{n}": c / max(sum(counts), 1) for n, c in zip(names, counts)}
             return loss, {"task": float(l_task.detach()), **parts, **share}
 
-        log = fit("student", self.student.net, loss_fn, student_predictor(self.student, ctx), train, val, ctx,
+        log = fit("student", self.student.net, loss_fn, validation_predictor(self.student, val, ctx), train, val, ctx,
                   student_train_cfg(ctx, cfg))
         nb = batches_per_epoch(len(train), int(student_train_cfg(ctx, cfg).batch_size))
         per_epoch = [np.sum(choices[e * nb:(e + 1) * nb], axis=0).astype(int).tolist() for e in range(len(log))]

@@ -53,6 +53,8 @@ from __future__ import annotations
 import copy
 import math
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -71,7 +73,7 @@ from methods.teacher import build_net, frozen_outputs, get_teacher, teacher_key
 
 __all__ = ["sinkhorn_divergence", "cosine_matrix", "shift_nonnegative", "anchor_indices", "structural_clouds",
            "structural_ot_loss", "centroid_loss", "mmd_multi_kernel", "TNet", "get_tnet", "PKDOT", "note_k_cap",
-           "frozen_path"]
+           "frozen_path", "validation_predictor"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -401,13 +403,25 @@ def build_student(ctx: RunContext, cfg: DictConfig, teacher: MultimodalNet, trai
     return PrivilegedStudent(net, teacher, tnet, spec.student_modalities, spec.privileged_modalities)
 
 
-def student_predictor(student: PrivilegedStudent, ctx: RunContext):
+def student_predictor(student: PrivilegedStudent, ctx: RunContext,
+                      features: Callable[[Batch], tuple[torch.Tensor, ...]] | None = None):
+    """Method.predict's values for a batch. features: the T-Net's features of the batch's rows, read from a
+    table of the split (frozen_outputs) instead of computed by the frozen path in every call."""
     classes = ctx.spec.target.kind == "classification"
 
     def predict_fn(batch: Batch) -> torch.Tensor:
-        out = student(batch.inputs, batch.lengths).out
+        out = student(batch.inputs, batch.lengths, None if features is None else features(batch)[0]).out
         return out.softmax(-1) if classes else out
     return predict_fn
+
+
+def validation_predictor(student: PrivilegedStudent, val: Split | None, ctx: RunContext):
+    """student_predictor for fit's validation passes: the frozen teacher and T-Net run over the validation split
+    once (frozen_outputs), not in every epoch's pass; the same values bit for bit."""
+    if student._frozen[1] is None or val is None or len(val) == 0:  # no T-Net: the student alone, nothing frozen
+        return student_predictor(student, ctx)
+    features = frozen_outputs(lambda inputs, lengths: (student.hallucinate(inputs, lengths),), val, ctx)
+    return student_predictor(student, ctx, features)
 
 
 def student_train_cfg(ctx: RunContext, cfg: DictConfig) -> DictConfig:
@@ -448,7 +462,7 @@ class PKDOT(Method):
             loss = cfg.task_weight * l_task + l_struct
             return loss, {"task": float(l_task.detach()), **parts}
 
-        fit("student", self.student.net, loss_fn, student_predictor(self.student, ctx), train, val, ctx,
+        fit("student", self.student.net, loss_fn, validation_predictor(self.student, val, ctx), train, val, ctx,
             student_train_cfg(ctx, cfg))
 
     def predict(self, split: Split) -> np.ndarray:

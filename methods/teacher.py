@@ -54,12 +54,13 @@ def predict_split(net: MultimodalNet, split: Split, ctx: RunContext) -> np.ndarr
     return predict_in_batches(predictor(net, ctx), data, ctx.cfg.train.eval_batch_size)
 
 
-def frozen_outputs(fn: Callable[[dict, dict], tuple[torch.Tensor, ...]], train: Split, ctx: RunContext
+def frozen_outputs(fn: Callable[[dict, dict], tuple[torch.Tensor, ...]], split: Split, ctx: RunContext
                    ) -> Callable[[Batch], tuple[torch.Tensor, ...]]:
-    """fn's outputs for a training batch, fn being frozen and deterministic (a stored teacher, the T-Net,
-    MT-PKDOT's stage-1 teachers: eval mode, no dropout, no gradient).
+    """fn's outputs for a batch of `split` (the training split, or the validation split that every epoch
+    evaluates), fn being frozen and deterministic (a stored teacher, the T-Net, MT-PKDOT's stage-1 teachers:
+    eval mode, no dropout, no gradient).
 
-    With teacher.cache_outputs (the default) fn runs once over the training split before training, and every
+    With teacher.cache_outputs (the default) fn runs once over the split before training, and every
     batch reads its rows (Batch.index) from that table: a frozen model gives a sample the same output in every
     epoch, so running it on every batch repeats the same arithmetic epoch after epoch (for kd, a teacher
     forward per step; for PKDOT, the teacher and the T-Net). The values are the ones fn gives on the batch,
@@ -71,7 +72,7 @@ def frozen_outputs(fn: Callable[[dict, dict], tuple[torch.Tensor, ...]], train: 
 
     if not bool(OmegaConf.select(ctx.cfg, "teacher.cache_outputs", default=True)):
         return per_batch
-    data = SplitTensors(train, ctx.device, ctx.spec.target.kind == "classification")
+    data = SplitTensors(split, ctx.device, ctx.spec.target.kind == "classification")
     parts = [per_batch(batch) for batch in data.batches(int(ctx.cfg.train.eval_batch_size))]
     table = tuple(torch.cat(column) for column in zip(*parts))
 

@@ -97,6 +97,8 @@ One section per task, task variant and data source; one row per method and confi
   after fewer than {MIN_UPDATES} optimizer updates (patience counts epochs, which can be a few updates each), or
   stopped at `max_epochs`. Fixed-budget training (`train.stop=budget`) keeps its last epoch by design and is
   not flagged.
+- **Code** names the commits a section's records were computed at (their `git`): a run reproduces bit for bit
+  only from its own commit, thread count and BLAS; `-dirty` records ran on uncommitted changes.
 - The teacher is an upper bound: it sees the privileged modalities at test.
 """
 
@@ -205,6 +207,7 @@ def collect(results_dir: Path | str, config_keys: tuple[str, ...] = ()) -> pd.Da
         row["variant"] = rec.get("task_variant") or ""
         row["source_fingerprint"] = rec.get("source_fingerprint") or ""
         row["data_fingerprint"] = rec.get("data_fingerprint") or ""
+        row["git"] = rec.get("git") if isinstance(rec.get("git"), str) else ""
         config = rec.get("config") if isinstance(rec.get("config"), dict) else {}
         if config:  # recomputed, so records written before a seed-copying key was known still share their row
             row["config_id"] = config_id(config)
@@ -623,6 +626,7 @@ def render(summary: pd.DataFrame, df: pd.DataFrame, comparisons: pd.DataFrame | 
         if single:
             lines += ["Single-run rows show the run's test-set bootstrap 95 % CI of the primary metric:", *single, ""]
         lines += adjusted_footnote(df, section)
+        lines += code_footnote(df, section)
     published = published_table()
     if published:
         lines += ["## Published reference numbers (real datasets, as stated by the papers)", "",
@@ -683,6 +687,28 @@ def adjusted_footnote(df: pd.DataFrame, section: tuple) -> list[str]:
     return ["Adjusted values (the run used another value than its config asked for):",
             *(f"- {label}: {key} {asked} → {used} ({why}), {n} run{'s' if n > 1 else ''}"
               for (label, key, asked, used, why), n in notes.items()), ""]
+
+
+def code_footnote(df: pd.DataFrame, section: tuple) -> list[str]:
+    """The commits the section's records were computed at (their `git`), with the methods of each: a run
+    reproduces bit for bit only from its own code (and thread count and BLAS), and a change of float round-off
+    alone moves 5-seed p values across 0.05, so a reader re-running a row needs to know which commit made it.
+    `-dirty` records ran on uncommitted changes: their commit alone does not reproduce them."""
+    if df.empty or "git" not in df:
+        return []
+    task, variant, source, data = section
+    sec = df[(df.task == task) & (df.variant == variant) & (df.data_source == source) & (df.data == data)]
+    versions = []
+    for sha, g in sec.groupby(sec.git.replace("", "unknown"), sort=False):
+        methods = ", ".join(sorted(set(g.method)))
+        versions.append((-len(g), sha, f"`{sha[:7]}{'-dirty' if sha.endswith('-dirty') else ''}` "
+                                        f"{_runs(len(g))} ({methods})"))
+    if not versions:
+        return []
+    dirty = any(sha.endswith("-dirty") for _, sha, _ in versions)
+    return [f"Code: {'; '.join(text for *_, text in sorted(versions))}" +
+            (" (`-dirty`: computed with uncommitted changes, which the commit alone may not reproduce)" if dirty else "") + ".",
+            ""]
 
 
 def task_note(task: str) -> str:

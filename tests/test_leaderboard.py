@@ -318,3 +318,16 @@ def test_sections_sort_their_numbers_as_numbers(tmp_path):
     text = render(summarise(df), df)
     headings = [line for line in text.splitlines() if line.startswith("## synthetic")]
     assert [h.split("n_train=")[1].split()[0] for h in headings] == ["200", "500", "1000"]
+
+
+def test_each_section_names_the_commits_its_runs_were_computed_at(tmp_path):
+    sha_a, sha_b = "a" * 40, "b" * 40
+    for seed in range(3):
+        write(tmp_path, "student", seed, 0.5, git=sha_a)
+        write(tmp_path, "kd", seed, 0.6, git=sha_a if seed else f"{sha_b}-dirty")
+    write(tmp_path, "pkdot", 0, 0.4, task_variant="5-class")  # a record without its commit
+    text = render(summarise(df := collect(tmp_path)), df)
+    regression, classes = text.split("## synthetic — valence")[1], text.split("## synthetic — 5-class")[1]
+    assert ("Code: `aaaaaaa` 5 runs (kd, student); `bbbbbbb-dirty` 1 run (kd) (`-dirty`: computed with "
+            "uncommitted changes, which the commit alone may not reproduce).") in regression.split("\n## ")[0]
+    assert "Code: `unknown` 1 run (pkdot)." in classes.split("\n## ")[0]

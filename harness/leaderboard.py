@@ -693,7 +693,7 @@ def code_footnote(df: pd.DataFrame, section: tuple) -> list[str]:
     """The commits the section's records were computed at (their `git`), with the methods of each: a run
     reproduces bit for bit only from its own code (and thread count and BLAS), and a change of float round-off
     alone moves 5-seed p values across 0.05, so a reader re-running a row needs to know which commit made it.
-    `-dirty` records ran on uncommitted changes: their commit alone does not reproduce them."""
+    `-dirty` records ran on uncommitted changes, which their commit alone may not reproduce."""
     if df.empty or "git" not in df:
         return []
     task, variant, source, data = section
@@ -705,10 +705,9 @@ def code_footnote(df: pd.DataFrame, section: tuple) -> list[str]:
                                         f"{_runs(len(g))} ({methods})"))
     if not versions:
         return []
-    dirty = any(sha.endswith("-dirty") for _, sha, _ in versions)
-    return [f"Code: {'; '.join(text for *_, text in sorted(versions))}" +
-            (" (`-dirty`: computed with uncommitted changes, which the commit alone may not reproduce)" if dirty else "") + ".",
-            ""]
+    dirty = " (`-dirty`: computed with uncommitted changes, which the commit alone may not reproduce)" \
+        if any(sha.endswith("-dirty") for _, sha, _ in versions) else ""
+    return [f"Code: {'; '.join(text for *_, text in sorted(versions))}{dirty}.", ""]
 
 
 def task_note(task: str) -> str:

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import copy
 import math
-
 from collections.abc import Callable
 
 import numpy as np

@@ -127,13 +127,13 @@ def _base_id(rec: dict) -> str:
 
 
 def _training(rec: dict, path: Path) -> dict:
-    """Selected epoch and stop reason of the evaluated model: extra.training.<model>, else logs.<model>."""
+    """Selected epoch and stop reason of the evaluated model (extra.training.<model>, else logs.<model>), and the
+    optimizer updates made up to its selection (from logs.<model>)."""
     training = (rec.get("extra") or {}).get("training") or {}
     logs = rec.get("logs") or {}
     model = EVALUATED_MODEL.get(rec.get("bound") or "", "student")
     if model not in training and model not in logs:
         return {"selected_epoch": None, "stop_reason": None, "updates_at_selection": None}
-    updates = _updates_at_selection(logs.get(model))
     if model in training:
         summary = training[model]
         where = f"extra.training.{model}"
@@ -144,28 +144,32 @@ def _training(rec: dict, path: Path) -> dict:
             raise LeaderboardError(f"{path}: {where}.stop_reason = {reason!r}: expected one of {list(STOP_REASONS)}")
         if isinstance(epoch, bool) or not isinstance(epoch, int):
             raise LeaderboardError(f"{path}: {where}.selected_epoch = {epoch!r}: expected a whole epoch number")
-        return {"selected_epoch": epoch, "stop_reason": reason, "updates_at_selection": updates}
-    entries = logs[model]
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise LeaderboardError(f"{path}: logs.{model} is not a list of epoch entries")
-    selected = [e.get("epoch") for e in entries if e.get("selected")]
-    if len(selected) > 1:
-        raise LeaderboardError(f"{path}: logs.{model}: {len(selected)} entries have selected=true, expected one")
-    return {"selected_epoch": selected[0] if selected else None, "stop_reason": "unknown",
-            "updates_at_selection": updates}
+    else:
+        entries = logs[model]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise LeaderboardError(f"{path}: logs.{model} is not a list of epoch entries")
+        selected = [e.get("epoch") for e in entries if e.get("selected")]
+        if len(selected) > 1:
+            raise LeaderboardError(f"{path}: logs.{model}: {len(selected)} entries have selected=true, expected one")
+        reason, epoch = "unknown", selected[0] if selected else None
+    return {"selected_epoch": epoch, "stop_reason": reason,
+            "updates_at_selection": _updates_at_selection(logs.get(model), epoch)}
 
 
-def _updates_at_selection(entries) -> int | None:
-    """Optimizer updates made up to and including the selected epoch, from the per-epoch log (None when the log
-    does not count them: older records, or no epoch selected)."""
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+def _updates_at_selection(entries, selected: int | None) -> int | None:
+    """Optimizer updates made in epochs 0..selected, from the per-epoch log's optimizer_steps. A log thinned by
+    log_every keeps every epoch's count only when it kept every epoch; otherwise the counts it kept must be one
+    value (every epoch of a run has the same batches) to be multiplied out. None when the log cannot tell: older
+    records without counts, no selected epoch, or a thinned log whose epochs differ."""
+    if selected is None or not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         return None
-    selected = [e.get("epoch") for e in entries if e.get("selected")]
+    epochs = [e.get("epoch") for e in entries]
     steps = [e.get("optimizer_steps") for e in entries]
-    whole = [*steps, *(e.get("epoch") for e in entries)]
-    if len(selected) != 1 or not all(isinstance(n, int) and not isinstance(n, bool) for n in whole):
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in (*epochs, *steps)):
         return None
-    return sum(n for e, n in zip(entries, steps) if e.get("epoch") <= selected[0])
+    if epochs == list(range(len(entries))):
+        return sum(n for epoch, n in zip(epochs, steps) if epoch <= selected)
+    return steps[0] * (selected + 1) if len(set(steps)) == 1 else None
 
 
 def _ci(rec: dict, path: Path) -> dict:

@@ -331,3 +331,27 @@ def test_each_section_names_the_commits_its_runs_were_computed_at(tmp_path):
     assert ("Code: `aaaaaaa` 5 runs (kd, student); `bbbbbbb-dirty` 1 run (kd) (`-dirty`: computed with "
             "uncommitted changes, which the commit alone may not reproduce).") in regression.split("\n## ")[0]
     assert "Code: `unknown` 1 run (pkdot)." in classes.split("\n## ")[0]
+
+
+def test_updates_at_selection_are_counted_right_in_a_log_thinned_by_log_every(tmp_path):
+    """log_every keeps every k-th epoch (and the selected one): summing the kept epochs' counts would undercount
+    and flag a run that made enough updates."""
+    from harness.records import thin_log
+
+    def thinned(epoch, per_epoch):
+        full = [{"epoch": e, "selected": e == epoch, "optimizer_steps": per_epoch} for e in range(epoch + 12)]
+        log = thin_log(full, 5)
+        assert [e["epoch"] for e in log] == [0, 5, 7, 10, 15, 18]  # epochs 1-4 and 6 are gone
+        return {"logs": {"student": log},
+                "extra": {"training": {"student": {"stop_reason": "patience", "selected_epoch": epoch}}}}
+
+    write(tmp_path, "student", 0, 0.3, **thinned(7, 13))  # 8 x 13 = 104 updates (the kept epochs hold 39): fine
+    write(tmp_path, "student", 1, 0.3, **thinned(7, 12))  # 8 x 12 = 96 updates: flag
+    mixed = thinned(7, 13)
+    mixed["logs"]["student"][1]["optimizer_steps"] = 14   # kept epochs that disagree: the log cannot tell
+    write(tmp_path, "student", 2, 0.3, **mixed)
+    df = collect(tmp_path).set_index("seed")
+    assert df.updates_at_selection[[0, 1]].tolist() == [104, 96] and pd.isna(df.updates_at_selection[2])
+    student = summarise(df.reset_index()).iloc[0]
+    assert (student.n_flagged, student.n_few_updates) == (1, 1)
+    assert "selected after < 100 updates: f0-s1 (96)" in student.flagged_runs

@@ -84,6 +84,32 @@ def checkpoint_epoch(run_dir: str) -> int:
     return -1
 
 
+def stop(pid: int) -> bool:
+    """SIGSTOP pid and wait until every thread of it is stopped; False if it has ended."""
+    def state(thread: Path) -> str:
+        try:
+            return (thread / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:  # a thread that ended
+            return "T"
+
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        end = time.time() + 10
+        while any(state(t) != "T" for t in Path(f"/proc/{pid}/task").iterdir()):
+            assert time.time() < end, f"pid {pid} did not stop within 10 s of SIGSTOP"
+            time.sleep(0.01)
+    except (ProcessLookupError, FileNotFoundError):  # the process ended
+        return False
+    return True
+
+
+def signal_pending(pid: int, signum: int) -> bool:
+    """signum is pending on pid (sent, not yet handled: /proc/<pid>/status, process-wide or thread's own)."""
+    masks = [int(line.split()[1], 16) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+             if line.startswith(("ShdPnd:", "SigPnd:"))]
+    return any(mask & (1 << (signum - 1)) for mask in masks)
+
+
 def has_record(run_dir: str) -> bool:
     return (Path(run_dir) / "record.json").exists()
 
@@ -142,13 +168,33 @@ def test_a_sweep_survives_a_storm_of_faults_and_one_resend_finishes_it(partition
                 out.append(job)
         return out
 
+    def freeze_a_task(what: str, exclude: tuple[str, ...] = (), min_done: int = 0):
+        """Stop (SIGSTOP) the Python of a random task training a run at epoch 2-5, with at least min_done of its runs
+        recorded, and return (task, pid, current run, its checkpoint epoch, its recorded runs), read while it is
+        stopped. A signal sent to it now waits, pending, until it is continued: it lands in that run however long
+        its way through SLURM takes (an unfrozen run can finish first, and the test then checks the wrong thing)."""
+        while True:
+            candidates = [j for j in running_mid_run(min_done) if j not in exclude]
+            if not candidates:
+                if time.time() > deadline:
+                    pytest.fail(f"chaos test: {what} did not happen within its budget")
+                time.sleep(0.2)
+                continue
+            job = rng.choice(candidates)
+            pid = task_python(job)
+            if pid is None or not stop(pid):
+                continue
+            done = [r["run_dir"] for r in tasks[job] if has_record(r["run_dir"])]
+            current = next((r for r in tasks[job] if not has_record(r["run_dir"])), None)
+            epoch = checkpoint_epoch(current["run_dir"]) if current is not None else -1
+            if current is not None and len(done) >= min_done and 2 <= epoch <= 5:
+                return job, pid, current, epoch, done
+            os.kill(pid, signal.SIGCONT)  # it moved on between the look and the stop: choose again
+
     # 1. SIGKILL the Python of a random running task, mid-run: its checkpoint must still load.
-    wait_until("a task training", lambda: running_mid_run(), deadline)
-    killed = rng.choice(running_mid_run())
-    os.kill(task_python(killed), signal.SIGKILL)
-    killed_run = next(r for r in tasks[killed] if not has_record(r["run_dir"]))
-    epoch = checkpoint_epoch(killed_run["run_dir"])
-    assert epoch >= 2  # the checkpoint the kill left is whole (torch.load weights_only)
+    killed, pid, killed_run, epoch, _ = freeze_a_task("a task training")
+    os.kill(pid, signal.SIGKILL)
+    assert checkpoint_epoch(killed_run["run_dir"]) == epoch >= 2  # whole after the kill (torch.load weights_only)
     faults.append(f"SIGKILL to the Python of task {killed} in its run {seed_of(killed_run)} "
                   f"(checkpoint of epoch {epoch})")
 
@@ -159,14 +205,20 @@ def test_a_sweep_survives_a_storm_of_faults_and_one_resend_finishes_it(partition
     faults.append(f"scancel task {cancelled} while it ran")
 
     # 3. Preempt a third with SIGUSR2 after it has finished one run: the requeued task skips it, resumes the next.
-    wait_until("a third task with a finished run",
-               lambda: [j for j in running_mid_run(min_done=1) if j not in (killed, cancelled)], deadline)
-    preempted = rng.choice([j for j in running_mid_run(min_done=1) if j not in (killed, cancelled)])
-    subprocess.run(["scancel", "--signal=USR2", preempted], check=True)
-    preempted_done = [r["run_dir"] for r in tasks[preempted] if has_record(r["run_dir"])]
-    preempted_current = next(r for r in tasks[preempted] if not has_record(r["run_dir"]))
-    faults.append(f"SIGUSR2 (preemption) to task {preempted} in its run {seed_of(preempted_current)}, after "
-                  f"{len(preempted_done)} of its runs")
+    # Frozen until the signal has reached its Python, and slurmd is restarted only then: a signal still on its way
+    # through slurmctld and slurmd, or one that lands after the run's record, would test nothing.
+    preempted, pid, preempted_current, epoch, preempted_done = freeze_a_task(
+        "a third task with a finished run", exclude=(killed, cancelled), min_done=1)
+    try:
+        sent = time.time()
+        subprocess.run(["scancel", "--signal=USR2", preempted], check=True)
+        wait_until(f"SIGUSR2 reaching the Python of task {preempted}", lambda: signal_pending(pid, signal.SIGUSR2),
+                   deadline)
+        arrived = time.time() - sent
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    faults.append(f"SIGUSR2 (preemption) to task {preempted} in its run {seed_of(preempted_current)} (checkpoint of "
+                  f"epoch {epoch}), after {len(preempted_done)} of its runs; it reached the Python in {arrived:.1f} s")
 
     # 4. Restart slurmd while tasks run and the preempted one waits to be requeued.
     restart_slurmd()

@@ -21,7 +21,7 @@ import unicodedata
 import pandas as pd
 
 from harness import stats
-from harness.leaderboard import REFERENCE, SectionLayout, section_layouts, task_note
+from harness.leaderboard import MAIN_FAMILY, REFERENCE, SectionLayout, holm_families, section_layouts, task_note
 from harness.metrics import higher_is_better
 
 SIGNIFICANT_MARK = r"^{\dagger}"  # in math mode, after a Δ's mean
@@ -163,7 +163,8 @@ def render_table(layout: SectionLayout) -> str:
     def row_label(first) -> str:
         head, _, rest = first.label.partition(" [")
         own = [o for o in rest.rstrip("]").split() if o not in shared]
-        return head + (f" [{' '.join(own)}]" if own else "")
+        return head + (f" [{' '.join(own)}]" if own else "") + \
+            (f" (Holm family {first.family})" if first.family != MAIN_FAMILY else "")
 
     body, block, failed = [], None, []
     for (method, config_id), g in layout.rows:
@@ -190,12 +191,10 @@ def render_table(layout: SectionLayout) -> str:
              (r"Bold: the best value of each metric over the methods (not bounds, not controls) ($\uparrow$ higher is "
               r"better, $\downarrow$ lower).")]
     if len(vs_student):
-        families = [f"the section's {int(vs_student.p_holm.notna().sum())} comparisons with the student"]
-        families += [f"{int(cmp[cmp.reference == r].p_holm.notna().sum())} with {escape(r)}" for r in layout.controls]
         notes.append(rf"$\Delta$: mean paired difference of {escape(primary)}, method $-$ reference, over runs of "
                      r"the same fold and seed, with its 95\% t interval; "
                      rf"${SIGNIFICANT_MARK}$: significant at {stats.ALPHA} (paired t-test) after Holm's correction "
-                     f"over {'; '.join(families)}.")
+                     f"over {escape(holm_families(cmp, layout.controls))}.")
     elif primary:
         notes.append("No student run in this section: no paired comparison.")
     if layout.controls:

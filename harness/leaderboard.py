@@ -53,6 +53,10 @@ SECTION = [*VARIANT, "data"]
 DATA_UNKNOWN = "not fingerprinted"  # the data label of older records in a variant whose data changed
 ROW = ["method", "config_id"]
 REFERENCE = "student"
+# Holm families: a row's comparisons are corrected with the section's other rows of its family (`stats.family`,
+# declared when its runs are launched; older records are in the main family).
+FAMILY_KEY = "stats.family"
+MAIN_FAMILY = "main"
 # Privileged-information controls: the method trained with its privileged input zeroed or shuffled.
 CONTROL_KEY = "method.privileged_control"
 CONTROLS = ("zeros", "shuffle")
@@ -81,7 +85,10 @@ One section per task, task variant and data source; one row per method and confi
   error metric such as MAE lower is better), its 95 % t interval over the pairs and the two-sided paired t-test
   p: `+0.021 [-0.010, +0.052] p=0.31`. The interval and p are those of the single comparison; `*` marks a
   difference still significant at {stats.ALPHA} after Holm's correction over every row of the section compared
-  with the student, so an interval that excludes 0 may go unmarked. `pairs` counts the pairs; runs without a
+  with the student in the same Holm family, so an interval that excludes 0 may go unmarked. A study launched
+  with `stats.family=<name>` (a sensitivity or exploratory sweep, declared before it runs) is its own family:
+  its rows, marked `Holm family <name>`, are corrected among themselves and change nothing of the main rows'
+  marks; every other run is in the main family. `pairs` counts the pairs; runs without a
   partner are named under the table and left out of the tests.
 - **sign-flip p**: the exact two-sided sign-flip permutation test of the same mean difference (every one of the
   2^n sign patterns). It needs no normality, but it cannot go below 2/2^n, and the column header gives that
@@ -114,6 +121,15 @@ def _control(config: dict, path: Path) -> str:
     value = "none" if value is None else value
     if value not in ("none", *CONTROLS):
         raise LeaderboardError(f"{path}: config.{CONTROL_KEY} = {value!r}: expected none, {', '.join(CONTROLS)}")
+    return value
+
+
+def _family(config: dict, path: Path) -> str:
+    value = config_value(config, FAMILY_KEY)
+    if value is None:
+        return MAIN_FAMILY
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+        raise LeaderboardError(f"{path}: config.{FAMILY_KEY} = {value!r}: expected a name of letters, digits, _ or -")
     return value
 
 
@@ -216,6 +232,7 @@ def collect(results_dir: Path | str, config_keys: tuple[str, ...] = ()) -> pd.Da
         if config:  # recomputed, so records written before a seed-copying key was known still share their row
             row["config_id"] = config_id(config)
         row["control"] = _control(config, path)
+        row["family"] = _family(config, path)
         row["overrides"] = " ".join(o for o in rec.get("overrides") or [] if o.startswith(LABEL_PREFIXES)
                                     and o.partition("=")[0].lstrip("+~") != CONTROL_KEY)
         row["base_id"] = _base_id(rec)
@@ -333,6 +350,20 @@ def _flags(ok: pd.DataFrame) -> dict:
             "n_max_epochs": len(capped), "flagged_runs": "; ".join(parts)}
 
 
+def _row_family(g: pd.DataFrame) -> str:
+    """The one Holm family of a row's runs: a row whose runs were launched in different families is an error (its
+    comparisons cannot be corrected in two families at once)."""
+    families = sorted(set(g.family))
+    if len(families) > 1:
+        seen = "; ".join(f"{f}: {', '.join(_run_name(r) for r in g[g.family == f].itertuples())} "
+                         f"(e.g. {g[g.family == f].dir.iloc[0]}/record.json)" for f in families)
+        raise LeaderboardError(f"row {label_of(g.method.iloc[0], g.control.iloc[0], g.overrides.iloc[0])} of "
+                               f"{g.task.iloc[0]}: its runs declare different Holm families in config.{FAMILY_KEY} "
+                               f"({seen}); re-run the row's runs in one family (`{FAMILY_KEY}=<name> "
+                               "overwrite=true`), or run the other family's runs with a config of their own")
+    return families[0]
+
+
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """Long table: one row per (task, variant, source, method, config, metric) with mean, std, n, the row's
     label, flags and (single-run rows) the primary metric's bootstrap CI."""
@@ -346,6 +377,7 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
         first = g.iloc[0]
         base = dict(zip(keys, key), label=label_of(first.method, first.control, first.overrides),
                     control=first.control, base_id=first.base_id, overrides=first.overrides,
+                    family=_row_family(g),
                     bound=g.bound.dropna().iloc[0] if g.bound.notna().any() else "",
                     n_runs=len(ok), n_failed=len(failed),
                     primary_metric=ok.primary_metric.iloc[0] if len(ok) else None,
@@ -406,16 +438,17 @@ def _comparison(section: tuple, key: tuple, reference: str, a: pd.DataFrame, b: 
     p = stats.pair(va, vb)
     test = stats.paired_test(p.deltas)
     name = lambda k: f"f{k[0]}-s{k[1]}"  # noqa: E731
-    return {**dict(zip(SECTION, section)), **dict(zip(ROW, key)), "reference": reference, "metric": metric,
+    return {**dict(zip(SECTION, section)), **dict(zip(ROW, key)), "reference": reference,
+            "family": _row_family(a), "metric": metric,
             **test.as_dict(), "unpaired": [name(k) for k in p.only_a] + [f"{m} (no value)" for m in missing_a],
             "unpaired_reference": [name(k) for k in p.only_b] + [f"{m} (no value)" for m in missing_b]}
 
 
 def compare(df: pd.DataFrame) -> pd.DataFrame:
     """One row per comparison: each row of a section against the student, and each method row against its
-    privileged-information controls; paired by (fold, seed) on the primary metric; Holm per section and
-    reference kind."""
-    cols = [*SECTION, *ROW, "reference", "metric", "n", "mean", "ci_low", "ci_high", "p_t", "p_sign_flip",
+    privileged-information controls; paired by (fold, seed) on the primary metric; Holm per section, reference
+    kind and the comparing row's family (`stats.family`)."""
+    cols = [*SECTION, *ROW, "reference", "family", "metric", "n", "mean", "ci_low", "ci_high", "p_t", "p_sign_flip",
             "sign_flip_exact", "min_p_sign_flip", "unpaired", "unpaired_reference", "p_holm", "significant"]
     if df.empty:
         return pd.DataFrame(columns=cols)
@@ -439,8 +472,8 @@ def compare(df: pd.DataFrame) -> pd.DataFrame:
                          and h.base_id.iloc[0] == g.base_id.iloc[0]]
                 if match:
                     found.append(_comparison(section, k, f"PI {control}", g, rows[match[0]], metric))
-        for reference in dict.fromkeys(c["reference"] for c in found):
-            family = [c for c in found if c["reference"] == reference]
+        for reference, name in dict.fromkeys((c["reference"], c["family"]) for c in found):
+            family = [c for c in found if (c["reference"], c["family"]) == (reference, name)]
             adjusted, reject = stats.holm([c["p_t"] for c in family])
             for c, p, r in zip(family, adjusted, reject):
                 c.update(p_holm=float(p), significant=bool(r))
@@ -465,6 +498,31 @@ def _p(p: float, prefix: str = "") -> str:
         return f"{prefix}<0.001" if prefix else "<0.001"
     text = f"{p:.3f}" if p < 0.01 else f"{p:.3g}"
     return f"{prefix}={text}" if prefix else text
+
+
+def role_of(row: pd.Series) -> str:
+    """A row's role: bound or control, and its Holm family when it is not the main one."""
+    role = CONTROL_ROLE.get(row.control) or BOUND_LABEL.get(row.bound, "")
+    if row.family != MAIN_FAMILY:
+        role = (f"{role}; " if role else "") + f"Holm family {row.family}"
+    return role
+
+
+def holm_families(cmp: pd.DataFrame, controls: list[str]) -> str:
+    """The families a section's comparisons were corrected in, with their sizes: "the section's 9 comparisons with
+    the student", or one clause per family (the main one first), each counting the comparisons with the student
+    and with each control."""
+    def counts(c: pd.DataFrame) -> list[str]:
+        n = {r: int(c[c.reference == r].p_holm.notna().sum()) for r in [REFERENCE, *controls]}
+        return [f"{n[REFERENCE]} comparisons with the student"] * bool((c.reference == REFERENCE).any()) + \
+            [f"{n[r]} with {r}" for r in controls if (c.reference == r).any()]
+
+    names = sorted(set(cmp.family), key=lambda f: (f != MAIN_FAMILY, f))
+    if names in ([], [MAIN_FAMILY]):
+        parts = counts(cmp)
+        return f"the section's {parts[0]}" if len(parts) == 1 else f"each family of the section: {'; '.join(parts)}"
+    return "each family of the section (stats.family), separately: " + "; ".join(
+        f"{name}: {', '.join(counts(cmp[cmp.family == name]))}" for name in names)
 
 
 def _delta_cell(c: pd.Series | None, with_n: bool = False) -> str:
@@ -567,7 +625,7 @@ def render(summary: pd.DataFrame, df: pd.DataFrame, comparisons: pd.DataFrame | 
         for (method, cid), g in layout.rows:
             first = g.iloc[0]
             label = first.label
-            row = {"method": label, "role": CONTROL_ROLE.get(first.control) or BOUND_LABEL.get(first.bound, "")}
+            row = {"method": label, "role": role_of(first)}
             for m in metrics:
                 mm = g[g.metric == m]
                 if not len(mm):
@@ -608,13 +666,9 @@ def render(summary: pd.DataFrame, df: pd.DataFrame, comparisons: pd.DataFrame | 
         lines.append(tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False,
                               disable_numparse=True))
         lines.append("")
-        families = [f"{int(vs_student.p_holm.notna().sum())} comparisons with the student"] if len(vs_student) \
-            else []
-        families += [f"{int(cmp[cmp.reference == r].p_holm.notna().sum())} with {r}" for r in controls]
-        if families:
-            where = f"the section's {families[0]}" if len(families) == 1 else \
-                f"each family of the section: {'; '.join(families)}"
-            lines += [f"`*`: significant at {stats.ALPHA} after Holm's correction over {where}.", ""]
+        if len(vs_student) or controls:
+            lines += [f"`*`: significant at {stats.ALPHA} after Holm's correction over {holm_families(cmp, controls)}.",
+                      ""]
         elif primary:
             lines += ["No `student` run in this section: no paired comparison.", ""]
         if failures:

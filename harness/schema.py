@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -236,6 +237,8 @@ ROOT: dict[str, Field] = {
     "log_every": int_(ge=1),
     "save_predictions": bool_(),  # harness/live.py LOGGERS (tests/test_live_logger.py)
     "stats.bootstrap_resamples": int_(ge=0),
+    "stats.family": Field("a name of letters, digits, _ or - (a Holm family, e.g. batch_size_sensitivity)",
+                          lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]+", v) is not None),
     "teacher.modalities": choice("all", "privileged"),
     "teacher.cache_outputs": bool_(),  # methods/teacher.py frozen_outputs
     **{f"model.{k}": f for k, f in MODEL.items()},

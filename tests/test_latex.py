@@ -95,8 +95,8 @@ def test_rows_blocks_bold_daggers_and_caption(tmp_path):
     assert rows["student (lower bound)"][header[3]] == ""  # the reference itself
     caption = tex.split(r"\caption{")[1].split("}\n")[0]
     assert "synthetic data" in caption and "valence/arousal regression" in caption
-    assert (r"$^{\dagger}$: significant at 0.05 (paired t-test) after Holm's correction over the section's 4 "
-            "comparisons with the student; 1 with PI zeros.") in tex
+    assert (r"$^{\dagger}$: significant at 0.05 (paired t-test) after Holm's correction over each family of the "
+            "section: 4 comparisons with the student; 1 with PI zeros.") in tex
 
 
 def test_a_single_run_shows_its_bootstrap_ci_as_in_the_markdown(tmp_path):

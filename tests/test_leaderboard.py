@@ -11,6 +11,7 @@ from scipy.stats import ttest_rel
 
 from _records import control_overrides, hand_made_record
 
+from harness.latex import render_latex
 from harness.leaderboard import LeaderboardError, collect, compare, render, summarise, write_leaderboard
 
 
@@ -95,13 +96,17 @@ def test_frozen_text_note_sits_under_mmsa_sections_and_beside_published_numbers(
 # --- paired statistics, controls, flags: records written as dicts, numbers checked against scipy -------------
 
 def write(root: Path, method: str, seed: int, value: float, fold: int = 0, control: str | None = None,
-          task_variant: str = "valence/arousal regression", **extra_fields) -> Path:
-    """A record with a config (so privileged-information controls can be matched) and any extra fields."""
-    method_cfg = {"name": method, "lr": 0.01, **({"privileged_control": control} if control is not None else {})}
-    config = {"method": method_cfg, "task": {"name": "synthetic", "target": "regression"}, "results_dir": "/somewhere"}
+          task_variant: str = "valence/arousal regression", lr: float = 0.01, family: str | None = None,
+          **extra_fields) -> Path:
+    """A record with a config (so privileged-information controls can be matched) and any extra fields; a
+    method.lr other than 0.01 is a row of its own (its override in the label), a family goes in stats.family."""
+    method_cfg = {"name": method, "lr": lr, **({"privileged_control": control} if control is not None else {})}
+    config = {"method": method_cfg, "task": {"name": "synthetic", "target": "regression"}, "results_dir": "/somewhere",
+              **({"stats": {"family": family}} if family is not None else {})}
+    overrides = control_overrides(control) + ([f"method.lr={lr}"] if lr != 0.01 else []) + \
+        ([f"stats.family={family}"] if family is not None else [])
     return hand_made_record(root, method, seed, {"ccc_mean": value, "mae_mean": 1 - value}, fold=fold,
-                            task_variant=task_variant, config=config, overrides=control_overrides(control),
-                            **extra_fields)
+                            task_variant=task_variant, config=config, overrides=overrides, **extra_fields)
 
 
 def section_rows(text: str) -> dict[str, list[str]]:
@@ -162,6 +167,67 @@ def test_paired_delta_ci_p_values_and_holm_against_scipy(tmp_path):
     assert rows["kd"]["pairs"] == "5" and rows["student"]["pairs"] == ""
     text = render(summarise(df), df)
     assert "Holm's correction over the section's 3 comparisons with the student" in text
+
+
+STUDY = {"kd": [0.36, 0.41, 0.35, 0.45, 0.38], "pkdot": [0.31, 0.37, 0.27, 0.42, 0.35]}  # method.lr=0.05
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_study_declared_in_stats_family_is_corrected_apart_from_the_main_rows(tmp_path, declared):
+    for s, v in enumerate(STUDENT):
+        write(tmp_path, "student", s, v)
+    for m, vs in METHODS.items():
+        for s, v in enumerate(vs):
+            write(tmp_path, m, s, v)
+    for m, vs in STUDY.items():
+        for s, v in enumerate(vs):
+            write(tmp_path, m, s, v, lr=0.05, family="lr_sensitivity" if declared else None)
+    df = collect(tmp_path)
+    cmp = compare(df)
+    main_rows = cmp[cmp.config_id.isin(df[df.overrides == ""].config_id)]  # the rows without method.lr=0.05
+    study_rows = cmp[~cmp.index.isin(main_rows.index)]
+    p_main = [ttest_rel(METHODS[m], STUDENT).pvalue for m in main_rows.method]
+    p_study = [ttest_rel(STUDY[m], STUDENT).pvalue for m in study_rows.method]
+    assert list(main_rows.p_t) == pytest.approx(p_main) and list(study_rows.p_t) == pytest.approx(p_study)
+    if declared:  # each family alone: the main rows' Holm p are the ones without the study (the test above)
+        assert list(main_rows.p_holm) == pytest.approx(list(holm_by_hand(p_main)))
+        assert list(study_rows.p_holm) == pytest.approx(list(holm_by_hand(p_study)))
+        assert set(study_rows.family) == {"lr_sensitivity"} and set(main_rows.family) == {"main"}
+    else:  # undeclared, the study's rows join the main family: 5 comparisons, every main p larger
+        both = list(holm_by_hand(p_main + p_study))
+        assert list(main_rows.p_holm) + list(study_rows.p_holm) == pytest.approx(both)
+        alone = holm_by_hand(p_main)
+        assert all(a >= b for a, b in zip(both, alone)) and any(a > b for a, b in zip(both, alone))
+    text = render(summarise(df), df)
+    rows = section_rows(text)
+    if declared:
+        assert rows["kd [method.lr=0.05]"]["role"] == "Holm family lr_sensitivity" and rows["kd"]["role"] == ""
+        assert ("Holm's correction over each family of the section (stats.family), separately: main: 3 comparisons "
+                "with the student; lr_sensitivity: 2 comparisons with the student.") in text
+        tex = render_latex(summarise(df), cmp)
+        assert r"kd [method.lr=0.05] (Holm family lr\_sensitivity)" in tex
+        assert r"main: 3 comparisons with the student; lr\_sensitivity: 2 comparisons with the student." in tex
+    else:
+        assert rows["kd [method.lr=0.05]"]["role"] == ""
+        assert "Holm's correction over the section's 5 comparisons with the student." in text
+
+
+def test_a_row_whose_runs_declare_different_families_names_them_and_the_fix(tmp_path):
+    for s, v in enumerate(STUDENT):
+        write(tmp_path, "student", s, v)
+    write(tmp_path, "kd", 0, 0.4, lr=0.05)
+    second = write(tmp_path, "kd", 1, 0.4, lr=0.05, family="lr_sensitivity")
+    df = collect(tmp_path)
+    with pytest.raises(LeaderboardError, match=r"kd \[method.lr=0.05\] of synthetic: its runs declare different "
+                       r"Holm families in config.stats.family \(lr_sensitivity: f0-s1 \(e.g. " + str(second.parent) +
+                       r"/record.json\); main: f0-s0 .*overwrite=true"):
+        summarise(df)
+
+
+def test_a_bad_family_name_names_the_file_and_field(tmp_path):
+    path = write(tmp_path, "kd", 0, 0.4, family="lr sensitivity")
+    with pytest.raises(LeaderboardError, match=rf"{path}: config.stats.family = 'lr sensitivity': expected a name"):
+        collect(tmp_path)
 
 
 def test_unpaired_runs_are_counted_named_and_left_out(tmp_path):

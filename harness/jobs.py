@@ -189,6 +189,33 @@ def make_executor(launcher: DictConfig, folder: Path, sweep_id: str):
     raise LaunchError(f"launcher.executor={launcher.executor!r}: choose one of {SUBMITIT_EXECUTORS}")
 
 
+@contextlib.contextmanager
+def _children_write_to(path: Path, active: bool = True):
+    """Processes started in the block get a file at path as their stdout and stderr instead of this process's.
+    submitit's LocalExecutor starts each worker (a controller outliving `harness run`) with subprocess.Popen, which
+    hands it our stdout: piped (`harness run -m ... launcher=local | tail`), the reader would then wait for the
+    whole sweep. The runs' own output still goes to their per-task logs; the controllers' to this file."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = os.dup(1), os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (log, *saved):
+            os.close(fd)
+
+
 def _payload(r: PlannedRun, results_dir: Path, cache_dir: Path) -> dict:
     # Jobs may start in another working directory: absolute paths (neither is part of the run key, so the
     # job's run folder is this one, resolved; RunJob checks it). A shallow copy: the config data is read-only.
@@ -311,7 +338,7 @@ def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
     t_submit = time.perf_counter()
     jobs: list = []
     try:
-        with _jobs_import_this_harness():
+        with _jobs_import_this_harness(), _children_write_to(logs / "workers.log", launcher.executor == "local"):
             for start in range(0, len(calls), chunk):  # SLURM: one sbatch --array per MaxArraySize tasks
                 jobs += executor.submit_array(calls[start:start + chunk])
     except submitit.core.utils.FailedJobError as e:  # sbatch said no (partition, account, limits...)

@@ -9,6 +9,8 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -544,6 +546,26 @@ def test_local_launcher_sweep_status_and_resend(tmp_path, capsys):
     assert (newest["n_submitted"], newest["n_skipped_recorded"]) == (1, 1)
     assert [r["overrides"][1] for r in newest["runs"]] == [bad["overrides"][1]]
     os.kill(int(newest["jobs"][0]["job_id"]), signal.SIGINT)  # it would fail the same way: stop the worker
+
+
+def test_a_piped_local_sweep_returns_at_once_its_workers_writing_to_their_own_log(tmp_path):
+    """`harness run -m ... launcher=local | tail` returns when the sweep is submitted: the worker (here held 60 s by
+    a setup line) must not inherit the pipe, or the reader waits for the whole sweep (TimeoutExpired here)."""
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "harness", "run", "-m", "method=student", *TINY, "hydra/launcher=local",
+           "launcher.parallelism=1", "launcher.setup=[sleep 60]", f"results_dir={results}",
+           f"cache_dir={tmp_path / 'cache'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=45, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr
+    (manifest,) = read_manifests(results)
+    assert f"sweep {manifest['sweep_id']}: 1 run(s)" in done.stdout
+    worker = int(manifest["jobs"][0]["job_id"])  # with setup lines, the shell that starts the worker
+    try:
+        log = Path(manifest["logs_dir"]) / "workers.log"
+        assert os.readlink(f"/proc/{worker}/fd/1") == os.readlink(f"/proc/{worker}/fd/2") == str(log)
+    finally:
+        subprocess.run(["pkill", "-TERM", "-P", str(worker)], check=False)
+        os.kill(worker, signal.SIGTERM)
 
 
 def test_records_label_a_run_the_same_however_it_was_launched(tiny_cfg, tmp_path):

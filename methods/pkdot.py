@@ -345,6 +345,15 @@ class PrivilegedStudent(nn.Module):
         # Not registered as submodules: frozen, stored elsewhere, never in the student's optimizer/state.
         self._frozen = (teacher, tnet)
 
+    @property
+    def frozen_teacher(self) -> MultimodalNet | None:
+        """The teacher whose pooled student-modality features are the T-Net's input."""
+        return self._frozen[0]
+
+    @property
+    def has_tnet(self) -> bool:
+        return self._frozen[1] is not None
+
     def hallucinate(self, inputs, lengths, teacher_pooled: dict[str, torch.Tensor] | None = None
                     ) -> torch.Tensor | None:
         """The T-Net's privileged features [B, P·hidden] from the teacher's pooled student-modality features,
@@ -382,7 +391,7 @@ def frozen_path(teacher: MultimodalNet, student: PrivilegedStudent):
     def fn(inputs, lengths) -> tuple[torch.Tensor, ...]:
         seqs, pooled = teacher.encode(inputs, lengths)
         z_t = teacher.fuse_and_predict(seqs, pooled, None, lengths).z
-        shared = pooled if teacher is student._frozen[0] else None  # another teacher's features are not the T-Net's input
+        shared = pooled if teacher is student.frozen_teacher else None  # another teacher's features are not the T-Net's input
         features = student.hallucinate(inputs, lengths, teacher_pooled=shared)
         return (z_t,) if features is None else (z_t, features)
     return fn
@@ -417,7 +426,7 @@ def student_predictor(student: PrivilegedStudent, ctx: RunContext,
 def validation_predictor(student: PrivilegedStudent, val: Split | None, ctx: RunContext):
     """student_predictor for fit's validation passes: the frozen teacher and T-Net run over the validation split
     once (frozen_outputs), not in every epoch's pass; the same values bit for bit."""
-    if student._frozen[1] is None or val is None or len(val) == 0:  # no T-Net: the student alone, nothing frozen
+    if not student.has_tnet or val is None or len(val) == 0:  # no T-Net: the student alone, nothing frozen
         return student_predictor(student, ctx)
     features = frozen_outputs(lambda inputs, lengths: (student.hallucinate(inputs, lengths),), val, ctx)
     return student_predictor(student, ctx, features)

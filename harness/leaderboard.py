@@ -104,6 +104,9 @@ One section per task, task variant and data source; one row per method and confi
   after fewer than {MIN_UPDATES} optimizer updates (patience counts epochs, which can be a few updates each), or
   stopped at `max_epochs`. Fixed-budget training (`train.stop=budget`) keeps its last epoch by design and is
   not flagged.
+  A second footnote names the runs whose frozen parts (a distiller's stored teacher, PKDOT's T-Net, MT-PKDOT's
+  stage-1 teachers) ran to their own epoch cap instead of stopping on patience: still improving when they
+  ended, which the evaluated model's flags cannot show.
 - **Code** names the commits a section's records were computed at (their `git`): a run reproduces bit for bit
   only from its own commit, thread count and BLAS; `-dirty` records ran on uncommitted changes.
 - The teacher is an upper bound: it sees the privileged modalities at test.
@@ -170,6 +173,29 @@ def _training(rec: dict, path: Path) -> dict:
         reason, epoch = "unknown", selected[0] if selected else None
     return {"selected_epoch": epoch, "stop_reason": reason,
             "updates_at_selection": _updates_at_selection(logs.get(model), epoch)}
+
+
+def _parts_at_cap(rec: dict) -> str:
+    """The frozen parts of a run (a distiller's stored teacher, MT-PKDOT's stage-1 teachers, PKDOT's T-Net) whose
+    own training ran to its epoch cap instead of being stopped by patience: still improving when it ended, so
+    possibly undertrained, whatever the evaluated model's flags say. Comma-separated names, "" if none.
+    Parts trained by the harness's loop say so in extra.training.<part>.stop_reason; the T-Net (its own loop,
+    method.tnet.epochs and .patience) ran to its cap when its log reaches the last epoch and patience had not run
+    out there."""
+    extra = rec.get("extra") if isinstance(rec.get("extra"), dict) else {}
+    evaluated = EVALUATED_MODEL.get(rec.get("bound") or "", "student")
+    training = extra.get("training") if isinstance(extra.get("training"), dict) else {}
+    parts = [name for name, summary in training.items()
+             if name != evaluated and isinstance(summary, dict) and summary.get("stop_reason") == "max_epochs"]
+    tnet, log = extra.get("tnet"), (rec.get("logs") or {}).get("tnet")
+    cfg = config_value(rec.get("config") if isinstance(rec.get("config"), dict) else {}, "method.tnet")
+    if isinstance(tnet, dict) and tnet.get("selection") == "lowest validation loss" and isinstance(cfg, dict) \
+            and isinstance(log, list) and log and isinstance(log[-1], dict):
+        epochs, patience, selected = cfg.get("epochs"), cfg.get("patience"), tnet.get("selected_epoch")
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (epochs, patience, selected)) \
+                and log[-1].get("epoch") == epochs - 1 and epochs - 1 - selected <= patience:
+            parts.append("tnet")
+    return ",".join(parts)
 
 
 def _updates_at_selection(entries, selected: int | None) -> int | None:
@@ -245,6 +271,7 @@ def collect(results_dir: Path | str, config_keys: tuple[str, ...] = ()) -> pd.Da
         if row["data_source"] == "real" and random_features(rec):  # never `real`, whatever wrote the record
             row["data_source"] = "random_weights"
         row.update(_ci(rec, path))
+        row["parts_at_cap"] = _parts_at_cap(rec) if rec.get("status") == "ok" else ""
         row.update(_training(rec, path) if rec.get("status") == "ok" else {"selected_epoch": None,
                                                                           "stop_reason": None,
                                                                           "updates_at_selection": None})
@@ -346,8 +373,14 @@ def _flags(ok: pd.DataFrame) -> dict:
     parts = ([f"selected at epoch ≤ {EARLY_EPOCH}: {', '.join(early)}"] if early else []) + \
             ([f"selected after < {MIN_UPDATES} updates: {', '.join(few_updates)}"] if few_updates else []) + \
             ([f"stopped at max_epochs: {', '.join(capped)}"] if capped else [])
+    by_part: dict[str, list[str]] = {}
+    for r in ok.itertuples():
+        for part in filter(None, str(getattr(r, "parts_at_cap", "") or "").split(",")):
+            by_part.setdefault(part, []).append(_run_name(r))
     return {"n_flagged": len(flagged), "n_selected_early": len(early), "n_few_updates": len(few_updates),
-            "n_max_epochs": len(capped), "flagged_runs": "; ".join(parts)}
+            "n_max_epochs": len(capped), "flagged_runs": "; ".join(parts),
+            "n_parts_at_cap": sum(getattr(r, "parts_at_cap", "") not in ("", None) for r in ok.itertuples()),
+            "parts_at_cap": "; ".join(f"{part} in {len(runs)} ({', '.join(runs)})" for part, runs in by_part.items())}
 
 
 def _row_family(g: pd.DataFrame) -> str:
@@ -621,7 +654,7 @@ def render(summary: pd.DataFrame, df: pd.DataFrame, comparisons: pd.DataFrame | 
         vs_student = cmp[cmp.reference == REFERENCE]
         delta_col = f"Δ {primary} vs student [95% CI], paired t p"
         flip_col = _sign_flip_header(vs_student)
-        rows, failures, unpaired, flagged, single = [], [], [], [], []
+        rows, failures, unpaired, flagged, single, parts_capped = [], [], [], [], [], []
         for (method, cid), g in layout.rows:
             first = g.iloc[0]
             label = first.label
@@ -663,6 +696,9 @@ def render(summary: pd.DataFrame, df: pd.DataFrame, comparisons: pd.DataFrame | 
                 failures.append(f"- {label}: {first.failed_runs}")
             if first.n_flagged:
                 flagged.append(f"- {label}: {int(first.n_flagged)} of {int(first.n_runs)} ({first.flagged_runs})")
+            if first.n_parts_at_cap:
+                parts_capped.append(f"- {label}: {int(first.n_parts_at_cap)} of {int(first.n_runs)} runs: "
+                                    f"{first.parts_at_cap}")
         lines.append(tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False,
                               disable_numparse=True))
         lines.append("")
@@ -681,6 +717,10 @@ def render(summary: pd.DataFrame, df: pd.DataFrame, comparisons: pd.DataFrame | 
             lines += [f"Possibly undertrained: {n_flag} of {n_ok} runs (evaluated model selected at epoch ≤ "
                       f"{EARLY_EPOCH}, counted from 0, or after fewer than {MIN_UPDATES} optimizer updates, or "
                       f"stopped at max_epochs):", *flagged, ""]
+        if parts_capped:
+            lines += ["Frozen parts whose own training ran to its epoch cap, not stopped by patience (still improving "
+                      "when it ended: possibly undertrained; the flags above judge the evaluated model only):",
+                      *parts_capped, ""]
         if single:
             lines += ["Single-run rows show the run's test-set bootstrap 95 % CI of the primary metric:", *single, ""]
         lines += adjusted_footnote(df, section)

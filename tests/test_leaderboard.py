@@ -323,7 +323,40 @@ def test_possibly_undertrained_runs_are_flagged_with_counts(tmp_path):
     assert ("- student: 5 of 8 (selected at epoch ≤ 1: f0-s0 (epoch 0), f0-s3 (epoch 1), f0-s7 (epoch 1); "
             "selected after < 100 updates: f0-s5 (96); stopped at max_epochs: f0-s1)") in text
     assert "- teacher: 1 of 1 (stopped at max_epochs: f0-s0)" in text
-    assert "- kd:" not in text  # kd's own teacher hit its cap, but kd is scored on its student
+    undertrained = text.split("Possibly undertrained")[1].split("\n\n")[0]
+    assert "- kd:" not in undertrained  # kd's own teacher hit its cap, but kd is scored on its student...
+    assert "- kd: 1 of 1 runs: teacher in 1 (f0-s0)" in text.split("Frozen parts")[1]  # ...said apart
+
+
+def test_frozen_parts_that_ran_to_their_epoch_cap_are_named_apart(tmp_path):
+    """PKDOT's T-Net loop stops when epoch - selected > patience, else at its last epoch (methods/pkdot.py): it
+    ran to its cap exactly when its log reaches epoch epochs - 1 and epochs - 1 - selected <= patience."""
+    def tnet(selected, last_epoch, epochs=60, patience=10, reused=False):
+        return {"config": {"method": {"name": "pkdot", "lr": 0.01, "tnet": {"epochs": epochs, "patience": patience}},
+                           "task": {"name": "synthetic", "target": "regression"}},
+                "extra": {"tnet": {"selected_epoch": selected, "selection": "lowest validation loss", "reused": reused},
+                          "training": {"student": {"stop_reason": "patience", "selected_epoch": 20},
+                                       "teacher": {"stop_reason": "patience", "selected_epoch": 9}}},
+                "logs": {"tnet": [{"epoch": e} for e in range(0, last_epoch + 1, 5)] + [{"epoch": last_epoch}]}}
+
+    cases = {0: tnet(59, 59), 1: tnet(49, 59),  # at the cap: still improving, or patience not yet out
+             2: tnet(48, 59),                   # 59 - 48 = 11 > 10: patience ran out at the last epoch
+             3: tnet(30, 41),                   # stopped by patience long before the cap
+             4: tnet(55, 59, reused=True)}      # a stored T-Net: its log and selection travel with it
+    for seed, fields in cases.items():
+        config = fields.pop("config")
+        hand_made_record(tmp_path, "pkdot", seed, {"ccc_mean": 0.3, "mae_mean": 0.7}, config=config, **fields)
+    no_validation = tnet(59, 59)
+    no_validation["extra"]["tnet"]["selection"] = "last epoch (no validation split)"  # nothing to stop on: by design
+    no_validation["config"]["method"]["lr"] = 0.02
+    config = no_validation.pop("config")
+    hand_made_record(tmp_path, "pkdot", 0, {"ccc_mean": 0.3, "mae_mean": 0.7}, config=config, **no_validation)
+    df = collect(tmp_path)
+    assert dict(zip(df.seed[df.parts_at_cap != ""], df.parts_at_cap[df.parts_at_cap != ""])) == \
+        {0: "tnet", 1: "tnet", 4: "tnet"}
+    text = render(summarise(df), df)
+    assert "- pkdot: 3 of 5 runs: tnet in 3 (f0-s0, f0-s1, f0-s4)" in text.split("Frozen parts")[1]
+    assert text.count("runs: tnet in") == 1  # not the no-validation row
 
 
 def test_bad_training_summary_names_the_file_and_field(tmp_path):

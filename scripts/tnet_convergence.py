@@ -1,0 +1,82 @@
+"""How far PKDOT's T-Net had converged when its training stopped, from the records' own T-Net logs.
+
+    python scripts/tnet_convergence.py [--results results] [--task lupi] [--at 59]
+
+One line per task variant, training recipe of the teacher (train.max_epochs / train.patience), T-Net budget
+(method.tnet.epochs / .patience) and privileged-information control, over the ok pkdot and mtpkdot records whose
+T-Net selected on a validation split. A stored T-Net is shared by the runs that use it: each is counted once
+(its store path). Columns: runs, median selected epoch, runs whose
+T-Net ran to its cap (the leaderboard's rule: the log reaches the last epoch with patience not run out), and
+the median validation loss (method.tnet.loss) before training, at epoch --at and at the selected epoch, with the
+share of the whole reduction (before -> selected) still to come after epoch --at. Read from logs.tnet; nothing
+is trained here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from tabulate import tabulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness.records import iter_records  # noqa: E402
+
+
+def tnet_curves(results: Path, task: str) -> dict[tuple, dict[str, dict]]:
+    """{(variant, teacher recipe, T-Net epochs, patience, control): {store path: T-Net summary}}."""
+    groups: dict[tuple, dict[tuple, dict]] = {}
+    for rec in iter_records(results):
+        if rec.get("task") != task or rec.get("method") not in ("pkdot", "mtpkdot") or rec.get("status") != "ok":
+            continue
+        meta, log = (rec.get("extra") or {}).get("tnet"), (rec.get("logs") or {}).get("tnet")
+        cfg = ((rec.get("config") or {}).get("method") or {}).get("tnet") or {}
+        if not isinstance(meta, dict) or meta.get("selection") != "lowest validation loss" or not log:
+            continue
+        loss = f"val_{meta.get('loss', cfg.get('loss', 'mmd'))}"
+        by_epoch = {e["epoch"]: e.get(loss) for e in log if isinstance(e, dict)}
+        control = (rec["config"]["method"].get("privileged_control") or "none")
+        train = rec["config"].get("train") or {}
+        key = (rec.get("task_variant", ""), f"{train.get('max_epochs')} / {train.get('patience')}", cfg.get("epochs"),
+               cfg.get("patience"), control)
+        groups.setdefault(key, {})[meta.get("store_path") or rec["_dir"]] = {
+            "selected": meta["selected_epoch"], "last": max(by_epoch), "by_epoch": by_epoch,
+            "before": (meta.get("val_before") or {}).get(loss), "at_selected": by_epoch.get(meta["selected_epoch"])}
+    return groups
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default="results", type=Path)
+    ap.add_argument("--task", default="lupi")
+    ap.add_argument("--at", default=59, type=int, help="the epoch to compare with (59: the last of the official 60)")
+    args = ap.parse_args(argv)
+    rows = []
+    groups = tnet_curves(args.results, args.task)
+    median = statistics.median
+    for (variant, recipe, epochs, patience, control), runs in sorted(groups.items(), key=str):
+        at = [r["by_epoch"].get(min(args.at, r["last"])) for r in runs.values()]
+        left = [(a - r["at_selected"]) / (r["before"] - r["at_selected"]) for a, r in zip(at, runs.values())
+                if None not in (a, r["before"], r["at_selected"]) and r["before"] != r["at_selected"]]
+        capped = sum(r["last"] == epochs - 1 and epochs - 1 - r["selected"] <= patience for r in runs.values())
+        tnets = list(runs.values())
+        rows.append([variant, recipe, f"{epochs} / {patience}", control, len(tnets),
+                     median(r["selected"] for r in tnets), capped, f"{median(r['before'] for r in tnets):.3f}",
+                     f"{median(at):.3f}", f"{median(r['at_selected'] for r in tnets):.3f}",
+                     f"{median(left):.1%}" if left else "n/a"])
+    if not rows:
+        print(f"no pkdot or mtpkdot record of task {args.task} with a T-Net selected on validation under "
+              f"{args.results}")
+        return 1
+    print(tabulate(rows, headers=["variant", "train epochs / patience", "tnet epochs / patience", "control", "T-Nets",
+                                  "selected (median)", "at its cap", "val loss before", f"at epoch {args.at}",
+                                  "at selected",
+                                  f"reduction still to come after epoch {args.at}"], tablefmt="github",
+                   disable_numparse=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

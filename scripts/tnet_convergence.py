@@ -8,8 +8,9 @@ T-Net selected on a validation split. A stored T-Net is shared by the runs that 
 (its store path). Columns: runs, median selected epoch, runs whose
 T-Net ran to its cap (the leaderboard's rule: the log reaches the last epoch with patience not run out), and
 the median validation loss (method.tnet.loss) before training, at epoch --at and at the selected epoch, with the
-share of the whole reduction (before -> selected) still to come after epoch --at. Read from logs.tnet; nothing
-is trained here.
+share of the whole reduction (before -> selected) still to come after epoch --at (a T-Net that stopped before
+--at contributes its last epoch, past its selection: that share then measures overfitting, not what was left).
+Read from logs.tnet; nothing is trained here.
 """
 
 from __future__ import annotations

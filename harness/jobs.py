@@ -190,14 +190,11 @@ def make_executor(launcher: DictConfig, folder: Path, sweep_id: str):
 
 
 @contextlib.contextmanager
-def _children_write_to(path: Path, active: bool = True):
+def _children_write_to(path: Path):
     """Processes started in the block get a file at path as their stdout and stderr instead of this process's.
     submitit's LocalExecutor starts each worker (a controller outliving `harness run`) with subprocess.Popen, which
     hands it our stdout: piped (`harness run -m ... launcher=local | tail`), the reader would then wait for the
     whole sweep. The runs' own output still goes to their per-task logs; the controllers' to this file."""
-    if not active:
-        yield
-        return
     sys.stdout.flush()
     sys.stderr.flush()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -338,7 +335,9 @@ def submit_jobs(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
     t_submit = time.perf_counter()
     jobs: list = []
     try:
-        with _jobs_import_this_harness(), _children_write_to(logs / "workers.log", launcher.executor == "local"):
+        workers_log = _children_write_to(logs / "workers.log") if launcher.executor == "local" \
+            else contextlib.nullcontext()  # SLURM's jobs start under slurmd, not as our children
+        with _jobs_import_this_harness(), workers_log:
             for start in range(0, len(calls), chunk):  # SLURM: one sbatch --array per MaxArraySize tasks
                 jobs += executor.submit_array(calls[start:start + chunk])
     except submitit.core.utils.FailedJobError as e:  # sbatch said no (partition, account, limits...)

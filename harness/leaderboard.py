@@ -30,7 +30,7 @@ from harness.metrics import higher_is_better
 from harness.records import (ROW_VARYING, atomic_write_text, config_id, config_value, iter_records,
                              semantic_config)
 from harness.registry import TASKS
-from harness.schema import show
+from harness.schema import FAMILY_NAME_TEXT, is_family_name, show
 from harness.teachers import stable_hash
 
 # Overrides that change a method's own setting are shown in its row label (teacher.*: what the teacher sees,
@@ -131,8 +131,8 @@ def _family(config: dict, path: Path) -> str:
     value = config_value(config, FAMILY_KEY)
     if value is None:
         return MAIN_FAMILY
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", value):
-        raise LeaderboardError(f"{path}: config.{FAMILY_KEY} = {value!r}: expected a name of letters, digits, _ or -")
+    if not is_family_name(value):
+        raise LeaderboardError(f"{path}: config.{FAMILY_KEY} = {value!r}: expected {FAMILY_NAME_TEXT}")
     return value
 
 
@@ -193,9 +193,15 @@ def _parts_at_cap(rec: dict) -> str:
             and isinstance(log, list) and log and isinstance(log[-1], dict):
         epochs, patience, selected = cfg.get("epochs"), cfg.get("patience"), tnet.get("selected_epoch")
         if all(isinstance(v, int) and not isinstance(v, bool) for v in (epochs, patience, selected)) \
-                and log[-1].get("epoch") == epochs - 1 and epochs - 1 - selected <= patience:
+                and tnet_ran_to_cap(log[-1].get("epoch"), selected, epochs, patience):
             parts.append("tnet")
     return ",".join(parts)
+
+
+def tnet_ran_to_cap(last_epoch: int, selected: int, epochs: int, patience: int) -> bool:
+    """PKDOT's T-Net loop (methods/pkdot.py get_tnet) stops once epoch - selected > patience, else after its last
+    epoch: it ran to its cap when its log reaches epoch epochs - 1 with patience not run out there."""
+    return last_epoch == epochs - 1 and epochs - 1 - selected <= patience
 
 
 def _updates_at_selection(entries, selected: int | None) -> int | None:
@@ -375,11 +381,11 @@ def _flags(ok: pd.DataFrame) -> dict:
             ([f"stopped at max_epochs: {', '.join(capped)}"] if capped else [])
     by_part: dict[str, list[str]] = {}
     for r in ok.itertuples():
-        for part in filter(None, str(getattr(r, "parts_at_cap", "") or "").split(",")):
+        for part in filter(None, r.parts_at_cap.split(",")):
             by_part.setdefault(part, []).append(_run_name(r))
     return {"n_flagged": len(flagged), "n_selected_early": len(early), "n_few_updates": len(few_updates),
             "n_max_epochs": len(capped), "flagged_runs": "; ".join(parts),
-            "n_parts_at_cap": sum(getattr(r, "parts_at_cap", "") not in ("", None) for r in ok.itertuples()),
+            "n_parts_at_cap": len({run for runs in by_part.values() for run in runs}),
             "parts_at_cap": "; ".join(f"{part} in {len(runs)} ({', '.join(runs)})" for part, runs in by_part.items())}
 
 

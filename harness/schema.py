@@ -118,6 +118,14 @@ def str_() -> Field:
     return Field("a non-empty string", lambda v: isinstance(v, str) and v != "")
 
 
+FAMILY_NAME_TEXT = "a name of letters, digits, _ or -"
+
+
+def is_family_name(v: Any) -> bool:
+    """A stats.family value (harness/leaderboard.py reads it from records with the same rule)."""
+    return isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]+", v) is not None
+
+
 def choice(*values) -> Field:
     """One of the values, of the same type (1 is not true, 2.0 is not 2)."""
     def ok(v):
@@ -237,8 +245,7 @@ ROOT: dict[str, Field] = {
     "log_every": int_(ge=1),
     "save_predictions": bool_(),  # harness/live.py LOGGERS (tests/test_live_logger.py)
     "stats.bootstrap_resamples": int_(ge=0),
-    "stats.family": Field("a name of letters, digits, _ or - (a Holm family, e.g. batch_size_sensitivity)",
-                          lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]+", v) is not None),
+    "stats.family": Field(f"{FAMILY_NAME_TEXT} (a Holm family, e.g. batch_size_sensitivity)", is_family_name),
     "teacher.modalities": choice("all", "privileged"),
     "teacher.cache_outputs": bool_(),  # methods/teacher.py frozen_outputs
     **{f"model.{k}": f for k, f in MODEL.items()},

@@ -23,6 +23,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness.leaderboard import tnet_ran_to_cap  # noqa: E402
 from harness.records import iter_records  # noqa: E402
 
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         at = [r["by_epoch"].get(min(args.at, r["last"])) for r in runs.values()]
         left = [(a - r["at_selected"]) / (r["before"] - r["at_selected"]) for a, r in zip(at, runs.values())
                 if None not in (a, r["before"], r["at_selected"]) and r["before"] != r["at_selected"]]
-        capped = sum(r["last"] == epochs - 1 and epochs - 1 - r["selected"] <= patience for r in runs.values())
+        capped = sum(tnet_ran_to_cap(r["last"], r["selected"], epochs, patience) for r in runs.values())
         tnets = list(runs.values())
         rows.append([variant, recipe, f"{epochs} / {patience}", control, len(tnets),
                      median(r["selected"] for r in tnets), capped, f"{median(r['before'] for r in tnets):.3f}",

@@ -11,7 +11,7 @@ harness's optimizer (train.optimizer=adamw, lr 0.002, torch's default implementa
   methods/teacher.py frozen_outputs, and a step reads its batch's rows), the student's forward, the task loss
   and the structural OT loss at the method's defaults (k = 30, ε = 0.01), backward, optimizer step;
 - `per-batch`: the same step with teacher.cache_outputs=false: the frozen teacher's forward and the
-  teacher-encoder -> T-Net path run on every batch, as the official step does (the same values, bit for bit:
+  teacher-encoder -> T-Net path run on every batch, as the official step does (the same values to float32 round-off:
   tests/test_frozen_outputs.py). `frozen pass` is that frozen part alone: what the cached run pays once per
   training sample per run (one frozen pass over the training split) instead of once per sample per epoch;
 - `kd`: Hinton KD + FitNets on the same nets (methods/kd.py, its teacher's outputs read from their table too),

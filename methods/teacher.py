@@ -63,9 +63,10 @@ def frozen_outputs(fn: Callable[[dict, dict], tuple[torch.Tensor, ...]], split: 
     With teacher.cache_outputs (the default) fn runs once over the split before training, and every
     batch reads its rows (Batch.index) from that table: a frozen model gives a sample the same output in every
     epoch, so running it on every batch repeats the same arithmetic epoch after epoch (for kd, a teacher
-    forward per step; for PKDOT, the teacher and the T-Net). The values are the ones fn gives on the batch,
-    bit for bit (tests/test_frozen_outputs.py), so the option is not part of a run's key. Off, fn runs on
-    every batch, as before."""
+    forward per step; for PKDOT, the teacher and the T-Net). A row's values are fn's on that row, computed in
+    an evaluation batch instead of the training batch: the same to float32 round-off (BLAS may pick other kernels
+    for the two shapes; tests/test_frozen_outputs.py), so the option is not part of a run's key. Off, fn runs
+    on every batch, as before."""
     def per_batch(batch: Batch) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
             return tuple(fn(batch.inputs, batch.lengths))

@@ -33,6 +33,10 @@ always distils z_J.
 Teacher-choice counts per epoch go to the record (extra.teacher_choice) and the per-epoch log.
 
 B1 (batch-mixing attention) is fixed by construction (per-sample GatedFusion), as in PKDOT.
+
+Training as coded (docs/fidelity.md#mtpkdot-loops): stage1.optimizer=official (Adam, no weight decay, no
+clipping), stage1.frozen_mode=eval (the frozen encoders without dropout in stage 1), student_loop=official
+(Adam 5e-4, 10 epochs). Parity with the official code: tests/test_parity_mtpkdot.py.
 """
 
 from __future__ import annotations
@@ -178,8 +182,39 @@ def per_sample_task_loss(out: torch.Tensor, targets: torch.Tensor, target: Targe
     return per.reshape(per.shape[0], -1).mean(1)
 
 
+# `stage1.optimizer: official` and `student_loop: official`: the loops of mtpkdot.py as coded (docs/fidelity.md
+# #mtpkdot-loops). Stage 1 (train_self_distil_wadn): torch.optim.Adam with its defaults at the stage's two learning
+# rates, no weight decay, no clipping. Stage 3 (train_student_mt): Adam at 5e-4 (lr_mmtransformer), no weight decay,
+# no clipping, 10 epochs all run (the best epoch by validation accuracy kept, `val_acc > best`: min_delta 0), no
+# schedule (the ReduceLROnPlateau it builds is never stepped); batch 128 is method.batch_size.
+OFFICIAL_STAGE1_LOOP = {"optimizer": "adam", "weight_decay": 0.0, "grad_clip": None}
+OFFICIAL_STUDENT_LOOP = {"optimizer": "adam", "lr": 5e-4, "weight_decay": 0.0, "grad_clip": None, "schedule": "none",
+                         "max_epochs": 10, "patience": 10, "min_delta": 0.0, "stop": "patience"}
+# stage1 keys added after stage-1 teacher sets were first stored, with the values those were trained with: at these
+# values they stay out of the store key, so the stored sets are reused
+_STAGE1_KEY_DEFAULTS = {"optimizer": "harness", "frozen_mode": "train"}
+
+
 def stage1_key(ctx: RunContext, cfg) -> dict:
-    return {**teacher_key(ctx), "role": "mt_teachers", "stage1": OmegaConf.to_container(cfg.stage1, resolve=True)}
+    s1 = OmegaConf.to_container(cfg.stage1, resolve=True)
+    s1 = {k: v for k, v in s1.items() if _STAGE1_KEY_DEFAULTS.get(k, object()) != v}
+    return {**teacher_key(ctx), "role": "mt_teachers", "stage1": s1}
+
+
+def stage1_train_cfg(ctx: RunContext, s1) -> DictConfig:
+    """The run's train config for stage 1: the stage's epochs/patience/batch, and with `stage1.optimizer: official`
+    the official optimiser (Adam, no weight decay, no clipping); the learning rates are the stage's param groups."""
+    loop = {"max_epochs": int(s1.epochs), "patience": int(s1.patience), "batch_size": int(s1.batch_size)}
+    if s1.optimizer == "official":
+        loop.update(OFFICIAL_STAGE1_LOOP)
+    return OmegaConf.merge(ctx.cfg.train, loop)
+
+
+def mt_student_train_cfg(ctx: RunContext, cfg) -> DictConfig:
+    """The student's (stage 3) train config: PKDOT's (method.batch_size over train), and with `student_loop:
+    official` the official loop's optimiser, learning rate, epochs and selection rule."""
+    base = student_train_cfg(ctx, cfg)
+    return OmegaConf.merge(base, OFFICIAL_STUDENT_LOOP) if cfg.student_loop == "official" else base
 
 
 def get_teacher_set(ctx: RunContext, cfg, teacher: MultimodalNet, train: Split, val: Split
@@ -198,6 +233,7 @@ def get_teacher_set(ctx: RunContext, cfg, teacher: MultimodalNet, train: Split, 
     def train_fn(ts: TeacherSet) -> dict:
         for p in ts.joint.encoders.parameters():
             p.requires_grad_(False)
+        ts.frozen_encoders_eval = s1.frozen_mode == "eval"  # the official backbones' eval mode (no dropout)
 
         def loss_fn(batch: Batch):
             return stage1_loss(s1, ts(batch.inputs, batch.lengths), batch.targets, target, batch.mask, reg)
@@ -208,9 +244,7 @@ def get_teacher_set(ctx: RunContext, cfg, teacher: MultimodalNet, train: Split, 
 
         groups = [{"params": [*ts.adapters.parameters(), *ts.heads.parameters()], "lr": float(s1.lr_adapters)},
                   {"params": [*ts.joint.fusion.parameters(), *ts.joint.head.parameters()], "lr": float(s1.lr_joint)}]
-        train_cfg = OmegaConf.merge(ctx.cfg.train, {"max_epochs": int(s1.epochs), "patience": int(s1.patience),
-                                                    "batch_size": int(s1.batch_size)})
-        log = fit("mt_teachers", ts, loss_fn, predict_fn, train, val, ctx, train_cfg, params=groups)
+        log = fit("mt_teachers", ts, loss_fn, predict_fn, train, val, ctx, stage1_train_cfg(ctx, s1), params=groups)
         has_val = val is not None and len(val) > 0  # lupi's n_val=0: nothing to score the candidates on
         return {"log": log, "val_task_loss": candidate_losses(ts, val, ctx) if has_val else None,
                 "training": ctx.extra["training"]["mt_teachers"]}
@@ -257,7 +291,8 @@ class MTPKDOT(Method):
 
     def fit(self, train: Split, val: Split) -> None:
         ctx, cfg = self.ctx, self.cfg
-        note_k_cap(ctx, cfg, len(train), student_train_cfg(ctx, cfg))
+        loop = mt_student_train_cfg(ctx, cfg)
+        note_k_cap(ctx, cfg, len(train), loop)
         teacher, _ = get_teacher(ctx, train, val)  # the stored one (copied by stage 1; feeds the T-Net)
         teachers, _ = get_teacher_set(ctx, cfg, teacher, train, val)
         self.student = build_student(ctx, cfg, teacher, train, val)
@@ -285,8 +320,8 @@ class MTPKDOT(Method):
             return loss, {**parts, **share}
 
         log = fit("student", self.student.net, loss_fn, validation_predictor(self.student, val, ctx), train, val, ctx,
-                  student_train_cfg(ctx, cfg))
-        nb = batches_per_epoch(len(train), int(student_train_cfg(ctx, cfg).batch_size))
+                  loop)
+        nb = batches_per_epoch(len(train), int(loop.batch_size))
         per_epoch = [np.sum(choices[e * nb:(e + 1) * nb], axis=0).astype(int).tolist() for e in range(len(log))]
         ctx.extra["teacher_choice"] = {
             "names": list(names), "selection": cfg.selection,

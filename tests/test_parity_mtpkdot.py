@@ -15,6 +15,9 @@ entries that are zero up to round-off.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -26,9 +29,6 @@ from methods.mtpkdot import TeacherSet, choose_teacher, per_sample_task_loss, st
 from methods.pkdot import centroid_loss
 from _parity import assert_parity, reference
 from ref_mtpkdot import draw  # the builder's seeded draws (numpy PCG64): the same weights the official run used
-
-import hashlib
-from pathlib import Path
 
 METHOD_DEFAULTS = OmegaConf.load(Path(__file__).resolve().parents[1] / "harness/conf/method/mtpkdot.yaml")
 PAIN = TargetSpec("classification", ("pain",), n_classes=2)

@@ -40,7 +40,10 @@ KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "pri
                    "model.encoder": "temporal", "teacher.modalities": "all", "method.recipe": "none",
                    # DMD's text: the precomputed features (task.text_input follows method.text_encoder on mosi/mosei)
                    "method.text_encoder": "frozen", "task.text_input": "frozen",
-                   "method.bert_path": "bert-base-uncased", "method.bert_lr": 1e-4, "method.bert_weight_decay": 0.0}
+                   "method.bert_path": "bert-base-uncased", "method.bert_lr": 1e-4, "method.bert_weight_decay": 0.0,
+                   # MT-PKDOT's official-loop options, at the harness's loops every earlier record ran
+                   "method.stage1.optimizer": "harness", "method.stage1.frozen_mode": "train",
+                   "method.student_loop": "harness"}
 PACKAGES = ("torch", "numpy", "scipy", "statsmodels", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf",
             "submitit", "datasets", "pkd-harness")
 

@@ -154,3 +154,16 @@ def test_recipe_arms_compose_and_validate(name):
         if "linear8" not in METHODS["mtpkdot"]["tnet.arch"].choices:
             overrides = [o.replace("method.tnet.arch=linear8", "method.tnet.arch=linear") for o in overrides]
         assert problems(compose_one(overrides)) == [], (arm["name"], overrides)
+
+
+def test_run_key_neutral_at_the_harness_loops_and_changed_by_the_official_ones(tiny_cfg):
+    """Records made before these keys keep their run key (tests/test_committed_results.py checks the committed
+    ones); an official loop is another run."""
+    from harness.records import run_key, semantic_config
+    base = tiny_cfg("method=mtpkdot")
+    method = semantic_config(base)["method"]
+    assert "student_loop" not in method and not {"optimizer", "frozen_mode"} & set(method["stage1"])
+    keys = {run_key(tiny_cfg("method=mtpkdot", *o)) for o in
+            ([], ["method.stage1.optimizer=official"], ["method.stage1.frozen_mode=eval"],
+             ["method.student_loop=official"])}
+    assert len(keys) == 4

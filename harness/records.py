@@ -36,6 +36,9 @@ KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "pri
                    "train.drop_last": True, "train.accumulate": 1, "train.grad_clip_by": "norm",
                    "train.select_on": "primary", "train.stop": "patience",
                    "method.privileged_control": "none", "task.privileged_signal": 1.0, "task.exp4_relevant": "paper",
+                   # MT-PKDOT's official-loop options, at the harness's loops every earlier record ran
+                   "method.stage1.optimizer": "harness", "method.stage1.frozen_mode": "train",
+                   "method.student_loop": "harness",
                    "task.explained_label_noise": 0.0, "task.labelled_per_subject": None,
                    "model.encoder": "temporal", "teacher.modalities": "all", "method.recipe": "none",
                    # DMD's text: the precomputed features (task.text_input follows method.text_encoder on mosi/mosei)

@@ -298,6 +298,9 @@ METHODS: dict[str, dict[str, Field]] = {
         "stage1.adapter_width": nullable(int_(ge=1)), "stage1.lr_adapters": float_(gt=0),
         "stage1.lr_joint": float_(gt=0), "stage1.epochs": int_(ge=1), "stage1.patience": int_(ge=1),
         "stage1.batch_size": int_(ge=1),
+        "stage1.optimizer": choice("harness", "official"),     # methods/mtpkdot.py OFFICIAL_STAGE1_LOOP
+        "stage1.frozen_mode": choice("train", "eval"),
+        "student_loop": choice("harness", "official"),         # methods/mtpkdot.py OFFICIAL_STUDENT_LOOP
         **_TNET, "privileged_control": _PRIVILEGED_CONTROL,
     },
     "dmd": {

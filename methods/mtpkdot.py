@@ -33,6 +33,10 @@ always distils z_J.
 Teacher-choice counts per epoch go to the record (extra.teacher_choice) and the per-epoch log.
 
 B1 (batch-mixing attention) is fixed by construction (per-sample GatedFusion), as in PKDOT.
+
+Training as coded (docs/fidelity.md#mtpkdot-loops): stage1.optimizer=official (Adam, no weight decay, no
+clipping), stage1.frozen_mode=eval (the frozen encoders without dropout in stage 1), student_loop=official
+(Adam 5e-4, 10 epochs). Parity with the official code: tests/test_parity_mtpkdot.py.
 """
 
 from __future__ import annotations
@@ -78,10 +82,22 @@ class TeacherSet(nn.Module):
     def names(self) -> tuple[str, ...]:
         return (*self.modalities, "joint")
 
+    def train(self, mode: bool = True) -> "TeacherSet":
+        """As nn.Module.train; with frozen_encoders_eval (stage1.frozen_mode=eval, the official reading) the
+        frozen encoders of the joint copy stay in eval mode (no dropout), as they are in stage 3."""
+        super().train(mode)
+        if mode and getattr(self, "frozen_encoders_eval", False):
+            self.joint.encoders.eval()
+        return self
+
     def forward(self, inputs, lengths=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(z, out) per candidate, in `names` order. Per-step targets adapt per step and pool z."""
         seqs, pooled = self.joint.encode(inputs, lengths)
         joint = self.joint.fuse_and_predict(seqs, pooled, None, lengths)
+        return [*self.unimodal_candidates(seqs, pooled, lengths), (joint.z, joint.out)]
+
+    def unimodal_candidates(self, seqs, pooled, lengths=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(A_m(f_m), h_m(A_m(f_m))) per modality, from the teacher's encoder features."""
         cands = []
         for m in self.modalities:
             if self.joint.target.per_step:
@@ -91,8 +107,51 @@ class TeacherSet(nn.Module):
             else:
                 z = self.adapters[m](pooled[m])
                 cands.append((z, self.heads[m](z)))
-        cands.append((joint.z, joint.out))
         return cands
+
+
+def stage1_loss(s1, cands: list[tuple[torch.Tensor, torch.Tensor]], targets: torch.Tensor, target: TargetSpec,
+                mask: torch.Tensor | None = None, regression_loss: str = "mse"
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage 1 (`train_self_distil_wadn`): cands = [(z, out) per modality..., (z_J, out_J)].
+    align_weight · Σ_m mean_i(1 − cos(A_m(f_m)_i, z_J,i)) + task_weight · [task(joint) + unimodal_weight · Σ_m
+    task(h_m)]; z_J is not detached (the alignment also moves the joint teacher, as coded)."""
+    z_j, out_j = cands[-1]
+    align = sum((1 - F.cosine_similarity(z, z_j, dim=-1)).mean() for z, _ in cands[:-1])
+    l_joint = task_loss(out_j, targets, target, mask, regression_loss)
+    l_uni = sum(task_loss(o, targets, target, mask, regression_loss) for _, o in cands[:-1])
+    loss = s1.align_weight * align + s1.task_weight * (l_joint + s1.unimodal_weight * l_uni)
+    return loss, {"align": float(align.detach()), "task_joint": float(l_joint.detach()),
+                  "task_unimodal": float(l_uni.detach())}
+
+
+def choose_teacher(selection: str, cands: list[tuple[torch.Tensor, torch.Tensor]], targets: torch.Tensor,
+                   target: TargetSpec, mask: torch.Tensor | None = None, regression_loss: str = "mse"
+                   ) -> tuple[torch.Tensor, list[int]]:
+    """Stage 3's teacher Z* for one batch and how many units (the batch, or samples) each candidate won.
+    `batch`: the candidate whose head has the lowest task loss on the batch's labels (as coded), ties to the
+    first; `sample`: the same per sample; `joint`: always z_J."""
+    with torch.no_grad():
+        if selection == "batch":
+            pick = select_teacher([task_loss(o, targets, target, mask, regression_loss) for _, o in cands])
+            return cands[pick][0], [int(i == pick) for i in range(len(cands))]
+        if selection == "sample":
+            per = torch.stack([per_sample_task_loss(o, targets, target, mask) for _, o in cands])
+            pick_s = select_teacher_per_sample(per)
+            z_star = torch.stack([z for z, _ in cands])[pick_s, torch.arange(len(pick_s))]
+            return z_star, torch.bincount(pick_s, minlength=len(cands)).tolist()
+        if selection == "joint":
+            return cands[-1][0], [0] * (len(cands) - 1) + [1]
+    raise ValueError(f"selection must be batch, sample or joint, got {selection!r}")
+
+
+def stage3_loss(cfg, z_star: torch.Tensor, z_s: torch.Tensor, out_s: torch.Tensor, targets: torch.Tensor,
+                target: TargetSpec, mask: torch.Tensor | None = None, regression_loss: str = "mse"
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage 3 (`train_student_mt`): task_weight · task + ot_weight · S_ε(Z*, z_S) [+ centroid_weight · L_cent]."""
+    l_task = task_loss(out_s, targets, target, mask, regression_loss)
+    l_struct, parts = ot_terms(cfg, z_star, z_s)
+    return cfg.task_weight * l_task + l_struct, {"task": float(l_task.detach()), **parts}
 
 
 def select_teacher(losses: list[float] | torch.Tensor) -> int:
@@ -123,8 +182,39 @@ def per_sample_task_loss(out: torch.Tensor, targets: torch.Tensor, target: Targe
     return per.reshape(per.shape[0], -1).mean(1)
 
 
+# `stage1.optimizer: official` and `student_loop: official`: the loops of mtpkdot.py as coded (docs/fidelity.md
+# #mtpkdot-loops). Stage 1 (train_self_distil_wadn): torch.optim.Adam with its defaults at the stage's two learning
+# rates, no weight decay, no clipping. Stage 3 (train_student_mt): Adam at 5e-4 (lr_mmtransformer), no weight decay,
+# no clipping, 10 epochs all run (the best epoch by validation accuracy kept, `val_acc > best`: min_delta 0), no
+# schedule (the ReduceLROnPlateau it builds is never stepped); batch 128 is method.batch_size.
+OFFICIAL_STAGE1_LOOP = {"optimizer": "adam", "weight_decay": 0.0, "grad_clip": None}
+OFFICIAL_STUDENT_LOOP = {"optimizer": "adam", "lr": 5e-4, "weight_decay": 0.0, "grad_clip": None, "schedule": "none",
+                         "max_epochs": 10, "patience": 10, "min_delta": 0.0, "stop": "patience"}
+# stage1 keys added after stage-1 teacher sets were first stored, with the values those were trained with: at these
+# values they stay out of the store key, so the stored sets are reused
+_STAGE1_KEY_DEFAULTS = {"optimizer": "harness", "frozen_mode": "train"}
+
+
 def stage1_key(ctx: RunContext, cfg) -> dict:
-    return {**teacher_key(ctx), "role": "mt_teachers", "stage1": OmegaConf.to_container(cfg.stage1, resolve=True)}
+    s1 = OmegaConf.to_container(cfg.stage1, resolve=True)
+    s1 = {k: v for k, v in s1.items() if _STAGE1_KEY_DEFAULTS.get(k, object()) != v}
+    return {**teacher_key(ctx), "role": "mt_teachers", "stage1": s1}
+
+
+def stage1_train_cfg(ctx: RunContext, s1) -> DictConfig:
+    """The run's train config for stage 1: the stage's epochs/patience/batch, and with `stage1.optimizer: official`
+    the official optimiser (Adam, no weight decay, no clipping); the learning rates are the stage's param groups."""
+    loop = {"max_epochs": int(s1.epochs), "patience": int(s1.patience), "batch_size": int(s1.batch_size)}
+    if s1.optimizer == "official":
+        loop.update(OFFICIAL_STAGE1_LOOP)
+    return OmegaConf.merge(ctx.cfg.train, loop)
+
+
+def mt_student_train_cfg(ctx: RunContext, cfg) -> DictConfig:
+    """The student's (stage 3) train config: PKDOT's (method.batch_size over train), and with `student_loop:
+    official` the official loop's optimiser, learning rate, epochs and selection rule."""
+    base = student_train_cfg(ctx, cfg)
+    return OmegaConf.merge(base, OFFICIAL_STUDENT_LOOP) if cfg.student_loop == "official" else base
 
 
 def get_teacher_set(ctx: RunContext, cfg, teacher: MultimodalNet, train: Split, val: Split
@@ -143,16 +233,10 @@ def get_teacher_set(ctx: RunContext, cfg, teacher: MultimodalNet, train: Split, 
     def train_fn(ts: TeacherSet) -> dict:
         for p in ts.joint.encoders.parameters():
             p.requires_grad_(False)
+        ts.frozen_encoders_eval = s1.frozen_mode == "eval"  # the official backbones' eval mode (no dropout)
 
         def loss_fn(batch: Batch):
-            cands = ts(batch.inputs, batch.lengths)
-            z_j, out_j = cands[-1]
-            align = sum((1 - F.cosine_similarity(z, z_j, dim=-1)).mean() for z, _ in cands[:-1])
-            l_joint = task_loss(out_j, batch.targets, target, batch.mask, reg)
-            l_uni = sum(task_loss(o, batch.targets, target, batch.mask, reg) for _, o in cands[:-1])
-            loss = s1.align_weight * align + s1.task_weight * (l_joint + s1.unimodal_weight * l_uni)
-            return loss, {"align": float(align.detach()), "task_joint": float(l_joint.detach()),
-                          "task_unimodal": float(l_uni.detach())}
+            return stage1_loss(s1, ts(batch.inputs, batch.lengths), batch.targets, target, batch.mask, reg)
 
         def predict_fn(batch: Batch) -> torch.Tensor:
             out = ts.joint(batch.inputs, batch.lengths).out
@@ -160,9 +244,7 @@ def get_teacher_set(ctx: RunContext, cfg, teacher: MultimodalNet, train: Split, 
 
         groups = [{"params": [*ts.adapters.parameters(), *ts.heads.parameters()], "lr": float(s1.lr_adapters)},
                   {"params": [*ts.joint.fusion.parameters(), *ts.joint.head.parameters()], "lr": float(s1.lr_joint)}]
-        train_cfg = OmegaConf.merge(ctx.cfg.train, {"max_epochs": int(s1.epochs), "patience": int(s1.patience),
-                                                    "batch_size": int(s1.batch_size)})
-        log = fit("mt_teachers", ts, loss_fn, predict_fn, train, val, ctx, train_cfg, params=groups)
+        log = fit("mt_teachers", ts, loss_fn, predict_fn, train, val, ctx, stage1_train_cfg(ctx, s1), params=groups)
         has_val = val is not None and len(val) > 0  # lupi's n_val=0: nothing to score the candidates on
         return {"log": log, "val_task_loss": candidate_losses(ts, val, ctx) if has_val else None,
                 "training": ctx.extra["training"]["mt_teachers"]}
@@ -209,7 +291,8 @@ class MTPKDOT(Method):
 
     def fit(self, train: Split, val: Split) -> None:
         ctx, cfg = self.ctx, self.cfg
-        note_k_cap(ctx, cfg, len(train), student_train_cfg(ctx, cfg))
+        loop = mt_student_train_cfg(ctx, cfg)
+        note_k_cap(ctx, cfg, len(train), loop)
         teacher, _ = get_teacher(ctx, train, val)  # the stored one (copied by stage 1; feeds the T-Net)
         teachers, _ = get_teacher_set(ctx, cfg, teacher, train, val)
         self.student = build_student(ctx, cfg, teacher, train, val)
@@ -229,30 +312,16 @@ class MTPKDOT(Method):
             values = frozen(batch)
             cands = [values[i:i + 2] for i in range(0, n_flat, 2)]
             features = values[n_flat] if len(values) > n_flat else None
-            with torch.no_grad():
-                if cfg.selection == "batch":
-                    pick = select_teacher([task_loss(o, batch.targets, target, batch.mask, reg) for _, o in cands])
-                    z_star = cands[pick][0]
-                    counts = [int(i == pick) for i in range(len(names))]  # one batch
-                elif cfg.selection == "sample":
-                    per = torch.stack([per_sample_task_loss(o, batch.targets, target, batch.mask) for _, o in cands])
-                    pick_s = select_teacher_per_sample(per)
-                    z_star = torch.stack([z for z, _ in cands])[pick_s, torch.arange(len(pick_s))]
-                    counts = torch.bincount(pick_s, minlength=len(names)).tolist()
-                else:
-                    z_star = cands[-1][0]
-                    counts = [0] * (len(names) - 1) + [1]
+            z_star, counts = choose_teacher(cfg.selection, cands, batch.targets, target, batch.mask, reg)
             choices.append(counts)
             s_out = self.student(batch.inputs, batch.lengths, features)
-            l_task = task_loss(s_out.out, batch.targets, target, batch.mask, reg)
-            l_struct, parts = ot_terms(cfg, z_star, s_out.z)
-            loss = cfg.task_weight * l_task + l_struct
+            loss, parts = stage3_loss(cfg, z_star, s_out.z, s_out.out, batch.targets, target, batch.mask, reg)
             share = {f"choice_{n}": c / max(sum(counts), 1) for n, c in zip(names, counts)}
-            return loss, {"task": float(l_task.detach()), **parts, **share}
+            return loss, {**parts, **share}
 
         log = fit("student", self.student.net, loss_fn, validation_predictor(self.student, val, ctx), train, val, ctx,
-                  student_train_cfg(ctx, cfg))
-        nb = batches_per_epoch(len(train), int(student_train_cfg(ctx, cfg).batch_size))
+                  loop)
+        nb = batches_per_epoch(len(train), int(loop.batch_size))
         per_epoch = [np.sum(choices[e * nb:(e + 1) * nb], axis=0).astype(int).tolist() for e in range(len(log))]
         ctx.extra["teacher_choice"] = {
             "names": list(names), "selection": cfg.selection,

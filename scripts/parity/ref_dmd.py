@@ -1,0 +1,379 @@
+"""Parity references for DMD from the official code (mdswyz/DMD), run on the CPU in float64.
+
+    python scripts/parity/make_reference.py --dmd /path/to/DMD
+
+Components (tests/parity/<component>.npz, compared by tests/test_parity_dmd.py):
+- dmd_homo_gd, dmd_hetero_gd: the two graph-distillation units (get_distillation_kernel_homo.py,
+  get_distillation_kernel.py) with run.py's settings (priors, gd_reg 10, w_losses [1, 10], alpha 1/8): edge
+  weights, the three losses, and each loss's gradient with respect to the logits and the representations;
+- dmd_margin: HingeLoss.py on interleaved features with tied and distinct labels, value and gradient;
+- dmd_model: the DMD network (model/dmd.py, MOSI aligned config, frozen-text path use_bert=false, every dropout
+  0 so that the training-mode forward is the eval-mode one) and `combined_loss`, captured inside the official
+  DMD.do_train (trains/singleTask/DMD.py) at its first backward: the value of every loss term, the gradient
+  with respect to the inputs, and per-parameter gradient sums. Twice: `official.*` as the code runs, and
+  `fp64_softmax.*` with its one float32 cast (the attention softmax, `attn_weights.float()`) made a no-op, so
+  that the harness can be held to float64 agreement and the as-is numbers to the float32 softmax's rounding.
+
+The model's weights (12.6 k to 4.7 M values) and its 50x768 text input are not stored: they are drawn from
+`seeded_array` (numpy PCG64 uniform draws, seeded by the tensor's name), which the test calls again; the file
+keeps a SHA-256 of every drawn array so a changed generator fails loudly instead of comparing other numbers.
+
+Shims, each for something the compared components never use or for the CPU:
+- modules stubbed: comet_ml-like unused imports (pynvml, transformers: the frozen-text path builds no BERT),
+  easydict replaced by a plain attribute dict for the official config reader;
+- Tensor.cuda is the identity while the official code runs (its priors and targets call .cuda());
+- CosineEmbeddingLoss on the 3-D (T', B, d) tensors of L_ort raises on current torch (issues #5, #6): the
+  trainer's `cosine` is replaced by the torch-1.9 kernel's arithmetic, the version the official code declares
+  (one cosine per (step, channel) over axis 1, the batch: docs/fidelity.md D1);
+- DMD.py's ReduceLROnPlateau(verbose=True) no longer accepts `verbose`; the scheduler is first used after the
+  epoch, long after the captured backward, so it is replaced by a stub. tqdm is silenced.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import sys
+import types
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import official_imports, save_reference  # noqa: E402
+
+SEED = 20230322  # the day the official code was uploaded; any fixed number would do
+MODEL_BATCH = 4
+NODES_LVA = ("text", "vision", "audio")  # the official stacking order of logits and reprs (L, V, A)
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeded arrays: drawn again by the test, so big tensors need not be stored
+# ----------------------------------------------------------------------------------------------
+
+def seeded_array(name: str, shape: tuple[int, ...], kind: str = "weight", seed: int = SEED) -> np.ndarray:
+    """float64 draws for the tensor `name`: uniform on [-1, 1) from PCG64 seeded by (seed, crc32(name)), scaled:
+    weight (>= 2-D): / sqrt(fan_in) like torch's default init; weight (1-D, LayerNorm): 1 + 0.1·u; bias: 0.1·u;
+    input: 0.5·u (text features) or u. PCG64's raw stream and Generator.random are stable across numpy versions."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    u = 2.0 * rng.random(shape) - 1.0
+    if kind == "weight":
+        return u / np.sqrt(np.prod(shape[1:])) if len(shape) >= 2 else 1.0 + 0.1 * u
+    if kind == "bias":
+        return 0.1 * u
+    if kind == "text":
+        return 0.5 * u
+    if kind == "input":
+        return u
+    raise ValueError(kind)
+
+
+def param_kind(name: str, shape) -> str:
+    return "bias" if name.endswith("bias") else "weight"
+
+
+def digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float64).tobytes()).hexdigest()
+
+
+def model_inputs(batch: int = MODEL_BATCH) -> dict[str, np.ndarray]:
+    """MOSI aligned shapes: text [B, 50, 768] (frozen BERT features), audio [B, 50, 5], vision [B, 50, 20], labels
+    [B, 1] with one exact tie (the margin loss's positives across samples). Sample 0's last 10 audio and vision
+    frames are zero, like padded frames: after the bias-free conv their steps are exactly zero and get no position
+    (the PE rule), in both codes."""
+    x = {"text": seeded_array("input.text", (batch, 50, 768), "text"),
+         "audio": seeded_array("input.audio", (batch, 50, 5), "input"),
+         "vision": seeded_array("input.vision", (batch, 50, 20), "input")}
+    x["audio"][0, -10:] = 0.0
+    x["vision"][0, -10:] = 0.0
+    x["labels"] = np.array([[1.2], [-0.6], [1.2], [2.8]])[:batch]
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the official code on the CPU
+# ----------------------------------------------------------------------------------------------
+
+class AttrDict(dict):
+    """easydict.EasyDict's behaviour the official config reader and model use: keys as attributes."""
+
+    def __getattr__(self, k):
+        try:
+            return self[k]
+        except KeyError:
+            raise AttributeError(k) from None
+
+    def __setattr__(self, k, v):
+        self[k] = v
+
+
+class _Captured(Exception):
+    """Raised right after the official combined_loss.backward(): the loop's locals are read from the traceback."""
+
+
+def cosine_embedding_loss_torch19(input1, input2, target, margin=0.0):
+    """torch 1.9's cosine_embedding_loss arithmetic (reduction mean) for any input rank: the cosine is taken over
+    dim = target.dim() (1 for the official 1-element target, i.e. the batch axis of (T', B, d)), squared norms
+    + 1e-12; target -1 gives max(0, cos - margin)."""
+    dim = target.dim()
+    prod = (input1 * input2).sum(dim)
+    denom = (((input1 * input1).sum(dim) + 1e-12) * ((input2 * input2).sum(dim) + 1e-12)).sqrt()
+    cos = prod / denom
+    out = torch.where(target == 1, 1 - cos, torch.zeros_like(cos)) + torch.where(
+        target == -1, (cos - margin).clamp_min(0), torch.zeros_like(cos))
+    return out.mean()
+
+
+class _CosineEmbeddingLoss19(torch.nn.Module):
+    def forward(self, a, b, target):
+        return cosine_embedding_loss_torch19(a, b, target)
+
+
+class _cpu_cuda:
+    """Tensor.cuda as the identity while the official code runs (it creates its priors and targets with .cuda())."""
+
+    def __enter__(self):
+        self.saved = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda self, *a, **k: self
+        torch.nn.Module.cuda_saved = torch.nn.Module.cuda
+        torch.nn.Module.cuda = lambda self, *a, **k: self
+
+    def __exit__(self, *exc):
+        torch.Tensor.cuda = self.saved
+        torch.nn.Module.cuda = torch.nn.Module.cuda_saved
+        del torch.nn.Module.cuda_saved
+
+
+STUBS = ["pynvml", "transformers"]
+
+
+def _official(repo: Path):
+    """The context that imports the official packages (easydict replaced, unused imports stubbed)."""
+    ctx = official_imports(repo, stubs=STUBS)
+
+    class _Ctx:
+        def __enter__(self):
+            self.imp = ctx.__enter__()
+            easydict = types.ModuleType("easydict")
+            easydict.EasyDict = AttrDict
+            sys.modules["easydict"] = easydict
+            return self.imp
+
+        def __exit__(self, *exc):
+            return ctx.__exit__(*exc)
+
+    return _Ctx()
+
+
+def _fill(module: torch.nn.Module, prefix: str = "") -> None:
+    """Overwrite every parameter with its seeded draw (name = prefix + state_dict name)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.from_numpy(seeded_array(prefix + name, tuple(p.shape), param_kind(name, p.shape))))
+
+
+def _leaf(a: np.ndarray) -> torch.Tensor:
+    return torch.tensor(a, dtype=torch.float64, requires_grad=True)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Components
+# ----------------------------------------------------------------------------------------------
+
+GD_UNITS = {  # component: (official module, hidden size of the reprs, gd_size, prior logits from run.py)
+    "dmd_homo_gd": ("get_distillation_kernel_homo", 50, 64, [0, 0, 1, 0, 1, 0]),
+    "dmd_hetero_gd": ("get_distillation_kernel", 100, 32, [0, 0, 1, 0, 1, 1]),
+}
+
+
+def build_gd_unit(imp, repo: Path, out_dir: Path, component: str) -> str:
+    module_name, hidden, gd_size, prior_logits = GD_UNITS[component]
+    kernels = imp(f"trains.singleTask.distillnets.{module_name}")
+    softmax = imp("trains.singleTask.misc").softmax  # run.py's prior: softmax(v, 0.25)
+    torch.manual_seed(SEED)
+    unit = kernels.DistillationKernel(n_classes=1, hidden_size=hidden, gd_size=gd_size, to_idx=[0, 1, 2],
+                                      from_idx=[0, 1, 2], gd_prior=softmax(prior_logits, 0.25), gd_reg=10,
+                                      w_losses=[1, 10], metric="l1", alpha=1 / 8, hyp_params=None).double()
+    _fill(unit, f"{component}.")
+    batch = 5
+    rng = np.random.default_rng([SEED, zlib.crc32(component.encode())])
+    logits = rng.normal(size=(3, batch, 1))
+    reprs = rng.normal(size=(3, batch, hidden))
+    if component == "dmd_homo_gd":
+        reprs = np.maximum(reprs, 0.0)  # the homo reprs are post-ReLU in the model
+    arrays = {"logits": logits, "reprs": reprs, "prior": unit.gd_prior.double().numpy()}
+    arrays.update({f"param.{n}": _np(p) for n, p in unit.named_parameters()})
+    lg, rp = _leaf(logits), _leaf(reprs)
+    edges, _ = unit(lg, rp)
+    loss_reg, loss_logit, loss_repr = unit.distillation_loss(lg, rp, edges)
+    arrays.update(edges=_np(edges), loss_reg=_np(loss_reg), loss_logit=_np(loss_logit), loss_repr=_np(loss_repr))
+    for name, loss in (("reg", loss_reg), ("logit", loss_logit), ("repr", loss_repr)):
+        g_logits, g_reprs = torch.autograd.grad(loss, (lg, rp), retain_graph=True)
+        arrays[f"grad_{name}.logits"], arrays[f"grad_{name}.reprs"] = _np(g_logits), _np(g_reprs)
+    source = f"trains/singleTask/distillnets/{module_name}.py (DistillationKernel.forward, .distillation_loss)"
+    save_reference(out_dir, component, repo=repo, source=source, arrays=arrays,
+                   meta={"batch": batch, "hidden": hidden, "gd_size": gd_size, "prior_logits": prior_logits,
+                         "gd_reg": 10, "w_losses": [1, 10], "alpha": 1 / 8, "order": "L, V, A"})
+    return (f"{component}: E {edges.shape[0]}x{edges.shape[1]}, loss_reg {loss_reg.item():.12g}, "
+            f"loss_logit {loss_logit.item():.12g}, loss_repr {loss_repr.item():.12g}")
+
+
+def build_margin(imp, repo: Path, out_dir: Path) -> str:
+    hinge = imp("trains.singleTask.HingeLoss").HingeLoss()
+    rng = np.random.default_rng([SEED, zlib.crc32(b"dmd_margin")])
+    cases = {"tied": [0.4, -1.2, 0.4, 2.0, -1.2, 0.0], "distinct": [0.4, -1.2, 0.6, 2.0, -1.8, 0.0]}
+    arrays, lines = {}, []
+    for case, labels in cases.items():
+        feats = rng.normal(size=(3 * len(labels), 16))
+        ids = np.repeat(np.asarray(labels, dtype=np.float64), 3)[:, None]  # interleaved by sample, as DMD.py
+        f = _leaf(feats)
+        loss = hinge(torch.tensor(ids), f)
+        (grad,) = torch.autograd.grad(loss, f)
+        arrays.update({f"{case}.feats": feats, f"{case}.ids": ids, f"{case}.loss": _np(loss), f"{case}.grad": _np(grad)})
+        lines.append(f"{case} {loss.item():.12g}")
+    save_reference(out_dir, "dmd_margin", repo=repo, source="trains/singleTask/HingeLoss.py (HingeLoss.forward)",
+                   arrays=arrays, meta={"margin_argument": "default (0.1, ignored by the official code)"})
+    return "dmd_margin: " + ", ".join(lines)
+
+
+MODEL_OVERRIDES = {  # on the official MOSI config: frozen text, and no dropout anywhere (train forward = eval)
+    "use_bert": False, "text_dropout": 0.0, "attn_dropout": 0.0, "attn_dropout_a": 0.0, "attn_dropout_v": 0.0,
+    "embed_dropout": 0.0, "output_dropout": 0.0, "relu_dropout": 0.0, "res_dropout": 0.0,
+}
+LOSS_LOCALS = ["combined_loss", "loss_task", "loss_task_all", "loss_task_c", "loss_recon", "loss_s_sr", "loss_ort",
+               "loss_sim", "loss_reg_homo", "loss_logit_homo", "loss_repr_homo", "loss_reg_hetero",
+               "loss_logit_hetero", "loss_repr_hetero", "graph_distill_loss_homo", "graph_distill_loss_hetero"]
+OUTPUT_KEYS = ["output_logit", "logits_c", "logits_l_homo", "logits_v_homo", "logits_a_homo", "logits_l_hetero",
+               "logits_v_hetero", "logits_a_hetero", "repr_l_homo", "repr_v_homo", "repr_a_homo", "repr_l_hetero",
+               "repr_v_hetero", "repr_a_hetero", "c_l_sim", "c_v_sim", "c_a_sim"]
+
+
+VARIANTS = {  # prefix: what the official code ran with
+    "official": "as is: its attention softmax in float32 (`attn_weights.float()`) even on float64 inputs",
+    "fp64_softmax": "Tensor.float() a no-op on float64 tensors, so that one cast is skipped (nothing else in the "
+                    "forward or the loss calls .float() on a float64 tensor): the same code in float64 throughout",
+}
+
+
+def _modules(net, units):
+    return (("dmd.", net), ("dmd_homo_gd.", units["dmd_homo_gd"]), ("dmd_hetero_gd.", units["dmd_hetero_gd"]))
+
+
+def _grad_names(net, units) -> list[str]:
+    """Parameters that combined_loss reaches (not the dead proj_cosine_* layers, D10)."""
+    return [prefix + n for prefix, module in _modules(net, units) for n, _ in module.named_parameters()
+            if ".proj_cosine_" not in prefix + n]
+
+
+def _capture(trainer_module, args, net, units, x, variant: str) -> dict[str, np.ndarray]:
+    """Run the official DMD.do_train on one batch up to its first combined_loss.backward(), then read the loop's
+    locals (every loss term, the model's outputs, the edges) and the gradients."""
+    for _, module in _modules(net, units):
+        module.zero_grad(set_to_none=True)
+    text, audio, vision = _leaf(x["text"]), _leaf(x["audio"]), _leaf(x["vision"])
+    batch = {"text": text, "audio": audio, "vision": vision, "labels": {"M": torch.tensor(x["labels"])}}
+    loaders = {"train": [batch], "valid": [batch], "test": [batch]}
+    trainer_module.ReduceLROnPlateau = lambda *a, **k: None  # `verbose` is gone from torch; used after the epoch
+    trainer_module.tqdm = functools.partial(_tqdm(), disable=True)
+    trainer = trainer_module.DMD(args)
+    trainer.cosine = _CosineEmbeddingLoss19()  # L_ort on 3-D tensors: torch 1.9's arithmetic (D1)
+    real_backward, real_float = torch.Tensor.backward, torch.Tensor.float
+
+    def capture(self, *a, **k):
+        real_backward(self, *a, **k)
+        raise _Captured
+
+    torch.Tensor.backward = capture
+    if variant == "fp64_softmax":
+        torch.Tensor.float = lambda self, *a, **k: self if self.dtype == torch.float64 else real_float(self, *a, **k)
+    try:
+        trainer.do_train([net, units["dmd_homo_gd"], units["dmd_hetero_gd"]], loaders)
+        raise RuntimeError("the official do_train finished without a backward")
+    except _Captured as e:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_name != "do_train":
+            tb = tb.tb_next
+        loop = dict(tb.tb_frame.f_locals)
+    finally:
+        torch.Tensor.backward, torch.Tensor.float = real_backward, real_float
+
+    out = loop["output"]
+    arrays = {f"loss.{k}": _np(loop[k]) for k in LOSS_LOCALS}
+    arrays.update({f"out.{k}": _np(out[k]) for k in OUTPUT_KEYS})
+    arrays.update({"edges_homo": _np(loop["edges_homo"]), "edges_hetero": _np(loop["edges_hetero"])})
+    arrays.update({"grad.audio": _np(audio.grad), "grad.vision": _np(vision.grad),
+                   "grad.text_sum_time": _np(text.grad.sum(1)), "grad.text_sum_channels": _np(text.grad.sum(2))})
+    params = {prefix + n: p for prefix, module in _modules(net, units) for n, p in module.named_parameters()}
+    grads = [params[n].grad for n in _grad_names(net, units)]
+    assert all(g is not None for g in grads), "a mapped parameter got no gradient from the official loss"
+    arrays["param_grad_sum"] = np.array([float(g.sum()) for g in grads])
+    arrays["param_grad_sumsq"] = np.array([float((g ** 2).sum()) for g in grads])
+    return {f"{variant}.{k}": v for k, v in arrays.items()}
+
+
+def _tqdm():
+    from tqdm import tqdm
+    return tqdm
+
+
+def build_model(imp, repo: Path, out_dir: Path) -> str:
+    config = imp("config")
+    args = config.get_config_regression("dmd", "mosi", str(repo / "config" / "config.json"))
+    args.update(MODEL_OVERRIDES)
+    args.update(device=torch.device("cpu"), train_mode="regression", is_distill=True, cur_seed=1)
+    dmd = imp("trains.singleTask.model.dmd")
+    kernels = {u: imp(f"trains.singleTask.distillnets.{GD_UNITS[u][0]}") for u in GD_UNITS}
+    softmax = imp("trains.singleTask.misc").softmax
+    trainer_module = sys.modules["trains.singleTask.DMD"]
+    torch.manual_seed(SEED)
+    net = dmd.DMD(args).double()
+    units = {}
+    for u, (_, _, gd_size, prior_logits) in GD_UNITS.items():
+        hidden = args.dst_feature_dim_nheads[0] * (1 if u == "dmd_homo_gd" else 2)  # as run.py sizes them
+        units[u] = kernels[u].DistillationKernel(
+            n_classes=1, hidden_size=hidden, gd_size=gd_size, to_idx=[0, 1, 2], from_idx=[0, 1, 2],
+            gd_prior=softmax(prior_logits, 0.25), gd_reg=10, w_losses=[1, 10], metric="l1", alpha=1 / 8,
+            hyp_params=args).double()
+    _fill(net, "dmd.")
+    for u, unit in units.items():
+        _fill(unit, f"{u}.")
+    x = model_inputs()
+    arrays = {"audio": x["audio"], "vision": x["vision"], "labels": x["labels"]}
+    for variant in VARIANTS:
+        arrays.update(_capture(trainer_module, args, net, units, x, variant))
+    drawn = {prefix + n: digest(_np(p)) for prefix, module in _modules(net, units) for n, p in module.named_parameters()}
+    drawn["input.text"] = digest(x["text"])
+    meta = {"batch": MODEL_BATCH, "seed": SEED, "config": "config/config.json dmd/mosi (aligned)",
+            "overrides": MODEL_OVERRIDES, "param_names": _grad_names(net, units),
+            "variants": VARIANTS, "sha256": drawn,
+            "shapes": {prefix + n: list(p.shape) for prefix, module in _modules(net, units)
+                       for n, p in module.named_parameters()},
+            "args": {k: (v if isinstance(v, (int, float, str, bool, list)) else str(v)) for k, v in args.items()},
+            "shims": ["Tensor.cuda identity", "L_ort CosineEmbeddingLoss with torch-1.9 arithmetic",
+                      "ReduceLROnPlateau stubbed (unused before the captured backward)", "tqdm disabled",
+                      "variant fp64_softmax only: Tensor.float a no-op on float64 tensors"]}
+    json.dumps(meta)  # fail here, not in save_reference, if something is not serialisable
+    save_reference(out_dir, "dmd_model", repo=repo,
+                   source="trains/singleTask/model/dmd.py (DMD.forward) and trains/singleTask/DMD.py "
+                          "(do_train: combined_loss and its backward)", arrays=arrays, meta=meta)
+    n_params = sum(p.numel() for p in net.parameters())
+    return (f"dmd_model: MOSI aligned, batch {MODEL_BATCH}, {n_params} official parameters (seeded), "
+            "combined_loss " + ", ".join(f"{v} {arrays[f'{v}.loss.combined_loss']:.12g}" for v in VARIANTS))
+
+
+def build(repo: Path, out_dir: Path):
+    """One line per component written (make_reference.py prints them)."""
+    torch.set_num_threads(1)
+    with _cpu_cuda(), _official(repo) as imp:
+        imp("trains")  # the package imports its trainer, model and utils, so every stub is exercised once
+        for component in GD_UNITS:
+            yield build_gd_unit(imp, repo, out_dir, component)
+        yield build_margin(imp, repo, out_dir)
+        yield build_model(imp, repo, out_dir)

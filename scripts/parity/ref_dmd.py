@@ -16,7 +16,7 @@ Components (tests/parity/<component>.npz, compared by tests/test_parity_dmd.py):
 
 The model's weights (12.6 k to 4.7 M values) and its 50x768 text input are not stored: they are drawn from
 `seeded_array` (numpy PCG64 uniform draws, seeded by the tensor's name), which the test calls again; the file
-keeps a SHA-256 of every drawn array so a changed generator fails loudly instead of comparing other numbers.
+keeps one SHA-256 over all drawn arrays so a changed generator fails loudly instead of comparing other numbers.
 
 Shims, each for something the compared components never use or for the CPU:
 - modules stubbed: comet_ml-like unused imports (pynvml, transformers: the frozen-text path builds no BERT),
@@ -79,14 +79,31 @@ def digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float64).tobytes()).hexdigest()
 
 
-def model_inputs(batch: int = MODEL_BATCH) -> dict[str, np.ndarray]:
-    """MOSI aligned shapes: text [B, 50, 768] (frozen BERT features), audio [B, 50, 5], vision [B, 50, 20], labels
-    [B, 1] with one exact tie (the margin loss's positives across samples). Sample 0's last 10 audio and vision
-    frames are zero, like padded frames: after the bias-free conv their steps are exactly zero and get no position
-    (the PE rule), in both codes."""
-    x = {"text": seeded_array("input.text", (batch, 50, 768), "text"),
-         "audio": seeded_array("input.audio", (batch, 50, 5), "input"),
-         "vision": seeded_array("input.vision", (batch, 50, 20), "input")}
+MODELS = {  # component: (official dataset name, feature dims text/audio/vision as config.json's feature_dims)
+    "dmd_model": ("mosi", {"text": 768, "audio": 5, "vision": 20}),
+    "dmd_model_mosei": ("mosei", {"text": 768, "audio": 74, "vision": 35}),
+}
+FULL_INPUT_GRAD = 4000  # input gradients up to this size are stored whole, larger ones as sums over time / channels
+
+
+def draw_name(component: str, name: str) -> str:
+    """The name a model component's tensor is drawn under (its seed)."""
+    return f"{component}:{name}"
+
+
+def digest_all(arrays: dict[str, np.ndarray]) -> str:
+    """One SHA-256 over named arrays, in name order."""
+    return hashlib.sha256("".join(f"{k}:{digest(arrays[k])};" for k in sorted(arrays)).encode()).hexdigest()
+
+
+def model_inputs(component: str, batch: int = MODEL_BATCH) -> dict[str, np.ndarray]:
+    """Aligned shapes (50 steps): text [B, 50, 768] (frozen BERT features), audio and vision at the dataset's dims,
+    labels [B, 1] with one exact tie (the margin loss's positives across samples). Sample 0's last 10 audio and
+    vision frames are zero, like padded frames: after the bias-free conv their steps are exactly zero and get no
+    position (the PE rule), in both codes."""
+    dims = MODELS[component][1]
+    x = {m: seeded_array(draw_name(component, f"input.{m}"), (batch, 50, d), "text" if m == "text" else "input")
+         for m, d in dims.items()}
     x["audio"][0, -10:] = 0.0
     x["vision"][0, -10:] = 0.0
     x["labels"] = np.array([[1.2], [-0.6], [1.2], [2.8]])[:batch]
@@ -308,8 +325,10 @@ def _capture(trainer_module, args, net, units, x, variant: str) -> dict[str, np.
     arrays = {f"loss.{k}": _np(loop[k]) for k in LOSS_LOCALS}
     arrays.update({f"out.{k}": _np(out[k]) for k in OUTPUT_KEYS})
     arrays.update({"edges_homo": _np(loop["edges_homo"]), "edges_hetero": _np(loop["edges_hetero"])})
-    arrays.update({"grad.audio": _np(audio.grad), "grad.vision": _np(vision.grad),
-                   "grad.text_sum_time": _np(text.grad.sum(1)), "grad.text_sum_channels": _np(text.grad.sum(2))})
+    for m, leaf in (("text", text), ("audio", audio), ("vision", vision)):
+        arrays[f"grad.{m}_sum_time"], arrays[f"grad.{m}_sum_channels"] = _np(leaf.grad.sum(1)), _np(leaf.grad.sum(2))
+        if leaf.grad.numel() <= FULL_INPUT_GRAD:
+            arrays[f"grad.{m}"] = _np(leaf.grad)
     params = {prefix + n: p for prefix, module in _modules(net, units) for n, p in module.named_parameters()}
     grads = [params[n].grad for n in _grad_names(net, units)]
     assert all(g is not None for g in grads), "a mapped parameter got no gradient from the official loss"
@@ -323,9 +342,11 @@ def _tqdm():
     return tqdm
 
 
-def build_model(imp, repo: Path, out_dir: Path) -> str:
+def build_model(imp, repo: Path, out_dir: Path, component: str) -> str:
+    dataset, dims = MODELS[component]
     config = imp("config")
-    args = config.get_config_regression("dmd", "mosi", str(repo / "config" / "config.json"))
+    args = config.get_config_regression("dmd", dataset, str(repo / "config" / "config.json"))
+    assert list(args.feature_dims) == list(dims.values()), (args.feature_dims, dims)
     args.update(MODEL_OVERRIDES)
     args.update(device=torch.device("cpu"), train_mode="regression", is_distill=True, cur_seed=1)
     dmd = imp("trains.singleTask.model.dmd")
@@ -341,18 +362,20 @@ def build_model(imp, repo: Path, out_dir: Path) -> str:
             n_classes=1, hidden_size=hidden, gd_size=gd_size, to_idx=[0, 1, 2], from_idx=[0, 1, 2],
             gd_prior=softmax(prior_logits, 0.25), gd_reg=10, w_losses=[1, 10], metric="l1", alpha=1 / 8,
             hyp_params=args).double()
-    _fill(net, "dmd.")
+    _fill(net, draw_name(component, "dmd."))
     for u, unit in units.items():
-        _fill(unit, f"{u}.")
-    x = model_inputs()
-    arrays = {"audio": x["audio"], "vision": x["vision"], "labels": x["labels"]}
+        _fill(unit, draw_name(component, f"{u}."))
+    x = model_inputs(component)
+    arrays = {"labels": x["labels"]}
     for variant in VARIANTS:
         arrays.update(_capture(trainer_module, args, net, units, x, variant))
-    drawn = {prefix + n: digest(_np(p)) for prefix, module in _modules(net, units) for n, p in module.named_parameters()}
-    drawn["input.text"] = digest(x["text"])
-    meta = {"batch": MODEL_BATCH, "seed": SEED, "config": "config/config.json dmd/mosi (aligned)",
+    # what the test must draw again (every parameter and input), under one SHA-256
+    drawn = {prefix + n: _np(p) for prefix, module in _modules(net, units) for n, p in module.named_parameters()}
+    drawn.update({f"input.{m}": x[m] for m in dims})
+    meta = {"batch": MODEL_BATCH, "seed": SEED, "dataset": dataset, "dims": dims,
+            "config": f"config/config.json dmd/{dataset} (aligned)",
             "overrides": MODEL_OVERRIDES, "param_names": _grad_names(net, units),
-            "variants": VARIANTS, "sha256": drawn,
+            "variants": VARIANTS, "sha256_drawn": digest_all(drawn),
             "shapes": {prefix + n: list(p.shape) for prefix, module in _modules(net, units)
                        for n, p in module.named_parameters()},
             "args": {k: (v if isinstance(v, (int, float, str, bool, list)) else str(v)) for k, v in args.items()},
@@ -360,11 +383,11 @@ def build_model(imp, repo: Path, out_dir: Path) -> str:
                       "ReduceLROnPlateau stubbed (unused before the captured backward)", "tqdm disabled",
                       "variant fp64_softmax only: Tensor.float a no-op on float64 tensors"]}
     json.dumps(meta)  # fail here, not in save_reference, if something is not serialisable
-    save_reference(out_dir, "dmd_model", repo=repo,
+    save_reference(out_dir, component, repo=repo,
                    source="trains/singleTask/model/dmd.py (DMD.forward) and trains/singleTask/DMD.py "
                           "(do_train: combined_loss and its backward)", arrays=arrays, meta=meta)
     n_params = sum(p.numel() for p in net.parameters())
-    return (f"dmd_model: MOSI aligned, batch {MODEL_BATCH}, {n_params} official parameters (seeded), "
+    return (f"{component}: {dataset.upper()} aligned, batch {MODEL_BATCH}, {n_params} official parameters (seeded), "
             "combined_loss " + ", ".join(f"{v} {arrays[f'{v}.loss.combined_loss']:.12g}" for v in VARIANTS))
 
 
@@ -376,4 +399,5 @@ def build(repo: Path, out_dir: Path):
         for component in GD_UNITS:
             yield build_gd_unit(imp, repo, out_dir, component)
         yield build_margin(imp, repo, out_dir)
-        yield build_model(imp, repo, out_dir)
+        for component in MODELS:
+            yield build_model(imp, repo, out_dir, component)

@@ -30,6 +30,7 @@ import torch
 
 from harness.config import compose_one
 from harness.data import TargetSpec
+from methods.dmd.bert import TOKEN_DIM, BertTextEncoder, _transformers
 from methods.dmd import GraphDistillationUnit, build_dmd, edge_priors, graph_edges, margin_loss, node_roles, resolve_hparams
 from tests._parity import assert_parity, reference
 
@@ -167,6 +168,8 @@ def harness_slot(net, homo, het, name: str):
     unit, _, rest = name.partition(".")
     parts = rest.split(".")
     head, attr = parts[0], parts[-1]
+    if head == "text_model":  # DMD*: the same transformers BertModel, its parameters by their own names
+        return net.text_encoder.bert.get_parameter(".".join(parts[2:])), None, None
     if unit in ("dmd_homo_gd", "dmd_hetero_gd"):
         module = homo if unit == "dmd_homo_gd" else het
         layer = {"W_logit": module.logit_proj, "W_repr": module.repr_proj, "W_edge": module.edge_score}[head]
@@ -244,15 +247,19 @@ def build_harness_model(component: str, fast: bool):
     # order of the heterogeneous branch ([L<-A, L<-V], [A<-L, A<-V], [V<-L, V<-A]), so the memory encoders map 1:1
     dims = {m: meta["dims"][m] for m in ("text", "audio", "vision")}
     lens = {m: 50 for m in dims}
-    net, homo, het, _ = build_dmd(dims, lens, REG1, hp, tuple(dims))
+    text_encoder = None
+    if meta["tiny_bert"]:  # DMD*: the text modality is the text_bert tokens [B, 50, 3], BERT the text encoder
+        text_encoder = BertTextEncoder.from_config(_transformers().BertConfig(**meta["tiny_bert"]))
+        dims["text"] = TOKEN_DIM
+    net, homo, het, _ = build_dmd(dims, lens, REG1, hp, tuple(dims), text_encoder=text_encoder)
     assert net.sources == {"text": ["audio", "vision"], "audio": ["text", "vision"], "vision": ["text", "audio"]}
     net, homo, het = net.double(), homo.double(), het.double()
     weights, _ = drawn_tensors(component)
     mapped = set()
     with torch.no_grad():
         for name, drawn in weights.items():
-            if ".proj_cosine_" in name:
-                continue  # dead layers, omitted (D10)
+            if ref_dmd.unused_official(name):
+                continue  # dead proj_cosine_* layers (D10), the BERT pooler nothing reads: not built
             tensor, member, perm = harness_slot(net, homo, het, name)
             target = tensor[member] if member is not None else tensor
             value = place(t64(drawn), perm)
@@ -272,7 +279,7 @@ def stacked_params(net):
 
 @pytest.mark.parametrize("variant", ["official", "fp64_softmax"])
 @pytest.mark.parametrize("fast", [True, False], ids=["fast_kernels", "plain_kernels"])
-@pytest.mark.parametrize("component", ["dmd_model", "dmd_model_mosei"])
+@pytest.mark.parametrize("component", ["dmd_model", "dmd_model_mosei", "dmd_model_bert"])
 def test_full_model_and_combined_loss_match_the_official(component, fast, variant):
     """dmd_model: MOSI (every T' = 46); dmd_model_mosei: MOSEI's kernels 5/1/3 (T' = 46/50/48: offset causal masks
     |Tk - Tq|, heads of three sizes, encoders in groups of one shape). `official`: the code as it runs (float32
@@ -288,6 +295,8 @@ def test_full_model_and_combined_loss_match_the_official(component, fast, varian
     _, x = drawn_tensors(component)
     variant = f"{component} {variant}"  # in the printed lines
     inputs = {m: leaf(x[m]) for m in ("text", "audio", "vision")}
+    if meta["tiny_bert"]:  # tokens: [B, 3, 50] rows as the official loader gives them, [B, 50, 3] in the harness
+        inputs["text"] = t64(x["text"].transpose(0, 2, 1))
     y = t64(x["labels"])
     out = net(inputs, full=True)
     nodes = net.nodes
@@ -328,7 +337,7 @@ def test_full_model_and_combined_loss_match_the_official(component, fast, varian
 
     # gradients of combined_loss: inputs (text reduced to its sums over time and over channels), and every parameter
     total.backward()
-    for m, g in ((m, inputs[m].grad) for m in ("text", "audio", "vision")):
+    for m, g in ((m, inputs[m].grad) for m in ("text", "audio", "vision") if f"grad.{m}_sum_time" in ref):
         if f"grad.{m}" in ref:  # whole where small, else its sums over time and over channels
             near(f"{variant} d combined_loss / d {m}", g, ref[f"grad.{m}"], rtol=tol)
         near(f"{variant} d combined_loss / d {m}, summed over time", g.sum(1), ref[f"grad.{m}_sum_time"], rtol=tol)

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the harness, for its transformers import (after the rest)
 from _common import official_imports, save_reference  # noqa: E402
 
 SEED = 20230322  # the day the official code was uploaded; any fixed number would do
@@ -82,8 +83,14 @@ def digest(a: np.ndarray) -> str:
 MODELS = {  # component: (official dataset name, feature dims text/audio/vision as config.json's feature_dims)
     "dmd_model": ("mosi", {"text": 768, "audio": 5, "vision": 20}),
     "dmd_model_mosei": ("mosei", {"text": 768, "audio": 74, "vision": 35}),
+    # DMD* (use_bert=true): the official BertTextEncoder on text_bert tokens [B, 3, 50], here a tiny BERT (hidden
+    # 16, TINY_BERT) written to a temporary folder, its weights then drawn like the rest; text dim = BERT's width
+    "dmd_model_bert": ("mosi", {"text": 16, "audio": 5, "vision": 20}),
 }
-FULL_INPUT_GRAD = 4000  # input gradients up to this size are stored whole, larger ones as sums over time / channels
+TINY_BERT = {"vocab_size": 120, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 32, "max_position_embeddings": 64,
+             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}  # no dropout, as the rest
+FULL_INPUT_GRAD = 1000  # input gradients up to this size are stored whole, larger ones as sums over time / channels
 
 
 def draw_name(component: str, name: str) -> str:
@@ -104,6 +111,15 @@ def model_inputs(component: str, batch: int = MODEL_BATCH) -> dict[str, np.ndarr
     dims = MODELS[component][1]
     x = {m: seeded_array(draw_name(component, f"input.{m}"), (batch, 50, d), "text" if m == "text" else "input")
          for m, d in dims.items()}
+    if component == "dmd_model_bert":  # text_bert rows [ids, mask, segments] per token, as the MMSA pickles
+        lengths = np.array([50, 31, 12, 44])[:batch]
+        u = seeded_array(draw_name(component, "input.token_ids"), (batch, 50), "input")
+        ids = 5 + np.floor((u + 1) / 2 * (TINY_BERT["vocab_size"] - 5))
+        mask = (np.arange(50)[None, :] < lengths[:, None]).astype(np.float64)
+        ids = np.where(mask > 0, ids, 0.0)
+        ids[:, 0], ids[np.arange(batch), lengths - 1] = 2.0, 3.0  # [CLS] ... [SEP] in the tiny vocabulary
+        segments = (np.arange(50)[None, :] >= lengths[:, None] // 2).astype(np.float64) * mask
+        x["text"] = np.stack([ids, mask, segments], axis=1)  # [B, 3, 50] as the official loader gives it
     x["audio"][0, -10:] = 0.0
     x["vision"][0, -10:] = 0.0
     x["labels"] = np.array([[1.2], [-0.6], [1.2], [2.8]])[:batch]
@@ -284,9 +300,14 @@ def _modules(net, units):
 
 
 def _grad_names(net, units) -> list[str]:
-    """Parameters that combined_loss reaches (not the dead proj_cosine_* layers, D10)."""
+    """Parameters that combined_loss reaches: not the dead proj_cosine_* layers (D10), nor the BERT pooler the
+    official encoder builds and never reads (the harness builds none)."""
     return [prefix + n for prefix, module in _modules(net, units) for n, _ in module.named_parameters()
-            if ".proj_cosine_" not in prefix + n]
+            if not unused_official(prefix + n)]
+
+
+def unused_official(name: str) -> bool:
+    return ".proj_cosine_" in name or ".text_model.model.pooler." in name
 
 
 def _capture(trainer_module, args, net, units, x, variant: str) -> dict[str, np.ndarray]:
@@ -294,7 +315,9 @@ def _capture(trainer_module, args, net, units, x, variant: str) -> dict[str, np.
     locals (every loss term, the model's outputs, the edges) and the gradients."""
     for _, module in _modules(net, units):
         module.zero_grad(set_to_none=True)
-    text, audio, vision = _leaf(x["text"]), _leaf(x["audio"]), _leaf(x["vision"])
+    tokens = x["text"].shape[1] == 3  # DMD*: text_bert rows, integers: no gradient
+    text = torch.tensor(x["text"]) if tokens else _leaf(x["text"])
+    audio, vision = _leaf(x["audio"]), _leaf(x["vision"])
     batch = {"text": text, "audio": audio, "vision": vision, "labels": {"M": torch.tensor(x["labels"])}}
     loaders = {"train": [batch], "valid": [batch], "test": [batch]}
     trainer_module.ReduceLROnPlateau = lambda *a, **k: None  # `verbose` is gone from torch; used after the epoch
@@ -326,6 +349,8 @@ def _capture(trainer_module, args, net, units, x, variant: str) -> dict[str, np.
     arrays.update({f"out.{k}": _np(out[k]) for k in OUTPUT_KEYS})
     arrays.update({"edges_homo": _np(loop["edges_homo"]), "edges_hetero": _np(loop["edges_hetero"])})
     for m, leaf in (("text", text), ("audio", audio), ("vision", vision)):
+        if leaf.grad is None:
+            continue
         arrays[f"grad.{m}_sum_time"], arrays[f"grad.{m}_sum_channels"] = _np(leaf.grad.sum(1)), _np(leaf.grad.sum(2))
         if leaf.grad.numel() <= FULL_INPUT_GRAD:
             arrays[f"grad.{m}"] = _np(leaf.grad)
@@ -342,12 +367,28 @@ def _tqdm():
     return tqdm
 
 
+def write_tiny_bert(folder: Path) -> None:
+    """A tiny BERT the official BertTextEncoder can load with from_pretrained: config, weights, a vocabulary."""
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    transformers.BertModel(transformers.BertConfig(**TINY_BERT)).save_pretrained(folder)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(TINY_BERT["vocab_size"] - 5)]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+
+
 def build_model(imp, repo: Path, out_dir: Path, component: str) -> str:
     dataset, dims = MODELS[component]
     config = imp("config")
     args = config.get_config_regression("dmd", dataset, str(repo / "config" / "config.json"))
+    if component == "dmd_model_bert":
+        folder = out_dir / ".tiny_bert_tmp"
+        write_tiny_bert(folder)
+        args.update(feature_dims=[TINY_BERT["hidden_size"], *args.feature_dims[1:]], pretrained=str(folder))
     assert list(args.feature_dims) == list(dims.values()), (args.feature_dims, dims)
     args.update(MODEL_OVERRIDES)
+    if component == "dmd_model_bert":
+        args.update(use_bert=True, use_finetune=True, transformers="bert")
     args.update(device=torch.device("cpu"), train_mode="regression", is_distill=True, cur_seed=1)
     dmd = imp("trains.singleTask.model.dmd")
     kernels = {u: imp(f"trains.singleTask.distillnets.{GD_UNITS[u][0]}") for u in GD_UNITS}
@@ -355,6 +396,9 @@ def build_model(imp, repo: Path, out_dir: Path, component: str) -> str:
     trainer_module = sys.modules["trains.singleTask.DMD"]
     torch.manual_seed(SEED)
     net = dmd.DMD(args).double()
+    if component == "dmd_model_bert":
+        import shutil
+        shutil.rmtree(folder)  # loaded; its weights are overwritten by the seeded draws below
     units = {}
     for u, (_, _, gd_size, prior_logits) in GD_UNITS.items():
         hidden = args.dst_feature_dim_nheads[0] * (1 if u == "dmd_homo_gd" else 2)  # as run.py sizes them
@@ -376,6 +420,7 @@ def build_model(imp, repo: Path, out_dir: Path, component: str) -> str:
             "config": f"config/config.json dmd/{dataset} (aligned)",
             "overrides": MODEL_OVERRIDES, "param_names": _grad_names(net, units),
             "variants": VARIANTS, "sha256_drawn": digest_all(drawn),
+            "tiny_bert": TINY_BERT if component == "dmd_model_bert" else None,
             "shapes": {prefix + n: list(p.shape) for prefix, module in _modules(net, units)
                        for n, p in module.named_parameters()},
             "args": {k: (v if isinstance(v, (int, float, str, bool, list)) else str(v)) for k, v in args.items()},
@@ -394,10 +439,19 @@ def build_model(imp, repo: Path, out_dir: Path, component: str) -> str:
 def build(repo: Path, out_dir: Path):
     """One line per component written (make_reference.py prints them)."""
     torch.set_num_threads(1)
+    try:  # the real transformers for DMD*'s text encoder (imported first, the stub then stays unused)
+        from methods.dmd.bert import _transformers
+        _transformers()
+        with_bert = True
+    except Exception as e:  # noqa: BLE001 - without it only the BERT component is skipped
+        with_bert, why = False, f"{type(e).__name__}: {e}"
     with _cpu_cuda(), _official(repo) as imp:
         imp("trains")  # the package imports its trainer, model and utils, so every stub is exercised once
         for component in GD_UNITS:
             yield build_gd_unit(imp, repo, out_dir, component)
         yield build_margin(imp, repo, out_dir)
         for component in MODELS:
+            if component == "dmd_model_bert" and not with_bert:
+                yield f"{component}: SKIPPED, transformers unavailable ({why})"
+                continue
             yield build_model(imp, repo, out_dir, component)

@@ -34,7 +34,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import shutil
 import sys
+import tempfile
 import types
 import zlib
 from pathlib import Path
@@ -382,7 +384,7 @@ def build_model(imp, repo: Path, out_dir: Path, component: str) -> str:
     config = imp("config")
     args = config.get_config_regression("dmd", dataset, str(repo / "config" / "config.json"))
     if component == "dmd_model_bert":
-        folder = out_dir / ".tiny_bert_tmp"
+        folder = Path(tempfile.mkdtemp(prefix="dmd-parity-bert-"))
         write_tiny_bert(folder)
         args.update(feature_dims=[TINY_BERT["hidden_size"], *args.feature_dims[1:]], pretrained=str(folder))
     assert list(args.feature_dims) == list(dims.values()), (args.feature_dims, dims)
@@ -395,10 +397,11 @@ def build_model(imp, repo: Path, out_dir: Path, component: str) -> str:
     softmax = imp("trains.singleTask.misc").softmax
     trainer_module = sys.modules["trains.singleTask.DMD"]
     torch.manual_seed(SEED)
-    net = dmd.DMD(args).double()
-    if component == "dmd_model_bert":
-        import shutil
-        shutil.rmtree(folder)  # loaded; its weights are overwritten by the seeded draws below
+    try:
+        net = dmd.DMD(args).double()
+    finally:
+        if component == "dmd_model_bert":
+            shutil.rmtree(folder)  # loaded; its weights are overwritten by the seeded draws below
     units = {}
     for u, (_, _, gd_size, prior_logits) in GD_UNITS.items():
         hidden = args.dst_feature_dim_nheads[0] * (1 if u == "dmd_homo_gd" else 2)  # as run.py sizes them
@@ -423,7 +426,8 @@ def build_model(imp, repo: Path, out_dir: Path, component: str) -> str:
             "tiny_bert": TINY_BERT if component == "dmd_model_bert" else None,
             "shapes": {prefix + n: list(p.shape) for prefix, module in _modules(net, units)
                        for n, p in module.named_parameters()},
-            "args": {k: (v if isinstance(v, (int, float, str, bool, list)) else str(v)) for k, v in args.items()},
+            "args": {k: ("a temporary folder holding TINY_BERT" if k == "pretrained" and component == "dmd_model_bert"
+                         else v if isinstance(v, (int, float, str, bool, list)) else str(v)) for k, v in args.items()},
             "shims": ["Tensor.cuda identity", "L_ort CosineEmbeddingLoss with torch-1.9 arithmetic",
                       "ReduceLROnPlateau stubbed (unused before the captured backward)", "tqdm disabled",
                       "variant fp64_softmax only: Tensor.float a no-op on float64 tensors"]}

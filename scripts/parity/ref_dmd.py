@@ -7,20 +7,22 @@ Components (tests/parity/<component>.npz, compared by tests/test_parity_dmd.py):
   get_distillation_kernel.py) with run.py's settings (priors, gd_reg 10, w_losses [1, 10], alpha 1/8): edge
   weights, the three losses, and each loss's gradient with respect to the logits and the representations;
 - dmd_margin: HingeLoss.py on interleaved features with tied and distinct labels, value and gradient;
-- dmd_model: the DMD network (model/dmd.py, MOSI aligned config, frozen-text path use_bert=false, every dropout
-  0 so that the training-mode forward is the eval-mode one) and `combined_loss`, captured inside the official
+- dmd_model, dmd_model_mosei, dmd_model_bert: the DMD network (model/dmd.py; the MOSI aligned config, the
+  MOSEI one (kernels 5/1/3: unequal T'), and DMD*: use_bert=true, the official BertTextEncoder with a tiny BERT
+  (TINY_BERT) on text_bert token rows; the first two on the frozen-text path use_bert=false; every dropout 0 so
+  that the training-mode forward is the eval-mode one) and `combined_loss`, captured inside the official
   DMD.do_train (trains/singleTask/DMD.py) at its first backward: the value of every loss term, the gradient
   with respect to the inputs, and per-parameter gradient sums. Twice: `official.*` as the code runs, and
   `fp64_softmax.*` with its one float32 cast (the attention softmax, `attn_weights.float()`) made a no-op, so
   that the harness can be held to float64 agreement and the as-is numbers to the float32 softmax's rounding.
 
-The model's weights (12.6 k to 4.7 M values) and its 50x768 text input are not stored: they are drawn from
+The models' weights (1.8 M to 4.7 M values) and their 50x768 text inputs are not stored: they are drawn from
 `seeded_array` (numpy PCG64 uniform draws, seeded by the tensor's name), which the test calls again; the file
 keeps one SHA-256 over all drawn arrays so a changed generator fails loudly instead of comparing other numbers.
 
 Shims, each for something the compared components never use or for the CPU:
-- modules stubbed: comet_ml-like unused imports (pynvml, transformers: the frozen-text path builds no BERT),
-  easydict replaced by a plain attribute dict for the official config reader;
+- modules stubbed: unused imports (pynvml; transformers only where it is not installed, and then
+  dmd_model_bert is skipped), easydict replaced by a plain attribute dict for the official config reader;
 - Tensor.cuda is the identity while the official code runs (its priors and targets call .cuda());
 - CosineEmbeddingLoss on the 3-D (T', B, d) tensors of L_ort raises on current torch (issues #5, #6): the
   trainer's `cosine` is replaced by the torch-1.9 kernel's arithmetic, the version the official code declares

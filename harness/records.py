@@ -43,7 +43,8 @@ KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "pri
                    "model.encoder": "temporal", "teacher.modalities": "all", "method.recipe": "none",
                    # DMD's text: the precomputed features (task.text_input follows method.text_encoder on mosi/mosei)
                    "method.text_encoder": "frozen", "task.text_input": "frozen",
-                   "method.bert_path": "bert-base-uncased", "method.bert_lr": 1e-4, "method.bert_weight_decay": 0.0}
+                   "method.bert_path": "bert-base-uncased", "method.bert_init": "pretrained", "method.bert_lr": 1e-4,
+                   "method.bert_weight_decay": 0.0}
 PACKAGES = ("torch", "numpy", "scipy", "statsmodels", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf",
             "submitit", "datasets", "pkd-harness")
 

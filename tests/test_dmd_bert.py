@@ -146,3 +146,23 @@ def test_encoder_reads_ids_mask_and_segments_and_returns_the_last_hidden_states(
         out = encoder(tokens)
         ref = encoder.bert(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
     assert out.shape == (1, 6, 16) and torch.equal(out, ref.last_hidden_state)
+
+
+def test_random_tiny_bert_runs_offline_and_says_so(tmp_path, monkeypatch):
+    """method.bert_init=random_tiny (the recipes' smoke runs of DMD*): no model on disk is read (bert_path points
+    nowhere), the encoder is the tiny random BERT, the record says it is one, and the key stays neutral at its
+    default (pretrained) so earlier DMD* records keep their run keys."""
+    def no_loading(*args, **kwargs):
+        raise AssertionError("bert_init=random_tiny must not load a model")
+
+    monkeypatch.setattr(BertTextEncoder, "from_path", classmethod(no_loading))
+    cfg = bert_cfg(tmp_path, str(tmp_path / "nothing_here"), "method.bert_init=random_tiny")
+    rec = execute(cfg, raise_errors=True)
+    assert rec["status"] == "ok" and np.isfinite(rec["metrics"]["mae"])
+    assert "tiny RANDOM BERT" in rec["extra"]["dmd"]["text_features"]
+    config = BertTextEncoder.tiny_random().bert.config
+    assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (16, 1, 30522)
+    pretrained = compose_one(["method=dmd", "task=mosi", "method.text_encoder=bert"])
+    assert pretrained.method.bert_init == "pretrained" and "bert_init" not in semantic_config(pretrained)["method"]
+    assert semantic_config(cfg)["method"]["bert_init"] == "random_tiny"
+    assert run_key(cfg) != run_key(bert_cfg(tmp_path, str(tmp_path / "nothing_here")))

@@ -91,6 +91,15 @@ class BertTextEncoder(nn.Module):
         return cls(bert)
 
     @classmethod
+    def tiny_random(cls) -> "BertTextEncoder":
+        """method.bert_init=random_tiny: a 1-layer, 16-wide BERT with bert-base's vocabulary and random weights,
+        built in code (nothing read or downloaded): the recipes' smoke runs of the DMD* arm, never a result."""
+        transformers = _transformers()
+        config = transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, max_position_embeddings=512)
+        return cls.from_config(config)
+
+    @classmethod
     def from_config(cls, config) -> "BertTextEncoder":
         """A randomly initialised BERT of this config (tests and the step-time benchmark: nothing on disk)."""
         return cls(_transformers().BertModel(config, add_pooling_layer=False))

@@ -59,7 +59,8 @@ def margin_loss(feats: torch.Tensor, labels: torch.Tensor, margin_scale: float =
     same = ~diff.any(-1)
     pos = same & ~torch.eye(n, dtype=torch.bool, device=feats.device)
     neg = ~same
-    dist = diff.float().mean(-1) if classification else (lab[:, None, :].float() - lab[None, :, :].float()).abs().mean(-1)
+    lab_f = lab.to(feats.dtype)  # the features' precision (float64 in the parity test: no float32 margin)
+    dist = diff.to(feats.dtype).mean(-1) if classification else (lab_f[:, None, :] - lab_f[None, :, :]).abs().mean(-1)
     margin = margin_scale * dist
     n_pairs = pos.sum(1) * neg.sum(1)
     valid = n_pairs > 0

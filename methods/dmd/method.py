@@ -138,6 +138,15 @@ def fine_tunes_bert(hp: dict) -> bool:
     return encoder == "bert"
 
 
+def bert_init(hp: dict) -> str:
+    """method.bert_init: pretrained (method.bert_path's weights, the default) | random_tiny (a tiny random BERT built
+    in code: the recipes' offline smoke runs only)."""
+    init = hp.get("bert_init", "pretrained")
+    if init not in ("pretrained", "random_tiny"):
+        raise ValueError(f"method.bert_init={init!r}: choose pretrained or random_tiny")
+    return init
+
+
 def parameter_groups(model: nn.Module, net: DMDNet, hp: dict) -> list[dict] | None:
     """The optimizer's groups: BERT's parameters with method.bert_lr / bert_weight_decay (the official values,
     1e-4 and 0, are those of the rest: docs/fidelity.md#dmd-bert), everything else with method.training's;
@@ -209,7 +218,8 @@ class DMD(Method):
                                   f"must deliver them as its '{TEXT}' modality (task mosi or mosei, whose "
                                   f"task.text_input follows method.text_encoder); this task's '{TEXT}' is "
                                   f"{'absent' if dim is None else f'{dim}-d features'}")
-            bert_config(str(hp["bert_path"]))  # the model is on disk (folder or HF cache), else one line saying how
+            if bert_init(hp) == "pretrained":
+                bert_config(str(hp["bert_path"]))  # the model is on disk (folder or HF cache), else one line saying how
         loop = {**OmegaConf.to_container(cfg.train, resolve=True), **hp["training"]}
         if loop.get("stop") == "budget" and loop.get("select_on") == "loss":
             raise ConfigError("method.training.stop=budget keeps the last epoch, but DMD selects on the validation "
@@ -304,10 +314,12 @@ class DMD(Method):
         self._record(train, val, hist, summary["selected_epoch"], summary["accumulate"], summary["batches_per_epoch"])
 
     def _text_encoder(self, train: Split) -> BertTextEncoder:
-        """BERT from method.bert_path, loaded without touching the run's random stream (so the DMD layers start
-        as with frozen text); its token ids checked against its vocabulary."""
+        """BERT from method.bert_path (or the tiny random one of bert_init=random_tiny), loaded without touching the
+        run's random stream (so the DMD layers start as with frozen text); its token ids checked against its
+        vocabulary."""
         with torch.random.fork_rng(devices=[]):
-            encoder = BertTextEncoder.from_path(str(self.hp["bert_path"]))
+            encoder = (BertTextEncoder.from_path(str(self.hp["bert_path"])) if bert_init(self.hp) == "pretrained"
+                       else BertTextEncoder.tiny_random())
         ids = train.inputs[TEXT][..., 0]
         if ids.size and (ids.min() < 0 or ids.max() >= encoder.vocab_size or not np.all(ids == np.round(ids))):
             raise TaskError(f"the text tokens' ids span [{ids.min():g}, {ids.max():g}], not integers in BERT's "
@@ -348,6 +360,8 @@ class DMD(Method):
                  "title": f"{ctx.cfg.task.name} ({self.graph['protocol']} protocol), {ctx.task.data_source} data, "
                           f"fold {ctx.fold}, seed {ctx.seed}"}
         ctx.extra["dmd_edges"] = edges
+        bert_source = (self.hp["bert_path"] if bert_init(self.hp) == "pretrained"
+                       else "a tiny RANDOM BERT, bert_init=random_tiny: smoke only")
         ctx.extra["dmd"] = {
             "protocol": self.graph["protocol"], "nodes": list(net.nodes), "predictors": list(net.predictors),
             "hetero_sources": {m: list(s) for m, s in net.sources.items()},
@@ -357,7 +371,7 @@ class DMD(Method):
             "accumulate_batches": accumulate, "batches_per_epoch": n_batches,
             "accumulation_reduced": accumulate < int(self.hp["training"]["accumulate"]),
             "per_step_targets": "pooled per sequence, prediction broadcast to steps" if ctx.spec.target.per_step else None,
-            "text_features": (f"BERT fine-tuned on the text_bert tokens ({self.hp['bert_path']}, lr "
+            "text_features": (f"BERT fine-tuned on the text_bert tokens ({bert_source}, lr "
                               f"{self.hp['bert_lr']:g}, weight decay {self.hp['bert_weight_decay']:g})"
                               if net.text_encoder is not None else
                               "precomputed (frozen) features of the task, no BERT fine-tuning"),

@@ -216,7 +216,7 @@ def cmd_reproduce(args) -> int:
     print(done.printed)
     print(f"\nwrote {done.path} ({done.n_ok} of {done.n_planned} runs ok, {done.n_failed} failed, "
           f"{done.n_missing} without a record)")
-    return 0 if done.n_ok == done.n_planned else 1
+    return 0 if done.n_ok == done.n_planned or done.submitted else 1
 
 
 def cmd_extract(args) -> int:

@@ -343,17 +343,22 @@ def plan(recipe: Recipe, smoke: bool, extra: list[str]) -> list[ArmRuns]:
     return [ArmRuns(v.name, arm.name, runs) for (v, arm), runs in zip(cells, plan_command_lines(lines))]
 
 
-def _task_metrics(run) -> tuple[str, ...] | None:
-    """The metrics the task scores (its spec), or None when the spec needs data that is not there yet."""
+def _task_metrics(run, smoke: bool) -> tuple[str, ...] | None:
+    """The metrics the task scores (its spec), when the spec is cheap to know: a task generated in memory, or a
+    smoke run's mimic tree. A task read from real files gives its metrics from its data (loading it all in the
+    submitting process), so there the records' metrics are checked after the runs (a note under the table)."""
     from harness.runner import build_task
 
     try:
-        return tuple(build_task(run.cfg).spec.metrics)
-    except Exception:  # noqa: BLE001 - real data absent: the records' metrics are checked after the runs
+        task = build_task(run.cfg)
+        if task.source_files() is not None and not smoke:
+            return None
+        return tuple(task.spec.metrics)
+    except Exception:  # noqa: BLE001 - the data is absent or broken: the runs' own checks say so
         return None
 
 
-def check_recipe_runs(recipe: Recipe, arms: list[ArmRuns]) -> None:
+def check_recipe_runs(recipe: Recipe, arms: list[ArmRuns], smoke: bool = False) -> None:
     """Every run's config by the existing checks (harness/launch.py check_planned), then the published metrics
     against the task's; ConfigError names the recipe file. Nothing has run yet."""
     from harness.launch import check_planned
@@ -363,7 +368,7 @@ def check_recipe_runs(recipe: Recipe, arms: list[ArmRuns]) -> None:
     except ConfigError as e:
         lines = [f"{recipe.path}: its runs' configs have problems (nothing was run):", *e.lines]
         raise ConfigError("\n".join(lines), lines=lines) from None
-    metrics = _task_metrics(arms[0].runs[0])
+    metrics = _task_metrics(arms[0].runs[0], smoke)
     if metrics is not None:
         bad = [f"{recipe.path}: published[{i}].metric={show(p.metric)}: task {recipe.task} has no such metric "
                f"(its metrics: {', '.join(metrics)})" for i, p in enumerate(recipe.published) if p.metric not in metrics]
@@ -400,6 +405,7 @@ class Rendered:
     n_ok: int
     n_failed: int
     n_missing: int
+    submitted: bool = False  # the runs went to a scheduler: the table holds what had finished when they were sent
 
 
 def _number(value: float) -> str:
@@ -485,6 +491,13 @@ def render(recipe: Recipe, arms: list[ArmRuns], smoke: bool, not_run: list[str] 
                              "not averaged; recompute stale runs with overwrite=true")
                 summary = pd.DataFrame()
             per_arm[a.arm] = (ok, summary, label_note, len(a.runs))
+        scored = {c[2:] for c in df.columns if c.startswith("m:") and df.loc[(df.r_variant == v.name)
+                                                                            & (df.status == "ok"), c].notna().any()} \
+            if not df.empty else set()
+        for p in published:
+            if scored and p.metric not in scored:
+                notes.append(f"- published metric {p.metric!r} ({p.arm}{', ' + v.name if v.name else ''}): no record "
+                             f"of this recipe has it (the task scores {', '.join(sorted(scored))}): fix the recipe")
         tests = {}
         base = per_arm.get(BASELINE)
         for metric in metrics:
@@ -577,7 +590,7 @@ def reproduce(name: str, smoke: bool = False, extra: list[str] | None = None, ru
     """Run a recipe (resumable) and render its table; ConfigError before anything runs for any mistake."""
     recipe = load_recipe(name)
     arms = plan(recipe, smoke, list(extra or []))
-    check_recipe_runs(recipe, arms)
+    check_recipe_runs(recipe, arms, smoke)
     not_run, manifest, pending = [], None, ""
     if run:
         not_run, manifest = run_all(arms)
@@ -586,4 +599,6 @@ def reproduce(name: str, smoke: bool = False, extra: list[str] | None = None, ru
         pending = (f"Submitted {manifest.get('n_submitted', '?')} runs (sweep {manifest.get('sweep_id')}): follow them "
                    f"with `harness status --results {results}`; once they end, `harness reproduce {name}"
                    f"{' --smoke' if smoke else ''} --no-run` renders the table from their records.")
-    return render(recipe, arms, smoke, not_run, pending)
+    done = render(recipe, arms, smoke, not_run, pending)
+    done.submitted = manifest is not None
+    return done

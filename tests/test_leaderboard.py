@@ -475,3 +475,4 @@ def test_rows_selected_on_test_are_marked_and_paired_with_a_student_selected_on_
     text = render(summary, df, cmp)
     assert text.count(f"| {SELECTED_ON_TEST}") + text.count(f"; {SELECTED_ON_TEST}") == 2  # both test rows' roles
     assert f"**Rows marked `{SELECTED_ON_TEST}`**" in text
+    assert render_latex(summary, cmp).count(SELECTED_ON_TEST) == 2  # the LaTeX export marks the same rows

@@ -286,3 +286,20 @@ def test_the_command_line_sets_only_keys_that_change_no_result(tmp_path, capsys)
 def test_an_unknown_recipe_name_says_which_exist(capsys):
     code, _, err = _cli(capsys, "lupi-2061")
     assert code == 2 and "no recipe 'lupi-2061'" in err and "did you mean lupi-2016?" in err
+
+
+def test_a_submitting_launcher_gets_every_run_and_the_table_says_they_are_pending(tmp_path, capsys, monkeypatch):
+    import harness.launch
+    sent = []
+    def fake_submit(runs, launcher):  # the scheduler side is tests/test_launch.py's; here: what reproduce sends
+        sent.append(([r.config["seed"] for r in runs], launcher.name))
+        return {"sweep_id": "20261207-000000-abcd", "n_submitted": len(runs)}
+    monkeypatch.setattr(harness.launch, "submit", fake_submit)
+    path = _recipe(tmp_path)
+    code, out, _ = _cli(capsys, str(path), "launcher=local", f"results_dir={tmp_path / 'r'}",
+                        f"cache_dir={tmp_path / 'c'}")
+    assert code == 0, out
+    assert sent == [([0, 1, 2, 0, 1, 2], "local")]
+    assert "Submitted 6 runs (sweep 20261207-000000-abcd)" in out
+    assert f"harness reproduce {path} --no-run` renders the table" in out
+    assert "- missing (no record): kd fold 0: seeds 0-2" in out

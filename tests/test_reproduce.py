@@ -246,6 +246,15 @@ ERRORS = [
      "published[0].variant='x': the recipe has no `variants`; remove it"),
     (dict(variants=[{"name": "a", "overrides": []}]), "published[0].variant is missing: the recipe has variants"),
     (dict(smoke={"overrides": []}), "smoke.sweep is missing"),
+    (dict(arms=[]), "arms=[]: expected a non-empty list of {name, overrides}"),
+    (dict(published=[{"arm": "kd", "metric": "ccc_mean", "value": 0.5, "source": "T1"},
+                     {"arm": "kd", "metric": "ccc_mean", "value": 0.6, "source": "T2"}]),
+     "published[1]: a second value for arm 'kd', metric 'ccc_mean': keep one"),
+    (dict(variants=[{"name": "a", "overrides": []}],
+          published=[{"arm": "kd", "metric": "ccc_mean", "value": 0.5, "source": "T1", "variant": "b"}]),
+     "published[0].variant='b': no such variant (variants: a)"),
+    (dict(arms=[{"name": "student", "overrides": ["method=student", "launcher=slurm"]}]),
+     "arms[0].overrides: 'launcher=slurm': launcher is set by the command line"),
 ]
 
 

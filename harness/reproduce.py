@@ -109,6 +109,7 @@ class Recipe:
     published: list[Published]
     smoke_overrides: list[str]
     smoke_sweep: dict[str, list[int]]
+    ref: str = ""  # what names it on the command line: its name, or the path of a recipe outside the recipe folder
 
     def n_runs(self, smoke: bool = False) -> int:
         return len(self.arms) * len(self.variants) * math.prod(len(v) for v in
@@ -156,7 +157,9 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     if problems:
         lines = [f"{where}: {p}" for p in problems]
         raise ConfigError("\n".join(lines), lines=lines)
-    return _build(path.stem, where, data)
+    recipe = _build(path.stem, where, data)
+    recipe.ref = path.stem if path.resolve().parent == recipe_dir().resolve() else str(name_or_path)
+    return recipe
 
 
 def _check(d: Any, table: dict[str, Field], prefix: str, out: list[str]) -> bool:
@@ -565,7 +568,7 @@ def render(recipe: Recipe, arms: list[ArmRuns], smoke: bool, not_run: list[str] 
     out = results_dir / "reproduce" / f"{recipe.name}.md"
     head = [f"# {recipe.title}", "", f"Recipe `{recipe.name}` ({recipe.path}); paper: {recipe.paper}.", "",
             f"Protocol: {recipe.protocol.strip()}", "",
-            f"Command: `harness reproduce {recipe.name}{' --smoke' if smoke else ''}`; {n_planned} runs planned, "
+            f"Command: `harness reproduce {recipe.ref}{' --smoke' if smoke else ''}`; {n_planned} runs planned, "
             f"{n_ok} ok, {n_failed} failed, {n_missing} without a record.", ""]
     why = ("Ours: mean ± sample std over the arm's finished runs (folds × seeds). Δ: the arm minus `student`, paired "
            "by (fold, seed), with its 95 % t interval; p: the two-sided paired t-test, Holm-adjusted over the "
@@ -597,7 +600,7 @@ def reproduce(name: str, smoke: bool = False, extra: list[str] | None = None, ru
     if manifest is not None:
         results = arms[0].runs[0].config["results_dir"]
         pending = (f"Submitted {manifest.get('n_submitted', '?')} runs (sweep {manifest.get('sweep_id')}): follow them "
-                   f"with `harness status --results {results}`; once they end, `harness reproduce {name}"
+                   f"with `harness status --results {results}`; once they end, `harness reproduce {recipe.ref}"
                    f"{' --smoke' if smoke else ''} --no-run` renders the table from their records.")
     done = render(recipe, arms, smoke, not_run, pending)
     done.submitted = manifest is not None

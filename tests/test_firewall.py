@@ -115,3 +115,18 @@ def test_selection_on_test_is_a_validated_choice(tiny_cfg):
     from harness.validate import problems
     assert problems(tiny_cfg("selection_split=val")) == []
     assert problems(tiny_cfg("selection_split=train")) == ["selection_split='train': expected one of val, test"]
+
+
+def test_selection_on_test_stores_the_teacher_method_apart_and_a_student_methods_teacher_with_val(tiny_cfg):
+    """The `teacher` method (which sees physio at test anyway) selects on the whole test split: its stored teacher
+    is another than the one selected on validation. A distiller's stored teacher needs physio, which its test copy
+    lacks: it is the validation-selected one, reused as is."""
+    def store(*overrides):
+        rec = execute(tiny_cfg(*overrides))
+        assert rec["status"] == "ok", rec.get("traceback")
+        return rec["extra"]["teacher"]["store_path"], rec["extra"]["teacher"]["reused"]
+    on_val, _ = store("method=teacher")
+    on_test, reused = store("method=teacher", "selection_split=test")
+    assert on_test != on_val and not reused
+    kd_store, kd_reused = store("method=kd", "selection_split=test")
+    assert kd_store == on_val and kd_reused

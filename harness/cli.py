@@ -8,6 +8,8 @@
   harness leaderboard                               leaderboard.md + leaderboard.csv from results/
   harness leaderboard --latex leaderboard.tex       ... and the same tables as booktabs LaTeX
   harness report --results results --out report/    one static HTML page with figures (report/index.html)
+  harness reproduce --list                          the paper recipes (harness/conf/recipe/*.yaml)
+  harness reproduce lupi-2016 [--smoke] [launcher=local]   a paper's protocol, resumable; ours beside its numbers
   harness data mimic task=biovid out=DIR            write a mimic dataset in the real on-disk format
   harness extract task=biovid backbone=r3d_18 task.data_root=DIR   visual features (+ EXTRACTED.json) from the videos
 """
@@ -190,6 +192,33 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from tabulate import tabulate
+
+    from harness.reproduce import list_recipes, reproduce
+
+    # One positional list (argparse would not take overrides after an option such as --smoke otherwise).
+    names = [w for w in args.words if "=" not in w]
+    args.overrides = [w for w in args.words if "=" in w]
+    args.name = names[0] if len(names) == 1 else None
+    if len(names) > 1:
+        return _fail(f"harness reproduce runs one recipe, got {' '.join(names)}")
+    if args.list:
+        if args.name or args.overrides or args.smoke:
+            return _fail("usage: harness reproduce --list (alone)")
+        rows, problems = list_recipes()
+        print(tabulate(rows, headers=["recipe", "task", "runs", "smoke runs", "title"], tablefmt="simple"))
+        return _fail(problems) if problems else 0
+    if not args.name:
+        return _fail("usage: harness reproduce NAME [--smoke] [--no-run] [launcher=... results_dir=... ...]; "
+                     "harness reproduce --list shows the recipes")
+    done = reproduce(args.name, smoke=args.smoke, extra=args.overrides, run=not args.no_run)
+    print(done.printed)
+    print(f"\nwrote {done.path} ({done.n_ok} of {done.n_planned} runs ok, {done.n_failed} failed, "
+          f"{done.n_missing} without a record)")
+    return 0 if done.n_ok == done.n_planned or done.submitted else 1
+
+
 def cmd_extract(args) -> int:
     from harness.extract import main as extract_main  # imports Hydra only; torch and torchvision when it runs
 
@@ -233,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--sweep", help="one sweep (its id or a unique prefix) in full; default: the latest in full")
     st.add_argument("--all", action="store_true", help="every sweep in full")
     st.set_defaults(fn=cmd_status)
+    rp2 = sub.add_parser("reproduce", help="run a paper's recipe (harness/conf/recipe/NAME.yaml) and render ours "
+                         "beside its published numbers: `harness reproduce --list`, `harness reproduce NAME [--smoke]`")
+    rp2.add_argument("--list", action="store_true", help="list the recipes: name, task, runs, title")
+    rp2.add_argument("--smoke", action="store_true", help="the whole recipe on the task's mimic data (or generator) "
+                     "at a tiny size, into <results_dir>-smoke: numbers that test the machinery, never the paper's")
+    rp2.add_argument("--no-run", action="store_true", help="run nothing: render the table from the records on disk")
+    rp2.add_argument("words", nargs="*", metavar="NAME [key=value ...]", help="the recipe (harness reproduce --list), "
+                     "then keys that change no result only: launcher=local|slurm|..., launcher.*, results_dir=, "
+                     "cache_dir=, task.data_root=, device=, overwrite=true ...")
+    rp2.set_defaults(fn=cmd_reproduce)
     d = sub.add_parser("data", help="dataset utilities: `harness data mimic task=NAME out=DIR`")
     d.add_argument("action")
     d.add_argument("overrides", nargs="*")
@@ -247,7 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # `harness reproduce NAME --smoke launcher=local`: words after an option (argparse leaves them)
+        if args.command != "reproduce" or any(w.startswith("-") for w in unknown):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.words += unknown
     try:
         return args.fn(args)
     except ConfigError as e:  # bad input: one line per problem, no traceback

@@ -21,7 +21,8 @@ import unicodedata
 import pandas as pd
 
 from harness import stats
-from harness.leaderboard import MAIN_FAMILY, REFERENCE, SectionLayout, holm_families, section_layouts, task_note
+from harness.leaderboard import (MAIN_FAMILY, REFERENCE, SELECTED_ON_TEST, SectionLayout, holm_families,
+                                 section_layouts, task_note)
 from harness.metrics import higher_is_better
 
 SIGNIFICANT_MARK = r"^{\dagger}"  # in math mode, after a Δ's mean
@@ -172,7 +173,8 @@ def render_table(layout: SectionLayout) -> str:
         if block is not None and BLOCK.get(first.bound, 1) != block:
             body.append(r"\midrule")
         block = BLOCK.get(first.bound, 1)
-        cells = [escape(row_label(first) + BOUND_SUFFIX.get(first.bound, ""))]
+        cells = [escape(row_label(first) + BOUND_SUFFIX.get(first.bound, "")
+                        + (f" ({SELECTED_ON_TEST})" if first.get("selected_on_test", False) else ""))]
         cells += [_metric_cell(g, m, primary, best) for m in layout.metrics]
         if len(vs_student):
             cells.append(_delta_cell(_comparison(cmp, REFERENCE, method, config_id)))

@@ -91,9 +91,21 @@ class PlannedRun:
 def plan_runs(overrides: list[str], multirun: bool) -> list[PlannedRun]:
     """The runs a command line asks for (`harness run [-m] ...`, harness.api.run / sweep), composed: one per
     combination of the sweep overrides. Raises ConfigError for an override that cannot be parsed or composed."""
-    combos = expand(overrides, multirun=multirun)
+    return plan_command_lines([overrides], multirun)[0]
+
+
+def plan_command_lines(command_lines: list[list[str]], multirun: bool = True) -> list[list[PlannedRun]]:
+    """plan_runs of several command lines at once (`harness reproduce`: one per arm), composed in one Composer so
+    that command lines choosing the same config groups share Hydra's composition of them."""
+    expanded = [expand(overrides, multirun=multirun) for overrides in command_lines]
+    combos = [c for runs in expanded for c in runs]
     with Composer() as composer:
-        return [PlannedRun(o, cfg, config) for o, (config, cfg) in zip(combos, composer.compose_plain(combos))]
+        planned = [PlannedRun(o, cfg, config) for o, (config, cfg) in zip(combos, composer.compose_plain(combos))]
+    out, start = [], 0
+    for runs in expanded:
+        out.append(planned[start:start + len(runs)])
+        start += len(runs)
+    return out
 
 
 def check_planned(runs: list[PlannedRun]) -> None:

@@ -61,6 +61,8 @@ MAIN_FAMILY = "main"
 CONTROL_KEY = "method.privileged_control"
 CONTROLS = ("zeros", "shuffle")
 CONTROL_ROLE = {"zeros": "control: privileged input zeroed", "shuffle": "control: privileged input shuffled"}
+# Runs that selected on the test split (root key selection_split=test, the official codes' protocol): their rows say so.
+SELECTED_ON_TEST = "selected on test (optimistic)"
 # The model a run is scored on, whose training is checked: the student (DMD's too), or the teacher of the
 # upper bound's runs (`teacher`).
 EVALUATED_MODEL = {"upper_bound": "teacher"}
@@ -251,8 +253,13 @@ def random_features(rec: dict) -> bool:
 def collect(results_dir: Path | str, config_keys: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per record: identity columns, the primary metric's CI and training summary, one column per metric,
     and a column `c:<key>` per dotted key of `config_keys` (its value in the record's config, None if absent)."""
+    return collect_records(iter_records(results_dir), config_keys)
+
+
+def collect_records(records: list[dict], config_keys: tuple[str, ...] = ()) -> pd.DataFrame:
+    """collect() of these records (each with its folder under `_dir`, as iter_records gives them)."""
     rows, values = [], {key: [] for key in config_keys}
-    for rec in iter_records(results_dir):
+    for rec in records:
         path = Path(rec["_dir"]) / "record.json"
         row = {k: rec.get(k) for k in ("task", "method", "fold", "seed", "status", "run_key", "config_id", "bound",
                                        "primary_metric", "data_source", "error")}
@@ -265,6 +272,7 @@ def collect(results_dir: Path | str, config_keys: tuple[str, ...] = ()) -> pd.Da
             row["config_id"] = config_id(config)
         row["control"] = _control(config, path)
         row["family"] = _family(config, path)
+        row["selection_split"] = config.get("selection_split") or "val"
         row["overrides"] = " ".join(o for o in rec.get("overrides") or [] if o.startswith(LABEL_PREFIXES)
                                     and o.partition("=")[0].lstrip("+~") != CONTROL_KEY)
         row["base_id"] = _base_id(rec)
@@ -416,7 +424,7 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
         first = g.iloc[0]
         base = dict(zip(keys, key), label=label_of(first.method, first.control, first.overrides),
                     control=first.control, base_id=first.base_id, overrides=first.overrides,
-                    family=_row_family(g),
+                    family=_row_family(g), selected_on_test=bool((g.selection_split == "test").any()),
                     bound=g.bound.dropna().iloc[0] if g.bound.notna().any() else "",
                     n_runs=len(ok), n_failed=len(failed),
                     primary_metric=ok.primary_metric.iloc[0] if len(ok) else None,
@@ -461,14 +469,16 @@ def _recipe(overrides: str) -> str:
     return " ".join(sorted(o for o in overrides.split() if o.startswith(("train.", "model."))))
 
 
-def _reference(rows: dict, recipe: str = "") -> tuple | None:
+def _reference(rows: dict, recipe: str = "", selection: str = "val") -> tuple | None:
     """The student row a row is compared with: method student, no control, the same training recipe (no
-    overrides at all for the harness defaults), else the default student; the most runs first."""
+    overrides at all for the harness defaults), else the default student; the most runs first. A student selected
+    on the same split as the row (selection_split) first."""
     cands = [(k, g) for k, g in rows.items() if k[0] == REFERENCE and g.control.iloc[0] == "none"
              and (_recipe(g.overrides.iloc[0]) == recipe if recipe else not g.overrides.iloc[0])]
     if not cands:  # no student trained with this recipe: the default student, as the label shows the recipe
-        return _reference(rows) if recipe else None
-    return sorted(cands, key=lambda kg: (-len(kg[1]), str(kg[0][1])))[0][0]
+        return _reference(rows, selection=selection) if recipe else None
+    return sorted(cands, key=lambda kg: ((kg[1].selection_split.iloc[0] if "selection_split" in kg[1] else "val")
+                                         != selection, -len(kg[1]), str(kg[0][1])))[0][0]
 
 
 def _comparison(section: tuple, key: tuple, reference: str, a: pd.DataFrame, b: pd.DataFrame, metric: str) -> dict:
@@ -500,7 +510,8 @@ def compare(df: pd.DataFrame) -> pd.DataFrame:
         rows = {k: g for k, g in sec.groupby(ROW, sort=True)}
         found = []
         for k, g in rows.items():
-            ref = _reference(rows, _recipe(g.overrides.iloc[0]))
+            ref = _reference(rows, _recipe(g.overrides.iloc[0]),
+                             g.selection_split.iloc[0] if "selection_split" in g else "val")
             if ref is not None and k != ref:
                 found.append(_comparison(section, k, REFERENCE, g, rows[ref], metric))
         for k, g in rows.items():
@@ -542,6 +553,8 @@ def _p(p: float, prefix: str = "") -> str:
 def role_of(row: pd.Series) -> str:
     """A row's role: bound or control, and its Holm family when it is not the main one."""
     role = CONTROL_ROLE.get(row.control) or BOUND_LABEL.get(row.bound, "")
+    if row.get("selected_on_test", False):
+        role = (f"{role}; " if role else "") + SELECTED_ON_TEST
     if row.family != MAIN_FAMILY:
         role = (f"{role}; " if role else "") + f"Holm family {row.family}"
     return role
@@ -653,6 +666,10 @@ def render(summary: pd.DataFrame, df: pd.DataFrame, comparisons: pd.DataFrame | 
         title = f"## {task}" + (f" — {variant}" if variant else "") + f" — {source} data" + \
             (f" — data files {data}" if data else "")
         lines += [title, "", f"_{SOURCE_NOTE.get(source, source)}_", ""]
+        if "selected_on_test" in sec and sec.selected_on_test.any():
+            lines += [f"**Rows marked `{SELECTED_ON_TEST}`** selected their epoch on the test split "
+                      "(`selection_split=test`, the official codes' protocol): their numbers are optimistic and not "
+                      "comparable with rows selected on validation.", ""]
         lines += data_footnote(df, section)
         note = task_note(task)
         if note:

@@ -44,6 +44,18 @@ class RunContext:
     adjusted: dict[str, dict[str, Any]] = field(default_factory=dict)
     # live curves (root key `logger`): harness.training.fit hands it each epoch's log row; no-op by default
     live: LiveLogger = field(default_factory=LiveLogger)
+    # the task's validation split (set by the runner). Under selection_split=test the method's `val` is the test
+    # split without the privileged modalities: a frozen part that needs them selects on this one (frozen_val)
+    validation: Split | None = None
+
+    def frozen_val(self, val: Split, needs: tuple[str, ...]) -> Split:
+        """The split a frozen part (the stored teacher, PKDOT's T-Net, MT-PKDOT's stage 1) selects on: `val`, the
+        split the method was handed, when it holds every modality in `needs`; else (selection_split=test handed
+        a student method the test split without its privileged modalities, which the firewall keeps from it) the
+        task's validation split."""
+        if self.validation is None or all(m in val.inputs for m in needs):
+            return val
+        return self.validation
 
     def adjust(self, key: str, asked: Any, used: Any, why: str) -> None:
         """Record that config value `key` (dotted path) was used as `used` instead of `asked`, and why.

@@ -29,7 +29,7 @@ NON_SEMANTIC_KEYS = ("results_dir", "overwrite", "device", "progress", "cache_di
                      "stats", "logger", "log_every", "save_predictions", "teacher.cache_outputs")
 # Keys added after records existed, at the value that reproduces those records: left out of the key at that
 # value, so older records keep their run keys (resume finds them) and share leaderboard rows with new ones.
-KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "task.modality_protocol": "privileged",
+KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "selection_split": "val", "task.modality_protocol": "privileged",
                    # the training loop's options, at the values of the loop every earlier record was trained with
                    "train.optimizer": "adamw", "train.fused": "auto", "train.momentum": 0.0, "train.schedule": "none",
                    "train.plateau_factor": 0.5, "train.plateau_patience": 5, "train.min_lr": 0.0,

@@ -95,6 +95,12 @@ def check_text_input(cfg: DictConfig) -> None:
                       f"text_encoder={encoder}); leave task.text_input at its default")
 
 
+def selection_split(cfg: DictConfig | dict) -> str:
+    """The root key selection_split (val, or test: the official codes' selection on the test fold)."""
+    return str(OmegaConf.select(cfg, "selection_split", default="val") if isinstance(cfg, DictConfig)
+               else cfg.get("selection_split", "val"))
+
+
 def build_task(cfg: DictConfig):
     return TASKS.get(cfg.task.name)(cfg.task)
 
@@ -127,11 +133,12 @@ def prepare(cfg: DictConfig) -> Prepared:
     method_cls.check(cfg, task.spec)
     # A method with its own loop options (DMD's method.training) overrides the run's train group with them.
     stop_key = "method.training.stop" if OmegaConf.select(cfg, "method.training.stop") is not None else "train.stop"
-    if len(data.val) == 0 and OmegaConf.select(cfg, stop_key, default="patience") != "budget":
+    selects_on_val = selection_split(cfg) == "val"  # selection_split=test selects on the test split: never empty
+    if selects_on_val and len(data.val) == 0 and OmegaConf.select(cfg, stop_key, default="patience") != "budget":
         raise TaskError(f"task '{task.name}' has no validation split here (e.g. task.n_val=0): nothing to select on; "
                         f"use {stop_key}=budget")
     schedule_key = stop_key.rsplit(".", 1)[0] + ".schedule"
-    if len(data.val) == 0 and OmegaConf.select(cfg, schedule_key, default="none") == "plateau":
+    if selects_on_val and len(data.val) == 0 and OmegaConf.select(cfg, schedule_key, default="none") == "plateau":
         raise TaskError(f"task '{task.name}' has no validation split here (e.g. task.n_val=0), and "
                         f"{schedule_key}=plateau follows the validation score: set {schedule_key}=none")
     encoder = OmegaConf.select(cfg, "model.encoder", default="temporal")
@@ -223,11 +230,18 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
                 val = apply_privileged_control(val, spec.privileged_modalities, control,
                                                derive_seed(cfg.seed, cfg.task.name, cfg.fold, "control", "val"))
                 record["privileged_control"] = control
-            method.fit(train, val)
-            timings["fit_s"] = time.perf_counter() - t
             # The privileged firewall: a student never receives the privileged test modalities.
             keep = spec.modalities if method_cls.uses_privileged_at_test else spec.student_modalities
             test = data.test.restrict(tuple(keep))
+            ctx.validation = val  # frozen parts needing modalities the selection split lacks select on it
+            record["selection_split"] = selection_split(cfg)
+            if record["selection_split"] == "test":
+                # The official codes' selection on the test fold (optimistic): the method selects on the test split
+                # as predict() will see it, privileged modalities stripped (no privileged-information control
+                # applies to it: a student's copy holds no privileged modality).
+                val = test
+            method.fit(train, val)
+            timings["fit_s"] = time.perf_counter() - t
             t = time.perf_counter()
             outputs = method.predict(test)
             timings["predict_s"] = time.perf_counter() - t

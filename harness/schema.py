@@ -234,6 +234,7 @@ MODEL: dict[str, Field] = {
 ROOT: dict[str, Field] = {
     "seed": int_(ge=0),
     "fold": int_(ge=0),                    # the upper end is the task's: Task.check_fold
+    "selection_split": choice("val", "test"),  # test: selection on the test fold (harness/runner.py), optimistic
     "device": Field("auto, cpu, cuda, cuda:<index> or mps", choices=("auto", "cpu", "cuda", "mps"),
                     test=lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda", "mps")
                                                            or (v.startswith("cuda:") and v[5:].isdigit()))),

@@ -294,7 +294,7 @@ class MTPKDOT(Method):
         loop = mt_student_train_cfg(ctx, cfg)
         note_k_cap(ctx, cfg, len(train), loop)
         teacher, _ = get_teacher(ctx, train, val)  # the stored one (copied by stage 1; feeds the T-Net)
-        teachers, _ = get_teacher_set(ctx, cfg, teacher, train, val)
+        teachers, _ = get_teacher_set(ctx, cfg, teacher, train, ctx.frozen_val(val, tuple(ctx.spec.modalities)))
         self.student = build_student(ctx, cfg, teacher, train, val)
         target, reg = ctx.spec.target, ctx.cfg.train.regression_loss
         names = teachers.names

@@ -403,7 +403,7 @@ def build_student(ctx: RunContext, cfg: DictConfig, teacher: MultimodalNet, trai
     spec = ctx.spec
     tnet = None
     if cfg.tnet.enabled:
-        tnet, _ = get_tnet(ctx, cfg.tnet, teacher, train, val)
+        tnet, _ = get_tnet(ctx, cfg.tnet, teacher, train, ctx.frozen_val(val, tuple(spec.modalities)))
         tnet.eval()
         net = build_net(ctx, spec.student_modalities, slots=tuple(spec.student_modalities) + spec.privileged_modalities)
     else:

@@ -96,7 +96,20 @@ def teacher_key(ctx: RunContext) -> dict:
                else {}),
             # a task read from files: the files' signature, so a teacher trained on replaced files (features
             # re-extracted at the same path) is never reused; tasks generated in memory keep their earlier keys
-            **({"data": data} if (data := ctx.task.source_fingerprint()) is not None else {})}
+            **({"data": data} if (data := ctx.task.source_fingerprint()) is not None else {}),
+            # selection_split=test where the method's split holds every modality: stored parts select on test
+            **({"selection_split": "test"} if selects_frozen_on_test(ctx) else {})}
+
+
+def selects_frozen_on_test(ctx: RunContext) -> bool:
+    """selection_split=test and the split the method is handed holds every modality (the `teacher` method, or a
+    task variant without privileged modalities), so its stored parts (RunContext.frozen_val) select on the test
+    split too and are stored apart from those selected on validation. A student method's split has no
+    privileged modality: its stored parts select on the validation split, as under selection_split=val."""
+    if str(OmegaConf.select(ctx.cfg, "selection_split", default="val")) != "test":
+        return False
+    from harness.registry import METHODS
+    return METHODS.get(ctx.cfg.method.name).uses_privileged_at_test or not ctx.spec.privileged_modalities
 
 
 def teacher_modalities(cfg) -> str:
@@ -133,6 +146,7 @@ def note_stored_adjustments(ctx: RunContext, name: str, summary: dict) -> None:
 def get_teacher(ctx: RunContext, train: Split, val: Split) -> tuple[MultimodalNet, dict]:
     """The stored teacher for this run's key, trained on `train` (its teacher.modalities) the first time."""
     modalities = teacher_inputs(ctx)
+    val = ctx.frozen_val(val, modalities)  # selection_split=test: the validation split unless val holds them
 
     def build():
         # Same initial weights whichever method asks first: the seed depends on the key, not the method.

@@ -454,3 +454,25 @@ def test_updates_at_selection_are_counted_right_in_a_log_thinned_by_log_every(tm
     student = summarise(df.reset_index()).iloc[0]
     assert (student.n_flagged, student.n_few_updates) == (1, 1)
     assert "selected after < 100 updates: f0-s1 (96)" in student.flagged_runs
+
+
+def test_rows_selected_on_test_are_marked_and_paired_with_a_student_selected_on_test(tmp_path):
+    """selection_split=test runs are rows of their own, marked optimistic in the row and under the section title,
+    and compared with the student selected on test, not with the one selected on validation."""
+    from harness.leaderboard import SELECTED_ON_TEST, collect, compare, render, summarise
+    values = {("student", "val"): [0.50, 0.52, 0.51], ("student", "test"): [0.60, 0.61, 0.65],
+              ("kd", "test"): [0.70, 0.72, 0.74]}
+    for (method, split), accs in values.items():
+        for seed, acc in enumerate(accs):
+            hand_made_record(tmp_path, method, seed, {"accuracy": acc}, primary_metric="accuracy",
+                             config={"method": {"name": method}, "selection_split": split})
+    df = collect(tmp_path)
+    summary, cmp = summarise(df), compare(df)
+    marked = summary.drop_duplicates(["method", "config_id"]).set_index(["method", "config_id"]).selected_on_test
+    assert sorted(marked.values.tolist()) == [False, True, True]
+    (kd,) = cmp[(cmp.method == "kd") & (cmp.reference == "student")].itertuples()
+    assert kd.mean == pytest.approx(np.mean(np.subtract(values["kd", "test"], values["student", "test"])))
+    text = render(summary, df, cmp)
+    assert text.count(f"| {SELECTED_ON_TEST}") + text.count(f"; {SELECTED_ON_TEST}") == 2  # both test rows' roles
+    assert f"**Rows marked `{SELECTED_ON_TEST}`**" in text
+    assert render_latex(summary, cmp).count(SELECTED_ON_TEST) == 2  # the LaTeX export marks the same rows

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.leaderboard import (BOUND_LABEL, CONTROL_ROLE, REFERENCE, SOURCE_NOTE, SectionLayout, _delta_cell, _fmt,
-                                 collect, compare, section_layouts, summarise, task_note)
+from harness.leaderboard import (BOUND_LABEL, CONTROL_ROLE, REFERENCE, SELECTED_ON_TEST, SOURCE_NOTE, SectionLayout,
+                                 _delta_cell, _fmt, collect, compare, section_layouts, summarise, task_note)
 from harness.metrics import higher_is_better
 from harness.records import atomic_write_text, git_sha, iter_records
 from harness.report import data, figures
@@ -132,7 +132,10 @@ def _table_row(layout: SectionLayout, key: tuple, rows: pd.DataFrame) -> dict:
         c = cmp[(cmp.reference == reference) & (cmp.method == key[0]) & (cmp.config_id == key[1])]
         return _delta_cell(c.iloc[0] if len(c) else None, with_n=reference != REFERENCE)
 
-    return {"label": first.label, "role": CONTROL_ROLE.get(first.control) or BOUND_LABEL.get(first.bound, ""),
+    role = CONTROL_ROLE.get(first.control) or BOUND_LABEL.get(first.bound, "")
+    if first.get("selected_on_test", False):  # selection_split=test: optimistic, said wherever the row is shown
+        role = (f"{role}; " if role else "") + SELECTED_ON_TEST
+    return {"label": first.label, "role": role,
             "kind": "control" if first.control != "none" else ("bound" if first.bound else "method"),
             "primary": _fmt(float(mean["mean"].iloc[0]), float(mean["std"].iloc[0]), int(first.n_runs))
             if len(mean) else "n/a", "runs": int(first.n_runs), "failed": int(first.n_failed),

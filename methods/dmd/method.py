@@ -346,6 +346,8 @@ class DMD(Method):
     def _record(self, train: Split, val: Split, hist: dict, selected: int, accumulate: int, n_batches: int):
         ctx, net = self.ctx, self.net
         # The final edges are measured on the validation split; without one (lupi's n_val=0) on the training split.
+        # They need every modality: under selection_split=test, the validation split (RunContext.frozen_val).
+        val = ctx.frozen_val(val, tuple(ctx.spec.modalities))
         edges_split = val if len(val) else train
         final = self._final_edges(edges_split)
         edges = {**self.graph, "selected_epoch": selected,

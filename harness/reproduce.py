@@ -1,12 +1,14 @@
 """`harness reproduce NAME`: a paper's own protocol (a recipe) run through the sweep machinery, ours beside its numbers.
 
-A recipe is harness/conf/recipe/<name>.yaml (format: /work/notes/recipe_schema.md, shared by every recipe):
-title, paper, protocol, task, overrides, arms (one table row each; `student` is the baseline every arm is paired
-with), sweep ({seed: [...], fold: [...]}), published (the paper's numbers with their source) and smoke (the
-overrides and sweep of `--smoke`). One extension, optional, so recipes without it read the same: `variants`, a
-list of {name, overrides} for a paper whose table has several settings of one task (Lopez-Paz et al.'s four
-experiments): every arm runs in every variant, each variant is a section of the table with its own `student`,
-and a published entry names its variant.
+A recipe is harness/conf/recipe/<name>.yaml: title, paper, protocol (prose: the paper's protocol, what the recipe
+keeps and changes), task, overrides (every run's), arms (a list of {name, overrides}, one table row each; `student`
+is the baseline every arm is paired with), sweep ({seed: [...], fold: [...]}), published (a list of {arm, metric,
+value, source}, the paper's numbers on its data, optionally with `std`, `note`, and `relative_to: ARM` for a
+number the paper gives as a gain over another arm rather than as a level) and smoke ({overrides, sweep}, and
+optionally `arms: {ARM: [overrides]}` for keys only some arms have, such as a method's own sizes). Optional too:
+`variants`, a list of {name, overrides} for a paper whose table has several settings of one task (Lopez-Paz et
+al.'s four experiments): every arm runs in every variant, each variant is a section of the table with its own
+`student`, and a published entry names its variant.
 
 Every run is an arm × variant × sweep point composed and launched exactly as `harness run -m` does it
 (harness/launch.py: plan_runs, check_planned, launch / submit): every value of every run checked before the first
@@ -58,7 +60,7 @@ _NAMED = {"name": str_(), "overrides": _OVERRIDES}
 _SEEDS = list_of(int_(ge=0), min_len=1, unique=True)
 _SWEEP = {"seed": _SEEDS, "fold": optional(_SEEDS)}
 _PUBLISHED = {"arm": str_(), "metric": str_(), "value": float_(), "source": str_(), "variant": optional(str_()),
-              "std": optional(float_(ge=0)), "note": optional(str_())}
+              "std": optional(float_(ge=0)), "note": optional(str_()), "relative_to": optional(str_())}
 # Top level; the list entries (arms, variants, published) and the mappings (sweep, smoke) have their own tables.
 _TOP = {"title": str_(), "paper": str_(), "protocol": str_(), "task": str_(),
         "overrides": optional(_OVERRIDES),
@@ -68,7 +70,8 @@ _TOP = {"title": str_(), "paper": str_(), "protocol": str_(), "task": str_(),
         "published": Field("a list of {arm, metric, value, source}", lambda v: isinstance(v, list)),
         "smoke": Field("a mapping {overrides: [...], sweep: {seed: [...]}}", lambda v: isinstance(v, dict))}
 _SMOKE = {"overrides": _OVERRIDES,
-          "sweep": Field("a mapping {seed: [...], fold: [...]}", lambda v: isinstance(v, dict))}
+          "sweep": Field("a mapping {seed: [...], fold: [...]}", lambda v: isinstance(v, dict)),
+          "arms": optional(Field("a mapping {arm name: [overrides]}", lambda v: isinstance(v, dict)))}
 # Keys a recipe's overrides must leave to other fields: the task is `task`, seeds and folds are the sweep, the
 # launcher is the command line's.
 _RESERVED = {"task": "the recipe's `task` field", "seed": "`sweep`", "fold": "`sweep`",
@@ -92,6 +95,7 @@ class Published:
     variant: str = ""
     std: float | None = None
     note: str = ""
+    relative_to: str = ""  # the value is the paper's gain over this arm, not a level
 
 
 @dataclass
@@ -109,6 +113,7 @@ class Recipe:
     published: list[Published]
     smoke_overrides: list[str]
     smoke_sweep: dict[str, list[int]]
+    smoke_arms: dict[str, list[str]] = field(default_factory=dict)  # smoke overrides of single arms
     ref: str = ""  # what names it on the command line: its name, or the path of a recipe outside the recipe folder
 
     def n_runs(self, smoke: bool = False) -> int:
@@ -224,16 +229,24 @@ def recipe_problems(data: Any) -> list[str]:
         _check_overrides(data["smoke"]["overrides"], "smoke.overrides", out)
         if isinstance(data["smoke"]["sweep"], dict):
             _check(data["smoke"]["sweep"], _SWEEP, "smoke.sweep.", out)
+        for arm, overrides in (data["smoke"].get("arms") or {}).items():
+            if arms is not None and arm not in arms:
+                close = difflib.get_close_matches(str(arm), arms, n=1)
+                out.append(f"smoke.arms.{arm}: no such arm (arms: {', '.join(arms)})"
+                           + (f"; did you mean {close[0]}?" if close else ""))
+            elif _check({"overrides": overrides}, {"overrides": _OVERRIDES}, f"smoke.arms.{arm}.", out):
+                _check_overrides(overrides, f"smoke.arms.{arm}", out)
     variants = named.get("variants")
     seen = set()
     for i, entry in enumerate(data.get("published") if isinstance(data.get("published"), list) else []):
         where = f"published[{i}]"
         if not _check(entry, _PUBLISHED, f"{where}.", out):
             continue
-        if arms is not None and entry["arm"] not in arms:
-            close = difflib.get_close_matches(entry["arm"], arms, n=1)
-            out.append(f"{where}.arm={show(entry['arm'])}: no such arm (arms: {', '.join(arms)})"
-                       + (f"; did you mean {close[0]}?" if close else ""))
+        for key in ("arm", "relative_to"):
+            if key in entry and arms is not None and entry[key] not in arms:
+                close = difflib.get_close_matches(entry[key], arms, n=1)
+                out.append(f"{where}.{key}={show(entry[key])}: no such arm (arms: {', '.join(arms)})"
+                           + (f"; did you mean {close[0]}?" if close else ""))
         if "variants" in data and variants is not None:
             if "variant" not in entry:
                 out.append(f"{where}.variant is missing: the recipe has variants, name one of {', '.join(variants)}")
@@ -262,8 +275,10 @@ def _build(name: str, where: str, d: dict) -> Recipe:
                   variants=named(d["variants"]) if "variants" in d else [Named("", [])],
                   sweep=sweep(d["sweep"]),
                   published=[Published(p["arm"], p["metric"], float(p["value"]), p["source"], p.get("variant", ""),
-                                       p.get("std"), p.get("note", "")) for p in d["published"]],
-                  smoke_overrides=list(d["smoke"]["overrides"]), smoke_sweep=sweep(d["smoke"]["sweep"]))
+                                       p.get("std"), p.get("note", ""), p.get("relative_to", ""))
+                             for p in d["published"]],
+                  smoke_overrides=list(d["smoke"]["overrides"]), smoke_sweep=sweep(d["smoke"]["sweep"]),
+                  smoke_arms={arm: list(o) for arm, o in (d["smoke"].get("arms") or {}).items()})
 
 
 def list_recipes() -> tuple[list[tuple], list[str]]:
@@ -341,8 +356,8 @@ def plan(recipe: Recipe, smoke: bool, extra: list[str]) -> list[ArmRuns]:
             smoke_part = ["task.source=mimic", *SMOKE_MIMIC.get(recipe.task, [])]
         smoke_part += recipe.smoke_overrides
     cells = [(v, arm) for v in recipe.variants for arm in recipe.arms]
-    lines = [[f"task={recipe.task}", *recipe.overrides, *v.overrides, *arm.overrides, *smoke_part, *points, *tail]
-             for v, arm in cells]
+    lines = [[f"task={recipe.task}", *recipe.overrides, *v.overrides, *arm.overrides, *smoke_part,
+              *(recipe.smoke_arms.get(arm.name, []) if smoke else []), *points, *tail] for v, arm in cells]
     return [ArmRuns(v.name, arm.name, runs) for (v, arm), runs in zip(cells, plan_command_lines(lines))]
 
 
@@ -551,8 +566,10 @@ def render(recipe: Recipe, arms: list[ArmRuns], smoke: bool, not_run: list[str] 
                 else:
                     row["Δ vs student [95% CI]"], row["paired t p (Holm)"] = "no student arm", ""
                 pub = next((p for p in published if p.arm == arm and p.metric == metric), None)
-                row[pub_col] = "" if pub is None else _number(pub.value) + ("" if pub.std is None
-                                                                             else f" ± {_number(pub.std)}")
+                row[pub_col] = "" if pub is None else (
+                    (f"Δ {'+' if pub.value >= 0 else ''}{_number(pub.value)} vs {pub.relative_to}" if pub.relative_to
+                     else _number(pub.value))
+                    + ("" if pub.std is None else f" ± {_number(pub.std)}"))
                 row["source"] = "" if pub is None else pub.source + (f" ({pub.note})" if pub.note else "")
                 rows.append(row)
     source_text = "; ".join(f"{s}: {SOURCE_NOTE.get(s, s)}" for s in sources) or "no records yet"

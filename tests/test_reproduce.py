@@ -48,7 +48,8 @@ def _independent_configs(composer, recipe, variant, arm, results: Path, cache: P
     for fold in folds:
         for seed in recipe.smoke_sweep["seed"]:
             yield composer.compose([f"task={recipe.task}", *recipe.overrides, *variant.overrides, *arm.overrides,
-                                    *mimic, *recipe.smoke_overrides, f"seed={seed}",
+                                    *mimic, *recipe.smoke_overrides, *recipe.smoke_arms.get(arm.name, []),
+                                    f"seed={seed}",
                                     *([f"fold={fold}"] if fold is not None else []), f"results_dir={results}",
                                     f"cache_dir={cache}"])
 
@@ -112,12 +113,17 @@ def check_smoke(name: str, tmp_path: Path, capsys) -> str:
                           and r.get("variant", "") == (variant.name if len(recipe.variants) > 1 else "")]
                 n_rows += 1
                 mine = np.array([m[metric] for _, m in sorted(values[arm.name].items())])
-                mean, std = _numbers(row["ours: mean ± std"])
-                assert abs(mean - mine.mean()) <= HALF_UNIT and abs(std - mine.std(ddof=1)) <= HALF_UNIT
+                shown = _numbers(row["ours: mean ± std"])
+                assert abs(shown[0] - mine.mean()) <= HALF_UNIT
+                if len(mine) == 1:  # one run (a one-seed smoke): no std is printed
+                    assert len(shown) == 1
+                else:
+                    assert len(shown) == 2 and abs(shown[1] - mine.std(ddof=1)) <= HALF_UNIT
                 assert row["runs"] == f"{len(mine)}/{len(mine)}"
                 pub = [p for p in recipe.published if (p.variant, p.arm, p.metric) == (variant.name, arm.name, metric)]
                 if pub:  # the value and the std as written in the recipe, and its source
                     assert _numbers(row[pub_col]) == [pub[0].value] + ([pub[0].std] if pub[0].std is not None else [])
+                    assert row[pub_col].startswith("Δ ") == bool(pub[0].relative_to)  # a gain is shown as one
                     assert row["source"].startswith(pub[0].source)
                 else:
                     assert row[pub_col] == row["source"] == ""
@@ -128,6 +134,11 @@ def check_smoke(name: str, tmp_path: Path, capsys) -> str:
                 a = np.array([values[arm.name][k][metric] for k in keys])
                 b = np.array([values["student"][k][metric] for k in keys])
                 d = a - b
+                if len(d) == 1:  # one pair (a one-seed smoke): the difference, no interval, no test
+                    assert row["Δ vs student [95% CI]"].endswith(" (1 pair: no interval)")
+                    assert abs(_numbers(row["Δ vs student [95% CI]"])[0] - d[0]) <= HALF_UNIT
+                    assert row["paired t p (Holm)"] == ""
+                    continue
                 delta, lo, hi = _numbers(row["Δ vs student [95% CI]"].split(" (n=")[0])
                 half = sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
                 assert abs(delta - d.mean()) <= HALF_UNIT
@@ -279,6 +290,12 @@ ERRORS = [
      "published[0].variant='b': no such variant (variants: a)"),
     (dict(arms=[{"name": "student", "overrides": ["method=student", "launcher=slurm"]}]),
      "arms[0].overrides: 'launcher=slurm': launcher is set by the command line"),
+    (dict(published=[{"arm": "kd", "metric": "ccc_mean", "value": 0.05, "source": "T1", "relative_to": "studnt"}]),
+     "published[0].relative_to='studnt': no such arm (arms: student, kd); did you mean student?"),
+    (dict(smoke={"overrides": [], "sweep": {"seed": [0]}, "arms": {"kdd": ["method.k=2"]}}),
+     "smoke.arms.kdd: no such arm (arms: student, kd); did you mean kd?"),
+    (dict(smoke={"overrides": [], "sweep": {"seed": [0]}, "arms": {"kd": ["seed=2"]}}),
+     "smoke.arms.kd: 'seed=2': seed is set by `sweep`, not by overrides; remove it"),
 ]
 
 

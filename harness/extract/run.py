@@ -234,8 +234,12 @@ def _loop(cfg, todo: list[Item], bb, device, amp, data: dict, root: Path) -> dic
     e = cfg.extract
     model = Model(bb, cfg.backbone, device, int(e.batch_size), amp)
     workers = int(e.num_workers)
+    # Decoding workers start from a forkserver, not by forking this process: this process has threads (tqdm's
+    # monitor, torch's pools, a launcher's), and a fork can copy a lock one of them held, so that the child's FFmpeg
+    # decode waits on it forever (it happened in the test suite under load: a worker idle in iter_video for 15 min).
     loader = torch.utils.data.DataLoader(
         Decoded(todo, int(cfg.backbone.size)), batch_size=None, num_workers=workers,
+        multiprocessing_context="forkserver" if workers else None,
         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False)
     pending: dict[int, list[torch.Tensor]] = {}
     written = skipped = 0

@@ -260,7 +260,7 @@ _DROPOUT = float_(ge=0, lt=1)
 _TNET = {
     "tnet.enabled": bool_(),
     "tnet.loss": choice("mmd", "mse"),
-    "tnet.arch": choice("mlp", "linear"),
+    "tnet.arch": choice("mlp", "linear", "autoencoder", "linear8"),  # methods/pkdot.py TNet
     "tnet.width": int_(ge=1),
     "tnet.lr": float_(gt=0),
     "tnet.epochs": int_(ge=1),

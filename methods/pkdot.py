@@ -165,6 +165,11 @@ def check_structural(cfg: DictConfig, spec: TaskSpec) -> None:
     if cfg.method.tnet.arch == "autoencoder" and cfg.method.tnet.width < 2:
         raise ConfigError(f"method.tnet.arch=autoencoder halves method.tnet.width for its bottleneck, and "
                           f"method.tnet.width={cfg.method.tnet.width}: set method.tnet.width >= 2 (256 is the official)")
+    if cfg.model.get("fusion") == "transformer" and cfg.model.get("batch_mixing") \
+            and OmegaConf.select(cfg, "teacher.cache_outputs", default=True):
+        raise ConfigError("model.batch_mixing=true makes the teacher's joint feature depend on the samples that share "
+                          "its batch: the official code computes it on each training batch, and a table cached over "
+                          "evaluation batches (teacher.cache_outputs=true) would not; set teacher.cache_outputs=false")
     if cfg.method.tnet.enabled and not spec.privileged_modalities:
         key = TASKS.get(cfg.task.name).modality_protocol_key
         raise ConfigError(f"method={cfg.method.name} with method.tnet.enabled=true needs a privileged modality for its "

@@ -234,3 +234,77 @@ def test_tnet_arch_sizes_and_errors():
         TNet(8, 8, 4, "resnet")
     with pytest.raises(ValueError, match="width >= 2"):
         TNet(8, 8, 1, "autoencoder")
+
+
+# --------------------------------------------------------------------------------------------------
+# The official fusion transformer in the harness's TransformerFusion + Head.
+
+def official_fusion_names(hidden: int = 512) -> dict[str, str]:
+    """Official MultimodalTransformer state_dict key -> the harness's (TransformerFusion under `fusion.`, the
+    classifier under `head.`), slots a = visual, b = physio. Written from the two architectures, not copied."""
+    names = {}
+    for official, ours in (("visual_encoder", "fusion.blocks.visual"), ("physiological_encoder", "fusion.blocks.physio")):
+        for p in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"):
+            names[f"{official}.attention.{p}"] = f"{ours}.attention.{p}"
+        for i in (0, 2):
+            for p in ("weight", "bias"):
+                names[f"{official}.feed_forward.{i}.{p}"] = f"{ours}.ffn.{i}.{p}"
+        for i in (1, 2):
+            for p in ("weight", "bias"):
+                names[f"{official}.layer_norm{i}.{p}"] = f"{ours}.norm{i}.{p}"
+    for official, ours in (("cross_attention_v", "fusion.cross.visual"), ("cross_attention_p", "fusion.cross.physio")):
+        for p in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"):
+            names[f"{official}.{p}"] = f"{ours}.{p}"
+    names.update({"gated_attention.weight": "fusion.gate.weight", "gated_attention.bias": "fusion.gate.bias",
+                  "fc.weight": "head.linear.weight", "fc.bias": "head.linear.bias"})
+    return names
+
+
+def _official_fusion_in_harness(batch_mixing: bool):
+    from methods.blocks import MultimodalNet
+    arrays, meta = reference("pkdot_fusion")
+    _check_commit(meta, PKDOT_COMMIT)
+    net = MultimodalNet({"visual": 512}, CLASSES, hidden=512, slots=("visual", "physio"), fusion="transformer",
+                        batch_mixing=batch_mixing).to(F64).eval()
+    names = official_fusion_names()
+    assert sorted(names) == sorted(meta["official_keys"])
+    ours = net.state_dict()
+    template = {k: ours[names[k]] for k in meta["official_keys"]}  # official order, our shapes
+    state = _state(meta, template)
+    with torch.no_grad():
+        for k, v in state.items():
+            ours[names[k]].copy_(v)
+    return net, arrays
+
+
+@pytest.mark.parametrize("reading, batch_mixing", [("batch_mixing", True), ("per_sample", False)])
+def test_fusion_transformer_matches_the_official_module(reading, batch_mixing):
+    """model.fusion=transformer's fusion and head with the official MultimodalTransformer's weights copied in, in
+    eval mode, on the official inputs (B, 1, 512): batch_mixing=true is the official call on the whole batch
+    (self-attention across its 6 samples, B1); false is the fixed reading, which equals the official module called
+    on each sample alone. Tolerance 1e-10 relative: the same layers in the same order (torch's
+    MultiheadAttention on both sides, our batch_first layout vs their sequence-first one; fused fast paths may
+    sum in another order, ~1e-16 per op through two attention layers, two LayerNorms and the gate)."""
+    net, arrays = _official_fusion_in_harness(batch_mixing)
+    v, p = torch.tensor(arrays["v"][:, 0]), torch.tensor(arrays["p"][:, 0])
+    with torch.no_grad():
+        z = net.fusion({"visual": v, "physio": p})
+        logits = net.head(z)[:, 0]
+    d_z = assert_parity(f"fusion z ({reading})", z, arrays[f"{reading}/z"], rtol=1e-10, atol=1e-12)
+    d_l = assert_parity(f"fusion logits ({reading})", logits, arrays[f"{reading}/logits"], rtol=1e-10, atol=1e-12)
+    other = "per_sample" if batch_mixing else "batch_mixing"
+    assert np.abs(z.numpy() - arrays[f"{other}/z"]).max() > 1e-3, "the two readings must differ on this batch"
+    print(f"\n[parity] pkdot_fusion/{reading}: max|Δ| z={d_z:.2e} logits={d_l:.2e}")
+
+
+def test_batch_mixing_predictions_depend_on_the_batch_and_per_sample_ones_do_not():
+    net, arrays = _official_fusion_in_harness(True)
+    v, p = torch.tensor(arrays["v"][:, 0]), torch.tensor(arrays["p"][:, 0])
+    with torch.no_grad():
+        whole = net.fusion({"visual": v, "physio": p})
+        half = net.fusion({"visual": v[:3], "physio": p[:3]})
+        assert (whole[:3] - half).abs().max() > 1e-3
+        net.fusion.batch_mixing = False
+        whole = net.fusion({"visual": v, "physio": p})
+        half = net.fusion({"visual": v[:3], "physio": p[:3]})
+        torch.testing.assert_close(whole[:3], half, rtol=1e-12, atol=1e-12)

@@ -71,11 +71,13 @@ def small_ints(shape: tuple[int, ...], salt: int, bound: int) -> np.ndarray:
     return np.rint(lattice(shape, salt, 1.0) * bound).astype(np.int8)
 
 
-def module_weights(module: torch.nn.Module, salt: int) -> dict[str, torch.Tensor]:
-    """A lattice state_dict for `module`: weight ~ U(±1/sqrt(fan_in)), biases the same, LayerNorm weight 1 + U(±0.1)
-    (so a wrong scale is seen), LayerNorm bias U(±0.1)."""
+def module_weights(module, salt: int) -> dict[str, torch.Tensor]:
+    """A lattice state_dict for `module` (or for a {name: tensor of that shape} mapping, in state_dict order):
+    weight ~ U(±1/sqrt(fan_in)), biases the same, LayerNorm weight 1 + U(±0.1) (so a wrong scale is seen),
+    LayerNorm bias U(±0.1)."""
     out = {}
-    for j, (name, t) in enumerate(module.state_dict().items()):
+    items = module.state_dict().items() if isinstance(module, torch.nn.Module) else module.items()
+    for j, (name, t) in enumerate(items):
         if "norm" in name and name.endswith("weight"):
             vals = 1.0 + lattice(tuple(t.shape), salt + j, 0.1)
         elif "norm" in name:

@@ -6,6 +6,8 @@ vectors [N, D]), mlp (one hidden layer, vectors only) or linear (vectors only: t
 one affine map per modality, no fusion and no head, so a one-modality net is exactly logistic regression).
 Its pieces are exposed (`encode`, `fuse`, `head`) so a method can, e.g., put hallucinated privileged
 features into the fusion slot of a missing modality (PKDOT's T-Net).
+`fusion` (config `model.fusion`) chooses the fusion: gated (GatedFusion, any number of modalities) or transformer
+(PKDOT's official fusion transformer over two modalities, TransformerFusion; `model.batch_mixing` its B1 reading).
 """
 
 from __future__ import annotations

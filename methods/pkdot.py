@@ -26,9 +26,10 @@ Defaults and which official behaviour they follow (docs/fidelity.md#pkdot-defaul
   ‖mean_rows cos(Z_T) − mean_rows cos(Z_S)‖₂.
 
 Bugs of the official code fixed here:
-- B1 (self-attention mixing the samples of a batch): fixed by construction, methods/blocks.py's
-  GatedFusion acts on each sample alone, so predictions never depend on batch composition. There is
-  no legacy batch-mixing mode.
+- B1 (self-attention mixing the samples of a batch): fixed, methods/blocks.py's fusions act on each sample
+  alone by default, so predictions never depend on batch composition; the official fusion transformer
+  (model.fusion=transformer) keeps it with model.batch_mixing=true (then teacher.cache_outputs=false, so the
+  teacher's z is computed on each training batch, as coded).
 - B3: cosine matrices via F.normalize(eps=1e-8), no in-place division.
 - B5 (T-Net never loaded, random and frozen): the T-Net is trained first (MMD of docs/fidelity.md#pkdot-tnet or MSE,
   train split, epoch selected on the validation split), stored, frozen while the student trains,
@@ -45,7 +46,8 @@ features (which only need the student's own modalities, so the privileged firewa
 go through the T-Net to the teacher's privileged pooled encoder features. Reading the student's own
 encoders instead would feed the frozen T-Net a distribution that keeps moving while the student
 trains end to end. The official sigmoid auto-encoder output does not fit LayerNorm-ed features that
-can be negative, so the T-Net is an MLP (`mlp`) or the MT-PKDOT repo's purely linear stack (`linear`).
+can be negative, so the default T-Net is an MLP (`mlp`); `autoencoder` and `linear8` are the PKDOT and MT-PKDOT
+repos' own T-Nets (parity-tested with their weights), `linear` a two-layer linear stack.
 """
 
 from __future__ import annotations

@@ -100,6 +100,20 @@ def structural_features() -> dict[str, np.ndarray]:
             "logits": small_ints((BATCH, 2), 15, 32), "labels": (small_ints((BATCH,), 16, 1) > 0).astype(np.int64)}
 
 
+def class_lines(path: Path, name: str) -> str:
+    """`file:first-last` of a class in an official file, for the reference's `source`."""
+    node = next(n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef) and n.name == name)
+    return f"{path.name}:{node.lineno}-{node.end_lineno}"
+
+
+def tree_state(repo: Path) -> dict:
+    """What makes a checkout -dirty (MT-PKDOT's data/wheel.ply is absent here): recorded beside the commit."""
+    import subprocess
+    changed = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True, check=True).stdout.split("\n")
+    return {"changed_files": [line.strip() for line in changed if line.strip()]}
+
+
 def low_rank(u: np.ndarray, v: np.ndarray) -> torch.Tensor:
     """U @ V / 64 in float64: integer sums below 2^53, so exact whatever the summation order."""
     return torch.tensor(u, dtype=F64) @ torch.tensor(v, dtype=F64) / 64.0
@@ -269,12 +283,13 @@ def _tnet(repo: Path, out_dir: Path, component: str, salt: int, batch: int = 4) 
     out = module(x)
     (out * direction).sum().backward()
     arrays = {"x": x.detach().numpy(), "out": out.detach().numpy(), "grad_x": x.grad.numpy()}
-    sig = f"{component}: x [{batch}, {WIDTH}] -> {tuple(out.shape)}; models/transformation_network.py:TransformNet"
-    save_reference(out_dir, component, repo=repo, source="models/transformation_network.py TransformNet.forward",
-                   arrays=arrays, meta={"weights": {"salt": salt, "sums": weight_sums(state)},
+    sig = f"{component}: x [{batch}, {WIDTH}] -> {tuple(out.shape)}, forward and d/dx"
+    source = "models/" + class_lines(repo / "models" / "transformation_network.py", "TransformNet") + " TransformNet"
+    save_reference(out_dir, component, repo=repo, source=source,
+                   arrays=arrays, meta={**tree_state(repo), "weights": {"salt": salt, "sums": weight_sums(state)},
                                         "official_keys": list(state), "direction_salt": salt + 200,
                                         "grad": "d/dx sum(out * lattice(direction_salt))"})
-    return sig
+    return f"{sig}; models/{class_lines(repo / 'models' / 'transformation_network.py', 'TransformNet')}"
 
 
 def _fusion(repo: Path, out_dir: Path, batch: int = 6, salt: int = 500) -> str:
@@ -293,15 +308,18 @@ def _fusion(repo: Path, out_dir: Path, batch: int = 6, salt: int = 500) -> str:
               "batch_mixing/z": z_mixed.numpy(),
               "per_sample/logits": torch.cat([a[0] for a in alone]).numpy(),
               "per_sample/z": torch.cat([a[1] for a in alone]).numpy()}
-    save_reference(out_dir, "pkdot_fusion", repo=repo, source="models/models.py:326-382 TransformerEncoderBlock, "
-                   "MultimodalTransformer(512, 512, num_heads=2, hidden_dim=512, num_layers=2, num_classes=2), eval",
+    models_py = repo / "models" / "models.py"
+    where = (f"models/{class_lines(models_py, 'TransformerEncoderBlock')}, "
+             f"{class_lines(models_py, 'MultimodalTransformer').split(':')[1]}")
+    save_reference(out_dir, "pkdot_fusion", repo=repo, source=f"{where} TransformerEncoderBlock, MultimodalTransformer"
+                   "(512, 512, num_heads=2, hidden_dim=512, num_layers=2, num_classes=2), eval",
                    arrays=arrays, meta={"weights": {"salt": salt, "sums": weight_sums(state)},
                                         "official_keys": list(state),
                                         "readings": {"batch_mixing": "one call on the (B, 1, 512) batch",
                                                      "per_sample": "one call per sample, (1, 1, 512)"}})
     gap = float(np.abs(arrays["batch_mixing/z"] - arrays["per_sample/z"]).max())
     return (f"pkdot_fusion: v, p [{batch}, 1, {WIDTH}] -> logits {tuple(logits_mixed.shape)}, z {tuple(z_mixed.shape)}"
-            f"; batch-mixing vs per-sample max |Δz| = {gap:.3g}; models/models.py:MultimodalTransformer")
+            f"; batch-mixing vs per-sample max |Δz| = {gap:.3g}; {where}")
 
 
 def _mmd(repo: Path, out_dir: Path, batch: int = 64) -> str:
@@ -320,12 +338,13 @@ def _mmd(repo: Path, out_dir: Path, batch: int = 64) -> str:
     coords = x.grad @ torch.linalg.pinv(basis)
     residual = float((coords @ basis - x.grad).abs().max())
     arrays = {"u_x": u_x, "u_y": u_y, "v": v, "value": value.detach().numpy(), "grad_x_coords": coords.numpy()}
-    save_reference(out_dir, "pkdot_mmd", repo=repo, source="mmd_loss.py MMD_loss(kernel_mul=2.0, kernel_num=5)",
-                   arrays=arrays, meta={"x": "u_x @ v / 64", "y": "u_y @ v / 64 + 0.25",
+    where = class_lines(repo / "mmd_loss.py", "MMD_loss")
+    save_reference(out_dir, "pkdot_mmd", repo=repo, source=f"{where} MMD_loss(kernel_mul=2.0, kernel_num=5)",
+                   arrays=arrays, meta={**tree_state(repo), "x": "u_x @ v / 64", "y": "u_y @ v / 64 + 0.25",
                                         "grad": "d value / d x = grad_x_coords @ [v; ones(1, 512)]",
                                         "residual_outside_basis": residual})
     return (f"pkdot_mmd: x, y [{batch}, {WIDTH}] (rank {RANK} + offset); MMD²={float(value.detach()):.12f}; "
-            f"grad residual {residual:.1e}; mmd_loss.py:MMD_loss")
+            f"grad residual {residual:.1e}; {where}")
 
 
 def build(repo: Path, out_dir: Path):

@@ -46,6 +46,12 @@ def test_bad_values_are_named(overrides, message):
     assert problems(compose_one(overrides)) == [message]
 
 
+def test_a_composition_error_names_the_bad_key_not_an_added_one():
+    from harness.errors import ConfigError
+    with pytest.raises(ConfigError, match="unknown config key 'foo'"):
+        compose_one(["+teacher.train={lr: 0.1}", "foo=1"])
+
+
 def test_the_recipe_keys_are_valid():
     cfg = compose_one(["task=biovid", "method=pkdot", *OFFICIAL, "model.hidden=512", "model.batch_mixing=true",
                        "+teacher.train={optimizer: sgd, lr: 0.001, max_epochs: 100, batch_size: 64}",

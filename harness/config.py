@@ -210,6 +210,8 @@ class Composer:
             known = []
         for o in overrides:
             key = o.partition("=")[0].lstrip("+~")
+            if o.startswith("+"):
+                continue  # `+key=` / `++key=` add a key: never what composition refused (+teacher.train={...})
             if key not in groups and key not in known:
                 return unknown_key_message(key, known)
         return str(error).splitlines()[0]

@@ -41,6 +41,7 @@ KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "selection_split": "val", "tas
                    "method.student_loop": "harness",
                    "task.explained_label_noise": 0.0, "task.labelled_per_subject": None,
                    "model.encoder": "temporal", "teacher.modalities": "all", "method.recipe": "none",
+                   "model.fusion": "gated", "model.batch_mixing": False, "teacher.train": {},
                    # DMD's text: the precomputed features (task.text_input follows method.text_encoder on mosi/mosei)
                    "method.text_encoder": "frozen", "task.text_input": "frozen",
                    "method.bert_path": "bert-base-uncased", "method.bert_init": "pretrained", "method.bert_lr": 1e-4,

@@ -229,6 +229,8 @@ MODEL: dict[str, Field] = {
     "kernel": int_(ge=1, odd=True),        # 'same' padding of the residual convolutions needs an odd kernel
     "dropout": float_(ge=0, lt=1),
     "encoder": choice("temporal", "linear", "mlp"),   # methods/blocks.py ENCODERS (tested)
+    "fusion": choice("gated", "transformer"),           # methods/blocks.py FUSIONS
+    "batch_mixing": bool_(),                            # fusion=transformer only (B1)
 }
 
 ROOT: dict[str, Field] = {
@@ -249,6 +251,7 @@ ROOT: dict[str, Field] = {
     "stats.family": Field(f"{FAMILY_NAME_TEXT} (a Holm family, e.g. batch_size_sensitivity)", is_family_name),
     "teacher.modalities": choice("all", "privileged"),
     "teacher.cache_outputs": bool_(),  # methods/teacher.py frozen_outputs
+    **{f"teacher.train.{k}": optional(f) for k, f in TRAIN.items()},  # methods/teacher.py teacher_train_cfg
     **{f"model.{k}": f for k, f in MODEL.items()},
     **{f"train.{k}": f for k, f in TRAIN.items()},
 }
@@ -261,7 +264,7 @@ _DROPOUT = float_(ge=0, lt=1)
 _TNET = {
     "tnet.enabled": bool_(),
     "tnet.loss": choice("mmd", "mse"),
-    "tnet.arch": choice("mlp", "linear"),
+    "tnet.arch": choice("mlp", "linear", "autoencoder", "linear8"),  # methods/pkdot.py TNet
     "tnet.width": int_(ge=1),
     "tnet.lr": float_(gt=0),
     "tnet.epochs": int_(ge=1),
@@ -505,6 +508,7 @@ RULES["launcher/slurm_cpu"] = RULES["launcher/slurm"]
 # Keys with an entry that a YAML need not have, and why (tests/test_schema.py allows exactly these to be absent).
 MAY_BE_ABSENT = (
     "method.training.*",              # dmd: its block sets only the `train` keys DMD changes; the others apply as is
+    "teacher.train.*",                # the teacher's block sets only the `train` keys it changes (default: none)
 )
 
 GROUP_TABLES = {"method": METHODS, "task": TASKS, "launcher": LAUNCHERS}

@@ -6,6 +6,8 @@ vectors [N, D]), mlp (one hidden layer, vectors only) or linear (vectors only: t
 one affine map per modality, no fusion and no head, so a one-modality net is exactly logistic regression).
 Its pieces are exposed (`encode`, `fuse`, `head`) so a method can, e.g., put hallucinated privileged
 features into the fusion slot of a missing modality (PKDOT's T-Net).
+`fusion` (config `model.fusion`) chooses the fusion: gated (GatedFusion, any number of modalities) or transformer
+(PKDOT's official fusion transformer over two modalities, TransformerFusion; `model.batch_mixing` its B1 reading).
 """
 
 from __future__ import annotations
@@ -133,6 +135,65 @@ class GatedFusion(nn.Module):
         return self.out(gated)
 
 
+class AttentionBlock(nn.Module):
+    """One token per sample: x <- LN(x + MHA(x, x, x)); x <- LN(x + FFN(x)), FFN = Linear-ReLU-Linear (the
+    official PKDOT fusion's per-modality encoder, methods/blocks.py TransformerFusion)."""
+
+    def __init__(self, dim: int, heads: int, ffn_width: int):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_width), nn.ReLU(), nn.Linear(ffn_width, dim))
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, batch_mixing: bool) -> torch.Tensor:
+        """x [N, H]. batch_mixing: the N samples are the one sequence the attention runs over (the official
+        reading, B1); otherwise each sample is a sequence of one token (attention = its value projection)."""
+        tokens = x[None] if batch_mixing else x[:, None]
+        attended = self.attention(tokens, tokens, tokens, need_weights=False)[0]
+        x = self.norm1(x + (attended[0] if batch_mixing else attended[:, 0]))
+        return self.norm2(x + self.ffn(x))
+
+
+class TransformerFusion(nn.Module):
+    """PKDOT's official fusion (docs/fidelity.md#pkdot-model), for exactly two slots a (the official visual
+    slot) and b (the physiological one), each one pooled feature [N, H] per sample:
+    self-attention block per slot; cross-attention c_a = MHA(query=b, key=a, value=a), c_b = MHA(query=a, key=b,
+    value=b), one token per sample; a sigmoid gate g = σ(W [c_a; c_b] + w0) per sample; z = g·c_a + (1 − g)·c_b.
+    `batch_mixing`: the official self-attention over the samples of a batch (B1: predictions then depend on
+    which samples share the batch); false (default) = the fixed per-sample reading. The cross-attention is per
+    sample in both readings, as in the official code. Parity with the official module: tests/test_parity_pkdot.py.
+    """
+
+    def __init__(self, slots: tuple[str, ...], hidden: int, heads: int = 2, batch_mixing: bool = False):
+        super().__init__()
+        if len(slots) != 2:
+            raise ValueError(f"model.fusion=transformer fuses exactly two modalities (the official visual and "
+                             f"physiological slots), got {len(slots)}: {', '.join(slots)}; use model.fusion=gated")
+        if hidden % heads:
+            raise ValueError(f"model.fusion=transformer: model.hidden={hidden} must be divisible by its {heads} heads")
+        self.slots = tuple(slots)
+        self.batch_mixing = bool(batch_mixing)
+        self.blocks = nn.ModuleDict({s: AttentionBlock(hidden, heads, hidden) for s in self.slots})
+        self.cross = nn.ModuleDict({s: nn.MultiheadAttention(hidden, heads, batch_first=True) for s in self.slots})
+        self.gate = nn.Linear(2 * hidden, 1)
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        missing = [s for s in self.slots if s not in feats]
+        if missing:
+            raise KeyError(f"fusion needs features for {missing}; got {list(feats)}")
+        a_name, b_name = self.slots
+        a = self.blocks[a_name](feats[a_name], self.batch_mixing)[:, None]  # [N, 1, H]: one token per sample
+        b = self.blocks[b_name](feats[b_name], self.batch_mixing)[:, None]
+        c_a = self.cross[a_name](b, a, a, need_weights=False)[0][:, 0]
+        c_b = self.cross[b_name](a, b, b, need_weights=False)[0][:, 0]
+        g = torch.sigmoid(self.gate(torch.cat([c_a, c_b], -1)))
+        return g * c_a + (1 - g) * c_b
+
+
+FUSIONS = ("gated", "transformer")
+
+
 class Head(nn.Module):
     """Joint feature -> outputs: regression values [..., K] or class logits [..., K, C]."""
 
@@ -167,10 +228,12 @@ class MultimodalNet(nn.Module):
 
     def __init__(self, modalities: dict[str, int], target: TargetSpec, hidden: int = 64, layers: int = 2,
                  kernel: int = 5, dropout: float = 0.1, slots: tuple[str, ...] | None = None,
-                 encoder: str = "temporal"):
+                 encoder: str = "temporal", fusion: str = "gated", batch_mixing: bool = False):
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"model.encoder={encoder!r}: choose one of {', '.join(ENCODERS)}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"model.fusion={fusion!r}: choose one of {', '.join(FUSIONS)}")
         self.modalities = dict(modalities)
         self.target = target
         self.encoder = encoder
@@ -188,6 +251,14 @@ class MultimodalNet(nn.Module):
         else:
             self.encoders = nn.ModuleDict({m: TemporalEncoder(d, hidden, layers, kernel, dropout)
                                            for m, d in self.modalities.items()})
+        if fusion == "transformer":
+            if target.per_step:
+                raise ValueError("model.fusion=transformer fuses one pooled feature per modality and sample; this "
+                                 "task has per-step targets: use model.fusion=gated")
+            # One slot (the official visual-only baseline: backbone feature -> linear classifier): no fusion.
+            self.fusion = TransformerFusion(slots, hidden, batch_mixing=batch_mixing) if len(slots) > 1 else None
+            self.head = Head(hidden, target)
+            return
         # one-modality mlp: no fusion between the hidden layer and the head
         self.fusion = None if encoder == "mlp" and len(slots) == 1 and slots == tuple(self.modalities) \
             else GatedFusion(slots, hidden, dropout)

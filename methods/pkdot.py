@@ -26,9 +26,10 @@ Defaults and which official behaviour they follow (docs/fidelity.md#pkdot-defaul
   ‖mean_rows cos(Z_T) − mean_rows cos(Z_S)‖₂.
 
 Bugs of the official code fixed here:
-- B1 (self-attention mixing the samples of a batch): fixed by construction, methods/blocks.py's
-  GatedFusion acts on each sample alone, so predictions never depend on batch composition. There is
-  no legacy batch-mixing mode.
+- B1 (self-attention mixing the samples of a batch): fixed, methods/blocks.py's fusions act on each sample
+  alone by default, so predictions never depend on batch composition; the official fusion transformer
+  (model.fusion=transformer) keeps it with model.batch_mixing=true (then teacher.cache_outputs=false, so the
+  teacher's z is computed on each training batch, as coded).
 - B3: cosine matrices via F.normalize(eps=1e-8), no in-place division.
 - B5 (T-Net never loaded, random and frozen): the T-Net is trained first (MMD of docs/fidelity.md#pkdot-tnet or MSE,
   train split, epoch selected on the validation split), stored, frozen while the student trains,
@@ -45,7 +46,8 @@ features (which only need the student's own modalities, so the privileged firewa
 go through the T-Net to the teacher's privileged pooled encoder features. Reading the student's own
 encoders instead would feed the frozen T-Net a distribution that keeps moving while the student
 trains end to end. The official sigmoid auto-encoder output does not fit LayerNorm-ed features that
-can be negative, so the T-Net is an MLP (`mlp`) or the MT-PKDOT repo's purely linear stack (`linear`).
+can be negative, so the default T-Net is an MLP (`mlp`); `autoencoder` and `linear8` are the PKDOT and MT-PKDOT
+repos' own T-Nets (parity-tested with their weights), `linear` a two-layer linear stack.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ from methods.ot import sinkhorn_divergence
 from methods.teacher import build_net, frozen_outputs, get_teacher, teacher_key
 
 __all__ = ["sinkhorn_divergence", "cosine_matrix", "shift_nonnegative", "anchor_indices", "structural_clouds",
-           "structural_ot_loss", "centroid_loss", "mmd_multi_kernel", "TNet", "get_tnet", "PKDOT", "note_k_cap",
+           "structural_ot_loss", "centroid_loss", "mmd_multi_kernel", "TNET_ARCHS", "TNet", "get_tnet", "PKDOT", "note_k_cap",
            "frozen_path", "validation_predictor"]
 
 
@@ -162,6 +164,14 @@ def check_structural(cfg: DictConfig, spec: TaskSpec) -> None:
     """PKDOT / MT-PKDOT on this task (Method.check): the T-Net hallucinates the privileged modalities, so with
     it enabled the task must leave one privileged. The option values themselves are checked by the config
     schema (harness/schema.py) before anything runs."""
+    if cfg.method.tnet.arch == "autoencoder" and cfg.method.tnet.width < 2:
+        raise ConfigError(f"method.tnet.arch=autoencoder halves method.tnet.width for its bottleneck, and "
+                          f"method.tnet.width={cfg.method.tnet.width}: set method.tnet.width >= 2 (256 is the official)")
+    if cfg.model.get("fusion") == "transformer" and cfg.model.get("batch_mixing") \
+            and OmegaConf.select(cfg, "teacher.cache_outputs", default=True):
+        raise ConfigError("model.batch_mixing=true makes the teacher's joint feature depend on the samples that share "
+                          "its batch: the official code computes it on each training batch, and a table cached over "
+                          "evaluation batches (teacher.cache_outputs=true) would not; set teacher.cache_outputs=false")
     if cfg.method.tnet.enabled and not spec.privileged_modalities:
         key = TASKS.get(cfg.task.name).modality_protocol_key
         raise ConfigError(f"method={cfg.method.name} with method.tnet.enabled=true needs a privileged modality for its "
@@ -214,11 +224,24 @@ def mmd_multi_kernel(x: torch.Tensor, y: torch.Tensor, n_kernels: int = 5, kerne
     return kern[:b, :b].mean() + kern[b:, b:].mean() - kern[:b, b:].mean() - kern[b:, :b].mean()
 
 
-class TNet(nn.Module):
-    """Hallucinates privileged pooled features from student-modality pooled features.
+TNET_ARCHS = ("mlp", "linear", "autoencoder", "linear8")
 
-    `mlp`: Linear–GELU–Linear–GELU–Linear; `linear`: two linear layers without activation (the
-    MT-PKDOT repo's T-Net is a purely linear stack).
+
+class TNet(nn.Module):
+    """Hallucinates privileged pooled features [N, out_dim] from student-modality pooled features [N, in_dim].
+
+    `mlp`: Linear–GELU–Linear–GELU–Linear (widths `width`). `linear`: two linear layers, no activation.
+    The official architectures (docs/fidelity.md#pkdot-tnet; parity: tests/test_parity_pkdot.py):
+    `autoencoder`: the PKDOT repo's TransformNet, in → w → w/2 → w → out with ReLU after the first three and a
+    sigmoid at the end (its outputs lie in (0, 1)); w = `width`, so the default 256 is the official 512-256-128-
+    256-512 at in = out = 512.
+    `linear8`: the MT-PKDOT repo's TransformNet, eight linear layers without activation,
+    in → 8w → 4w → 2w → w → 2w → 4w → 8w → out; width 256 is the official 512-2048-1024-512-256-512-1024-2048-512.
+    Widths other than 512: the official forward zero-pads a narrower input to 512 and cuts the output back to
+    the input's width, which computes exactly what a first layer with in_dim inputs and a last layer with
+    out_dim outputs compute (the padded columns multiply zeros, the cut rows are never read); so the first and
+    last layers take in_dim and out_dim here, for any widths (only the initial scale differs: torch's default
+    init scales by the layer's own fan-in). The official code cannot take inputs wider than 512; here they work.
     """
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 256, arch: str = "mlp"):
@@ -228,11 +251,23 @@ class TNet(nn.Module):
                                      nn.Linear(width, out_dim))
         elif arch == "linear":
             self.net = nn.Sequential(nn.Linear(in_dim, width), nn.Linear(width, out_dim))
+        elif arch == "autoencoder":
+            if width < 2:
+                raise ValueError(f"tnet.arch=autoencoder needs tnet.width >= 2 (its bottleneck is width // 2), got {width}")
+            self.net = nn.Sequential(nn.Linear(in_dim, width), nn.ReLU(), nn.Linear(width, width // 2), nn.ReLU(),
+                                     nn.Linear(width // 2, width), nn.ReLU(), nn.Linear(width, out_dim), nn.Sigmoid())
+        elif arch == "linear8":
+            widths = [in_dim, 8 * width, 4 * width, 2 * width, width, 2 * width, 4 * width, 8 * width, out_dim]
+            self.net = nn.Sequential(*(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:])))
         else:
-            raise ValueError(f"tnet.arch must be mlp or linear, got {arch!r}")
+            raise ValueError(f"tnet.arch must be one of {', '.join(TNET_ARCHS)}, got {arch!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def linear_layers(self) -> list[nn.Linear]:
+        """The affine layers in forward order (to copy another implementation's weights in, e.g. the official)."""
+        return [m for m in self.net if isinstance(m, nn.Linear)]
 
 
 def pooled_features(net: MultimodalNet, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None,

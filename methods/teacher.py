@@ -28,7 +28,8 @@ def build_net(ctx: RunContext, modalities: tuple[str, ...], slots: tuple[str, ..
     m = ctx.cfg.model
     return MultimodalNet({k: ctx.spec.modalities[k] for k in modalities}, ctx.spec.target, hidden=m.hidden,
                          layers=m.layers, kernel=m.kernel, dropout=m.dropout, slots=slots,
-                         encoder=m.get("encoder", "temporal")).to(ctx.device)
+                         encoder=m.get("encoder", "temporal"), fusion=m.get("fusion", "gated"),
+                         batch_mixing=bool(m.get("batch_mixing", False))).to(ctx.device)
 
 
 def supervised_loss(net: MultimodalNet, ctx: RunContext):
@@ -83,13 +84,24 @@ def frozen_outputs(fn: Callable[[dict, dict], tuple[torch.Tensor, ...]], split: 
     return cached
 
 
+def teacher_train_cfg(ctx: RunContext):
+    """The teacher's training keys: train.* with teacher.train's overrides (none by default)."""
+    overrides = OmegaConf.select(ctx.cfg, "teacher.train", default=None)
+    return OmegaConf.merge(ctx.cfg.train, overrides) if overrides else ctx.cfg.train
+
+
+# model keys added after teachers were stored, at the value those teachers had: left out of the key there
+_MODEL_KEYS_NEUTRAL_AT = {"encoder": "temporal", "fusion": "gated", "batch_mixing": False}
+
+
 def teacher_key(ctx: RunContext) -> dict:
     cfg = ctx.cfg
+    train = semantic_config(OmegaConf.merge(cfg, {"train": teacher_train_cfg(ctx)}))["train"]
     return {"role": "teacher", "task": cfg.task.name, "task_cfg": semantic_config(cfg)["task"],
             "fold": int(cfg.fold), "seed": int(cfg.seed),
             "model": {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-                      if not (k == "encoder" and v == "temporal")},  # teachers stored before model.encoder
-            "train": semantic_config(cfg)["train"],
+                      if _MODEL_KEYS_NEUTRAL_AT.get(k, object()) != v},
+            "train": train,
             **({"modalities": "privileged"} if teacher_modalities(cfg) == "privileged" else {}),
             # a privileged-information control trains its own teacher, on the controlled data
             **({"privileged_control": control} if (control := cfg.method.get("privileged_control", "none")) != "none"
@@ -158,8 +170,9 @@ def get_teacher(ctx: RunContext, train: Split, val: Split) -> tuple[MultimodalNe
     def train_fn(net):
         # Runs under the store's lock. A checkpointed teacher resumes from the store's checkpoint, whichever
         # run of the sweep was training it when it was preempted.
-        log = fit("teacher", net, supervised_loss(net, ctx), predictor(net, ctx), train, val, ctx, ctx.cfg.train,
-                  checkpoint_path=ctx.teachers.checkpoint_path(key))
+        log = fit("teacher", net, supervised_loss(net, ctx), predictor(net, ctx), train, val, ctx, teacher_train_cfg(ctx),
+                  checkpoint_path=ctx.teachers.checkpoint_path(key),
+                  config_key="teacher.train" if OmegaConf.select(ctx.cfg, "teacher.train", default=None) else "train")
         return {"log": log, "training": ctx.extra["training"]["teacher"]}
 
     # The caller's random stream must not depend on whether the teacher was trained or loaded.

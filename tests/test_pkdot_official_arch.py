@@ -176,17 +176,15 @@ def test_official_architecture_never_sees_privileged_test_inputs(method, batch_m
 
 
 def test_the_recipe_arms_compose_and_validate():
-    """Every arm of harness/conf/recipe/pkdot-biovid.yaml, full and smoke, is a valid run config (selection_split is
-    the reproduce runner's key, added on its own branch: left out here when this branch does not have it)."""
+    """Every arm of harness/conf/recipe/pkdot-biovid.yaml, full and smoke, is a valid run config."""
     import yaml
     from pathlib import Path
     recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "harness/conf/recipe/pkdot-biovid.yaml").read_text())
-    has_selection_split = "selection_split" in ROOT
     for arm in recipe["arms"]:
-        arm_overrides = [o for o in arm["overrides"] if has_selection_split or not o.startswith("selection_split=")]
         for extra in ([], recipe["smoke"]["overrides"]):
-            cfg = compose_one([f"task={recipe['task']}", *recipe["overrides"], *extra, *arm_overrides])
+            cfg = compose_one([f"task={recipe['task']}", *recipe["overrides"], *extra, *arm["overrides"]])
             assert problems(cfg) == [], (arm["name"], problems(cfg))
             assert cfg.model.fusion == "transformer" and cfg.teacher.train.optimizer == "sgd"
             assert cfg.model.batch_mixing == (arm["name"] == "pkdot-batch-mixing")
+            assert cfg.selection_split == ("test" if arm["name"] == "pkdot-test-selected" else "val")
     assert {a["name"] for a in recipe["arms"]} >= {"student", "teacher", "pkdot"}

@@ -44,9 +44,10 @@ class _Stub(types.ModuleType):
 
 @contextmanager
 def official_imports(repo: Path, stubs: list[str] = ()):
-    """Import from `repo` (its folder first on sys.path) with the named modules stubbed. On exit, sys.path and
-    sys.modules are restored, so two official repositories with modules of the same name (models, sinkhorn,
-    validate) never see each other's."""
+    """Import from `repo` (its folder first on sys.path) with the named modules stubbed. On exit, sys.path is
+    restored and the repository's own modules and the stubs leave sys.modules, so two official repositories with
+    modules of the same name (models, sinkhorn, validate) never see each other's. Third-party modules the block
+    imported stay: a C extension (numpy.fft's) cannot be loaded twice in one process."""
     saved_path = list(sys.path)
     saved_modules = dict(sys.modules)
     sys.path.insert(0, str(repo))
@@ -58,8 +59,12 @@ def official_imports(repo: Path, stubs: list[str] = ()):
         yield importlib.import_module
     finally:
         sys.path[:] = saved_path
-        for name in list(sys.modules):
-            if name not in saved_modules:
+        root = Path(repo).resolve()
+        for name, module in list(sys.modules.items()):
+            if name in saved_modules and saved_modules[name] is module:
+                continue
+            file = getattr(module, "__file__", None)
+            if isinstance(module, _Stub) or (file and root in Path(file).resolve().parents):
                 del sys.modules[name]
         sys.modules.update(saved_modules)
 

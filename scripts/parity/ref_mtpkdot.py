@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import ref_pkdot
 from _common import official_imports, save_reference
 
 STUBS = ["comet_ml", "torchvision", "torchvision.transforms", "torchvision.models", "torchvision.models.video",
@@ -219,6 +220,9 @@ def build(repo: Path, out_dir: Path):
             yield from _stage3(repo, out_dir, mt, tn.AdapterNetwork, mm.ClassifierHead)
     finally:
         torch.set_default_dtype(saved_dtype)
+    # The MT-PKDOT repository's 8-layer linear T-Net and its MMD loss (the T-Net components of PKDOT's builder,
+    # which only this repository holds)
+    yield from ref_pkdot.build_mtpkdot_tnet(repo, out_dir)
 
 
 def _official_heads(seed: int, AdapterNetwork, ClassifierHead):

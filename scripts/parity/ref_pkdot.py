@@ -368,10 +368,3 @@ def build_mtpkdot_tnet(repo: Path, out_dir: Path):
     finally:
         torch.set_default_dtype(torch.float32)
 
-
-if __name__ == "__main__":  # until ref_mtpkdot.py calls build_mtpkdot_tnet: python ref_pkdot.py MT-PKDOT-DIR [OUT]
-    import sys
-    here = Path(__file__).resolve().parent
-    out = Path(sys.argv[2]) if len(sys.argv) > 2 else here.parents[1] / "tests" / "parity"
-    for line in build_mtpkdot_tnet(Path(sys.argv[1]).resolve(), out):
-        print(line, flush=True)

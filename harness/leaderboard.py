@@ -26,6 +26,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness import stats
+from harness.errors import RecordError
 from harness.metrics import higher_is_better
 from harness.records import (ROW_VARYING, atomic_write_text, config_id, config_value, iter_records,
                              semantic_config)
@@ -113,8 +114,9 @@ One section per task, task variant and data source; one row per method and confi
 """
 
 
-class LeaderboardError(ValueError):
-    """A record the leaderboard cannot read: the message names the file and the field."""
+class LeaderboardError(RecordError):
+    """A record the leaderboard cannot read: the message names the file and the field. A RecordError, as every
+    reader's: the CLI answers it with one line and exit status 2, whichever command read the record."""
 
 
 # --- reading the records -----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import RecordError
+from harness.schema import FAMILY_NAME_TEXT, is_family_name
 from harness.storage import atomic_write_all, atomic_write_text  # noqa: F401 - atomic_write_text: for importers
 from harness.teachers import stable_hash
 
@@ -160,6 +161,9 @@ def check_record(rec: Any, path: Path | str) -> dict:
             raise bad(f"metrics.{name} = {_short(value)}: expected a number")
     if status == "ok" and rec["primary_metric"] not in rec["metrics"]:
         raise bad(f"metrics has no {rec['primary_metric']!r} (the record's primary_metric)")
+    family = config_value(rec.get("config") or {}, "stats.family")  # which Holm family the run's row belongs to
+    if family is not None and not is_family_name(family):
+        raise bad(f"config.stats.family = {_short(family)}: expected {FAMILY_NAME_TEXT}")
     return rec
 
 

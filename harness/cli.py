@@ -273,4 +273,5 @@ def main(argv: list[str] | None = None) -> int:
         if not is_disk_full(e):
             raise
         where = getattr(e, "filename", None)
-        return _fail(str(disk_full_error(Path(where).parent if where else Path.cwd(), f"{type(e).__name__}: {e}", None)))
+        folder = Path(where).parent if where else Path.cwd()
+        return _fail(str(disk_full_error(folder, f"{type(e).__name__}: {e}", None)))

@@ -66,13 +66,16 @@ def disk_full_error(folder: Path | str, what: str, needed: int) -> DiskFullError
 
 
 @contextlib.contextmanager
-def disk_full_guard(folder: Path | str, what: str, needed: int = 0) -> Iterator[None]:
+def disk_full_guard(folder: Path | str, what: str, needed: int = 0, restate: bool = False) -> Iterator[None]:
     """Turn a full disk met inside the block (by this code or a library's) into DiskFullError about `folder`.
+    restate: a DiskFullError from inside (about a temporary folder, say) is told about `folder` and `what` too.
     The block cleans up after itself (a try/finally of its own); this only names the failure."""
     try:
         yield
-    except DiskFullError:
-        raise
+    except DiskFullError as e:
+        if not restate:
+            raise
+        raise disk_full_error(folder, what, max(needed, e.needed or 0)) from e
     except Exception as e:
         if is_disk_full(e):
             raise disk_full_error(folder, what, needed) from e
@@ -149,8 +152,12 @@ def atomic_write_all(files: list[tuple[Path, bytes | str]]) -> None:
             names = " and ".join(path.name for path, _ in files)
             raise disk_full_error(e.folder, f"writing {names}", sum(len(d) for _, d in files)) from e
         raise
-    for tmp, path in staged:  # in the order given: the last file (record.json) marks the whole as done
-        os.replace(tmp, path)
+    try:
+        for tmp, path in staged:  # in the order given: the last file (record.json) marks the whole as done
+            os.replace(tmp, path)
+    finally:  # interrupted between two renames: no temporary file stays behind
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 def tensor_bytes(obj: Any) -> int:

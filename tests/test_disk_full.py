@@ -291,3 +291,41 @@ def test_a_torch_checkpoint_and_the_feature_cache_fail_whole(tmp_path, monkeypat
     with pytest.raises(DiskFullError, match="the demo feature cache needs at least 39.1 KiB"):
         cached_arrays("demo", [source], {}, lambda: {"x": np.zeros((1000, 10), np.float32)}, tmp_path / "cache")
     assert temporaries(tmp_path) == [] and not list((tmp_path / "cache" / "features" / "demo").glob("*/"))
+
+
+@pytest.fixture(scope="module")
+def two_records(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("outputs")
+    assert main(["run", "-m", *TINY, "method=student", "task=synthetic", "seed=0,1", f"results_dir={root / 'results'}",
+                 f"cache_dir={root / 'cache'}"]) == 0
+    return root / "results"
+
+
+READERS = {
+    "leaderboard": lambda r, o: ["leaderboard", "--results", str(r), "--out", str(o / "lb.md"), "--csv",
+                                 str(o / "lb.csv"), "--latex", str(o / "lb.tex")],
+    "report": lambda r, o: ["report", "--results", str(r), "--out", str(o / "report")],
+    "scaling": lambda r, o: ["scaling", "--results", str(r), "--task", "synthetic", "--x", "seed", "--out",
+                             str(o / "scaling.png")],
+}
+
+
+@pytest.mark.parametrize("command", READERS)
+def test_the_outputs_of_leaderboard_report_and_scaling_are_whole_or_untouched(command, two_records, tmp_path,
+                                                                              monkeypatch, capsys):
+    out = tmp_path / "out"
+    args = READERS[command](two_records, out)
+    assert main(args) == 0  # the earlier outputs
+    before, records = files(out), files(two_records)
+    fill_disk_for(monkeypatch, lambda p: p.is_relative_to(out))
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    m = MESSAGE.fullmatch(err.strip())
+    assert m and len(err.splitlines()) == 1, err
+    assert m["folder"] == str(out)
+    assert m["what"] == {"leaderboard": "writing lb.md and lb.csv and lb.tex", "report": "writing the report report",
+                         "scaling": "writing scaling.png"}[command]
+    assert files(out) == before and files(two_records) == records
+    assert temporaries(tmp_path) == [] and sorted(p.name for p in out.iterdir()) == sorted(
+        {Path(k).parts[0] for k in before})

@@ -44,7 +44,7 @@ def write_report(results_dir: Path | str = "results", out_dir: Path | str = "rep
     command = command or f"harness report --results {results_dir} --out {out_dir}"
     make_dirs(out_dir.parent)
     # a full disk anywhere in the page or its figures: DiskFullError, the temporary folder removed, the old report kept
-    with disk_full_guard(out_dir.parent, f"the report {out_dir}"):
+    with disk_full_guard(out_dir.parent, f"writing the report {out_dir.name}", restate=True):
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         try:
             context = build(Path(results_dir), tmp, command)

@@ -191,10 +191,12 @@ def cmd_data(args) -> int:
     except Exception as e:
         if not is_disk_full(e):
             raise
+        # at least what it had written when the disk filled, and more
+        written = sum(f.stat().st_blocks * 512 for f in out.rglob("*") if f.is_file()) if out.exists() else 0
         if not existed:  # all of it is ours: nothing partial stays
             shutil.rmtree(out, ignore_errors=True)
         left = "was removed" if not existed else "is incomplete: delete it"
-        raise disk_full_error(out, f"writing a mimic {cfg.task.name} dataset ({type(e).__name__}: {e})", None) \
+        raise disk_full_error(out, f"writing a mimic {cfg.task.name} dataset", written + 1) \
             .with_context(f"the tree at {out} {left}", advice="free some space and re-send the command") from e
     print(f"wrote a mimic {cfg.task.name} dataset (real on-disk format, not real data) to {root}")
     print(f"run on it with: harness run task={cfg.task.name} task.data_root={root}")

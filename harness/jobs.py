@@ -114,7 +114,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 failed.append(f"{spec['run_dir']}: {rec.get('error')}")
         if failed:
             raise RunFailed(f"{len(failed)} of {len(self.runs)} runs failed (their records carry the error; a run "
-                            "'not run' has a config or data mistake and no record): " + "; ".join(failed))
+                            "'not run' has no record: a config or data mistake, or a full disk): " + "; ".join(failed))
         return summary
 
     def checkpoint(self, *args, **kwargs):

@@ -329,3 +329,25 @@ def test_the_outputs_of_leaderboard_report_and_scaling_are_whole_or_untouched(co
     assert files(out) == before and files(two_records) == records
     assert temporaries(tmp_path) == [] and sorted(p.name for p in out.iterdir()) == sorted(
         {Path(k).parts[0] for k in before})
+
+
+def test_a_mimic_tree_that_does_not_fit_is_removed(tmp_path, monkeypatch, capsys):
+    saved = []
+
+    def save(path, array, *args, **kwargs):  # the third feature file meets a full disk
+        if len(saved) == 2:
+            raise ENOSPC
+        saved.append(np.asarray(array).nbytes)
+        return real_save(path, array, *args, **kwargs)
+
+    real_save = np.save
+    monkeypatch.setattr(np, "save", save)
+    out = tmp_path / "mimic"
+    assert main(["data", "mimic", "task=biovid", f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    m = MESSAGE.fullmatch(err.strip())
+    assert m and len(err.splitlines()) == 1, err
+    assert m["folder"] == str(out) and m["what"] == "writing a mimic biovid dataset"
+    assert m["rest"] == f"the tree at {out} was removed; free some space and re-send the command"
+    assert nbytes(m["needed"]) > sum(saved)  # more than the feature arrays it had written
+    assert not out.exists()

@@ -9,13 +9,13 @@ and config skips the processing, and any change to either recomputes.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 from filelock import FileLock
 
+from harness.storage import atomic_folder, make_dirs
 from harness.teachers import stable_hash
 
 
@@ -64,15 +64,14 @@ def cached_arrays(name: str, sources: Iterable[Path | str], config: dict, build:
     datasets.disable_progress_bars()
     sources = list(sources)
     folder = Path(cache_dir) / "features" / name / cache_key(name, sources, config)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder.parent)
     with FileLock(str(folder) + ".lock"):
         if not folder.exists():
             arrays = build()
             ds = _to_dataset(arrays)
-            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            ds.save_to_disk(str(tmp))
-            os.replace(tmp, folder)
+            # whole or not at all; a full disk: DiskFullError naming the cache folder and the arrays' size
+            with atomic_folder(folder, f"the {name} feature cache", needed=_nbytes(arrays)) as tmp:
+                ds.save_to_disk(str(tmp))
             return {k: _as_array(v) for k, v in arrays.items()}, False
     table = datasets.load_from_disk(str(folder)).with_format("numpy")[:]
     return {k: _restack(v) for k, v in table.items()}, True
@@ -125,6 +124,11 @@ def _to_dataset(arrays: dict[str, object], chunk_bytes: int = 64 << 20):
     parts = [datasets.Dataset.from_dict({k: v[start:start + step] for k, v in arrays.items()}, features=features)
              for start in range(0, max(n, 1), step)]
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _nbytes(arrays: dict[str, object]) -> int:
+    """The arrays' own size: a lower bound of the Arrow files that hold them."""
+    return sum(int(getattr(a, "nbytes", 0)) for v in arrays.values() for a in (v if isinstance(v, list) else [v]))
 
 
 def _as_array(v):

@@ -20,11 +20,13 @@ from __future__ import annotations
 # `harness --help` and `harness list` start in a fraction of a second. Each command imports what it uses
 # (torch, pandas, Hydra... load only for the commands that need them); tests/test_startup.py checks it.
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
-from harness.errors import ConfigError, TaskError
+from harness.errors import ConfigError, DiskFullError, RecordError, TaskError
 from harness.registry import METHODS, TASKS, UnknownNameError
+from harness.storage import disk_full_error, is_disk_full
 
 USAGE_EXIT = 2
 
@@ -94,11 +96,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from harness.leaderboard import LeaderboardError, write_leaderboard
-    try:
-        text, summary = write_leaderboard(args.results, args.out, args.csv, args.latex, strict=args.strict)
-    except LeaderboardError as e:
-        return _fail(str(e).splitlines())
+    from harness.leaderboard import write_leaderboard
+
+    text, summary = write_leaderboard(args.results, args.out, args.csv, args.latex, strict=args.strict)
     written = f"{args.out}, {args.csv} and {args.latex}" if args.latex else f"{args.out} and {args.csv}"
     print(text if args.print else f"wrote {written} from {args.results}/ ({len(summary)} summary rows)")
     return 0
@@ -186,7 +186,20 @@ def cmd_data(args) -> int:
     with Composer() as composer:
         cfg = composer.compose([f"task={kv['task']}"] + [o for o in args.overrides if o.startswith("task.")])
     check_runs([([], cfg)])
-    root = TASKS.get(cfg.task.name).write_mimic(Path(kv["out"]), cfg.task)
+    out = Path(kv["out"])
+    existed = out.exists()
+    try:
+        root = TASKS.get(cfg.task.name).write_mimic(out, cfg.task)
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        # at least what it had written when the disk filled, and more
+        written = sum(f.stat().st_blocks * 512 for f in out.rglob("*") if f.is_file()) if out.exists() else 0
+        if not existed:  # all of it is ours: nothing partial stays
+            shutil.rmtree(out, ignore_errors=True)
+        left = "was removed" if not existed else "is incomplete: delete it"
+        raise disk_full_error(out, f"writing a mimic {cfg.task.name} dataset", written + 1) \
+            .with_context(f"the tree at {out} {left}", advice="free some space and re-send the command") from e
     print(f"wrote a mimic {cfg.task.name} dataset (real on-disk format, not real data) to {root}")
     print(f"run on it with: harness run task={cfg.task.name} task.data_root={root}")
     return 0
@@ -296,7 +309,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except ConfigError as e:  # bad input: one line per problem, no traceback
         return _fail(e.lines)
-    except (UnknownNameError, TaskError) as e:
+    except (UnknownNameError, TaskError, DiskFullError) as e:
         return _fail(str(e))
+    except RecordError as e:  # a record any command read (leaderboard, report, scaling, status, a resumed run...)
+        return _fail(str(e).splitlines())
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a full disk met by a library's own writer (harness/storage.py routes the harness's)
+        if not is_disk_full(e):
+            raise
+        where = getattr(e, "filename", None)
+        folder = Path(where).parent if where else Path.cwd()
+        return _fail(str(disk_full_error(folder, f"{type(e).__name__}: {e}", None)))

@@ -24,7 +24,7 @@ from pathlib import Path
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
-from harness.errors import TaskError
+from harness.errors import DiskFullError, TaskError
 from harness.launch import SUBMITIT_EXECUTORS, LaunchError, PlannedRun, clear_checkpoints, runs_to_do
 from harness.records import run_dir
 from harness.schema import ConfigError
@@ -68,7 +68,14 @@ class RunJob(submitit.helpers.Checkpointable):
         if threads > 0:  # one job per CPU slot: torch must not use every core of the node
             torch.set_num_threads(threads)
         summary, failed = [], []
+        disk_full = None  # the first full-disk error: the task's later runs would train and then fail the same way
         for i, spec in enumerate(self.runs):
+            if disk_full is not None:
+                print(f"==== [{i + 1}/{len(self.runs)}] -> not run: the disk filled in an earlier run of this task",
+                      flush=True)
+                summary.append({"run_dir": spec["run_dir"], "status": "not run", "error": disk_full})
+                failed.append(f"{spec['run_dir']}: not run (disk full)")
+                continue
             cfg = OmegaConf.create(spec["config"])
             folder = run_dir(cfg)
             if str(folder) != spec["run_dir"]:
@@ -87,7 +94,9 @@ class RunJob(submitit.helpers.Checkpointable):
             except Exception as e:  # noqa: BLE001 - a config or data mistake found with the data (no record), or
                 # anything execute does not record: this run is reported, the task's other runs go on
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                if not isinstance(e, (ConfigError, TaskError)):
+                if isinstance(e, DiskFullError):  # its one line says it all; other runs' records are intact
+                    disk_full = first
+                elif not isinstance(e, (ConfigError, TaskError)):
                     first = f"{type(e).__name__}: {first}"
                     traceback.print_exc()
                 print(f"  -> not run: {first}", flush=True)
@@ -105,7 +114,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 failed.append(f"{spec['run_dir']}: {rec.get('error')}")
         if failed:
             raise RunFailed(f"{len(failed)} of {len(self.runs)} runs failed (their records carry the error; a run "
-                            "'not run' has a config or data mistake and no record): " + "; ".join(failed))
+                            "'not run' has no record: a config or data mistake, or a full disk): " + "; ".join(failed))
         return summary
 
     def checkpoint(self, *args, **kwargs):

@@ -18,6 +18,9 @@ follows the sweep and `harness leaderboard` reads whatever has finished.
   RunJob.checkpoint() and requeues it, and the run resumes from its own per-epoch checkpoint
   (train.checkpoint=true, set by the presets). Its record says how often it was requeued and the
   epoch it resumed from.
+- A full disk: an in-process sweep stops at the first run that cannot write (one DiskFullError line, exit 2);
+  a job reports that run and its task's later runs "not run" and fails. Every record written before is
+  intact (records are written whole or not at all, harness/storage.py); re-sending the command resumes.
 - Resume: runs with an ok record are never submitted (nor runs still queued or running in an earlier
   sweep), so a sweep re-sent after a crash or a partial failure sends only the missing/failed runs.
 
@@ -40,7 +43,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import Composer, expand
-from harness.errors import TaskError
+from harness.errors import DiskFullError, TaskError
 from harness.records import read_record, run_dir
 from harness.registry import METHODS
 from harness.schema import ConfigError
@@ -137,7 +140,7 @@ def runs_to_do(runs: list[PlannedRun]) -> list[PlannedRun]:
 
 def clear_checkpoints(folder: Path) -> None:
     """overwrite=true recomputes from scratch: drop what an earlier attempt left (train.checkpoint)."""
-    for ckpt in Path(folder).glob("checkpoint_*.pt*"):
+    for ckpt in Path(folder).glob("*checkpoint_*.pt*"):
         ckpt.unlink(missing_ok=True)
 
 
@@ -168,6 +171,12 @@ def launch(runs: list[PlannedRun], launcher: DictConfig) -> list[dict]:
                 clear_checkpoints(r.folder)
             try:
                 rec = execute(r.cfg, r.overrides)
+            except DiskFullError as e:  # every later run would train and then fail the same way: stop here
+                if len(runs) == 1:
+                    raise
+                done = skipped + sum(rec["status"] == "ok" for rec in records)
+                raise e.with_context(f"{done} of {len(runs)} runs of this command have an ok record, the other "
+                                     f"{len(runs) - done} were not run") from e
             except (ConfigError, TaskError) as e:  # found with the data: nothing written, the sweep goes on
                 if len(todo) == 1:
                     raise

@@ -26,11 +26,13 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness import stats
+from harness.errors import RecordError
 from harness.metrics import higher_is_better
-from harness.records import (ROW_VARYING, atomic_write_text, config_id, config_value, iter_records,
+from harness.records import (ROW_VARYING, config_id, config_value, iter_records,
                              semantic_config)
 from harness.registry import TASKS
 from harness.schema import FAMILY_NAME_TEXT, is_family_name, show
+from harness.storage import atomic_write_all
 from harness.teachers import stable_hash
 
 # Overrides that change a method's own setting are shown in its row label (teacher.*: what the teacher sees,
@@ -115,8 +117,9 @@ One section per task, task variant and data source; one row per method and confi
 """
 
 
-class LeaderboardError(ValueError):
-    """A record the leaderboard cannot read: the message names the file and the field."""
+class LeaderboardError(RecordError):
+    """A record the leaderboard cannot read: the message names the file and the field. A RecordError, as every
+    reader's: the CLI answers it with one line and exit status 2, whichever command read the record."""
 
 
 # --- reading the records -----------------------------------------------------------------------------------
@@ -876,10 +879,11 @@ def write_leaderboard(results_dir: Path | str = "results", out_md: Path | str = 
     summary = summarise(df)
     comparisons = compare(df)
     text = render(summary, df, comparisons)
-    atomic_write_text(Path(out_md), text)
+    files = [(Path(out_md), text)]
     if out_csv is not None:
-        atomic_write_text(Path(out_csv), csv_table(summary, comparisons).to_csv(index=False))
+        files.append((Path(out_csv), csv_table(summary, comparisons).to_csv(index=False)))
     if out_latex is not None:  # from the same summary and comparisons as the markdown
         from harness.latex import render_latex
-        atomic_write_text(Path(out_latex), render_latex(summary, comparisons))
+        files.append((Path(out_latex), render_latex(summary, comparisons)))
+    atomic_write_all(files)  # all or none: a full disk never leaves a new markdown beside an old csv
     return text, summary

@@ -7,7 +7,6 @@ by rename, so a folder with a record.json is a finished run and a killed run lea
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import subprocess
@@ -18,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.errors import RecordError
+from harness.schema import FAMILY_NAME_TEXT, is_family_name
+from harness.storage import atomic_write_all, atomic_write_text  # noqa: F401 - atomic_write_text: for importers
 from harness.teachers import stable_hash
 
 if TYPE_CHECKING:
@@ -99,20 +101,14 @@ def run_dir(cfg: DictConfig | dict) -> Path:
     return Path(cfg["results_dir"]) / cfg["task"]["name"] / cfg["method"]["name"] / run_key(cfg)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_record(folder: Path, record: dict[str, Any], predictions: pd.DataFrame | None) -> Path:
+    """record.json (+ predictions.csv) whole or not at all (harness/storage.py): a full disk leaves the folder as it
+    was, and a record never sits beside another attempt's predictions."""
+    files = []
     if predictions is not None:
-        atomic_write_text(folder / "predictions.csv", predictions.to_csv(index=False, float_format="%.7g"))
-    atomic_write_text(folder / "record.json", json.dumps(record, indent=1, default=_json_default) + "\n")
+        files.append((folder / "predictions.csv", predictions.to_csv(index=False, float_format="%.7g")))
+    files.append((folder / "record.json", json.dumps(record, indent=1, default=_json_default) + "\n"))
+    atomic_write_all(files)
     return folder / "record.json"
 
 
@@ -124,16 +120,89 @@ def _json_default(o):
     return str(o)
 
 
+# What every reader of records (leaderboard, report, scaling, status, resume, the Python API) relies on: field ->
+# (types, required in ok records, required in failed ones). Deeper parts (metrics_ci, extra.training, logs) are
+# checked by the leaderboard where it reads them, with the same kind of message.
+_STR, _INT, _DICT, _LIST = (str,), (int,), (dict,), (list,)
+RECORD_FIELDS = {"status": (_STR, True, True), "method": (_STR, True, True), "task": (_STR, True, True),
+                 "fold": (_INT, True, True), "seed": (_INT, True, True), "run_key": (_STR, False, False),
+                 "config_id": (_STR, False, False), "config": (_DICT, False, False),
+                 "overrides": (_LIST, False, False), "metrics": (_DICT, True, False),
+                 "primary_metric": (_STR, True, False), "task_variant": (_STR, False, False),
+                 "data_source": (_STR, False, False), "bound": (_STR, False, False), "error": (_STR, False, False),
+                 "metrics_ci": (_DICT, False, False), "extra": (_DICT, False, False), "logs": (_DICT, False, False),
+                 "launch": (_DICT, False, False), "timings": (_DICT, False, False), "adjusted": (_DICT, False, False)}
+RECORD_STATUSES = ("ok", "failed")
+_TYPE_NAMES = {str: "a string", int: "a whole number", dict: "an object", list: "a list"}
+
+
+def record_fix(folder: Path | str) -> str:
+    return (f"fix: restore the file, or recompute the run (overwrite=true, or delete {Path(folder)} and re-send its "
+            f"command)")
+
+
+def check_record(rec: Any, path: Path | str) -> dict:
+    """rec, read from path, if it has what its readers need; else RecordError naming the file, the field, the fix."""
+    path = Path(path)
+
+    def bad(what: str) -> RecordError:
+        return RecordError(f"{path}: {what}; {record_fix(path.parent)}")
+
+    if not isinstance(rec, dict):
+        raise bad(f"the record is {type(rec).__name__}, expected a JSON object")
+    status = rec.get("status")
+    for field, (types, in_ok, in_failed) in RECORD_FIELDS.items():
+        value = rec.get(field)
+        if value is None:  # null counts as absent (a run that failed before the value was known)
+            if (in_ok and status == "ok") or (in_failed and status != "ok"):
+                raise bad(f"field '{field}' is missing")
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise bad(f"{field} = {_short(value)}: expected {_TYPE_NAMES[types[0]]}")
+    if status not in RECORD_STATUSES:
+        raise bad(f"status = {_short(status)}: expected one of {', '.join(RECORD_STATUSES)}")
+    for name, value in (rec.get("metrics") or {}).items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise bad(f"metrics.{name} = {_short(value)}: expected a number")
+    if status == "ok" and rec["primary_metric"] not in rec["metrics"]:
+        raise bad(f"metrics has no {rec['primary_metric']!r} (the record's primary_metric)")
+    family = config_value(rec.get("config") or {}, "stats.family")  # which Holm family the run's row belongs to
+    if family is not None and not is_family_name(family):
+        raise bad(f"config.stats.family = {_short(family)}: expected {FAMILY_NAME_TEXT}")
+    return rec
+
+
+def _short(value: Any, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def load_record(path: Path | str) -> dict:
+    """One record.json, checked (check_record); RecordError for a file that cannot be read or parsed."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: cannot be read ({e}); {record_fix(path.parent)}") from None
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                          f"{record_fix(path.parent)}") from None
+    return check_record(rec, path)
+
+
 def read_record(folder: Path) -> dict | None:
+    """The record of a run folder, None if it has none; RecordError for a record that cannot be used."""
     path = Path(folder) / "record.json"
     if not path.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
+    return load_record(path)
 
 
 def iter_records(results_dir: Path | str) -> list[dict]:
-    """Every record under results_dir (unreadable files are reported, not fatal).
+    """Every record under results_dir; one that cannot be read or lacks a field its readers need is a RecordError
+    (never skipped: a leaderboard silently missing a run would be wrong without saying so).
 
     Folders starting with `_` or `.` are not tasks (`_sweeps/` holds sweep manifests and job logs).
     A record is written by rename, so a run still in progress has no record.json yet: a leaderboard
@@ -144,11 +213,7 @@ def iter_records(results_dir: Path | str) -> list[dict]:
     for path in sorted(root.glob("*/*/*/record.json")):
         if path.relative_to(root).parts[0][:1] in ("_", "."):
             continue
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            print(f"warning: skipping unreadable record {path}: {e}")
-            continue
+        rec = load_record(path)
         rec["_dir"] = str(path.parent)
         out.append(rec)
     return out

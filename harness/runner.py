@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import time
@@ -19,6 +20,7 @@ from harness import RECORD_SCHEMA_VERSION, __version__
 from harness.allocator import tune_allocator
 from harness.controls import apply_privileged_control, check_privileged_control
 from harness.data import FoldData
+from harness.errors import DiskFullError
 from harness.live import LiveLogger, open_live_logger, require_logger_library
 from harness.method import Method, RunContext
 from harness.predictions import make_predictions, prediction_rows
@@ -27,6 +29,7 @@ from harness.registry import METHODS, TASKS
 from harness.schema import ConfigError
 from harness.stale import check_data_unchanged, save_signature
 from harness.stats import metric_ci
+from harness.storage import disk_full_error, is_disk_full, make_dirs
 from harness.task import Task, TaskError
 from harness.teachers import TeacherStore
 from harness.validate import check_config
@@ -164,10 +167,12 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
     TaskError from `prepare`) is raised before the run's folder is made: no record. A run that raises
     after that writes a failed record carrying the error text (and re-raises only with raise_errors).
     `launch` (sweep id, job id, requeue count... from harness/jobs.py) is stored in the record as is.
+    A full disk (the record, the teacher store, a checkpoint, the feature cache...) raises DiskFullError
+    (harness/storage.py): no record, and the folder this attempt made is removed but for its checkpoints.
     """
     folder = run_dir(cfg)
-    existing = read_record(folder)
-    if existing is not None and existing.get("status") == "ok" and not cfg.overwrite:
+    existing = None if cfg.overwrite else read_record(folder)  # overwrite=true replaces even an unreadable record
+    if existing is not None and existing.get("status") == "ok":
         check_data_unchanged(cfg, existing, folder)
         existing["skipped"] = True
         return existing
@@ -185,14 +190,51 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
     }
     if launch is not None:
         record["launch"] = launch
-    predictions, ctx, failure = None, None, None
+    failure = None
     try:
         prep = prepare(cfg)
-    except (ConfigError, TaskError):
-        raise  # a config or data mistake: one line at the prompt, no folder, no record
+    except (ConfigError, TaskError, DiskFullError):
+        raise  # a config or data mistake, or a full disk (the feature cache): one line, no folder, no record
     except Exception as e:  # noqa: BLE001 - anything else fails the run with a record, as a training error does
+        if is_disk_full(e):
+            raise disk_full_error(cfg.cache_dir, f"{type(e).__name__}: {e}", None) from e
         prep, failure = None, (e, traceback.format_exc())
-    folder.mkdir(parents=True, exist_ok=True)
+    made_folder = not folder.exists()
+    try:
+        make_dirs(folder)
+        _run(cfg, record, prep, folder, timings, t_start, failure, raise_errors)
+    except DiskFullError:
+        if made_folder:
+            _remove_unfinished(folder)
+        raise
+    except Exception as e:
+        if not is_disk_full(e):  # a library's own writer (a live logger's event file...)
+            raise
+        if made_folder:
+            _remove_unfinished(folder)
+        where = getattr(e, "filename", None)
+        raise disk_full_error(Path(where).parent if where else folder, f"{type(e).__name__}: {e}", None) from e
+    return record
+
+
+def _remove_unfinished(folder: Path) -> None:
+    """A full disk stopped the run before its record: the folder this attempt made goes, so that nothing looks like
+    a run, except its training checkpoints (train.checkpoint=true), which a re-sent command resumes from."""
+    for path in sorted(folder.rglob("*"), reverse=True):  # files before their folders
+        if path.is_dir():
+            with contextlib.suppress(OSError):
+                path.rmdir()  # empty (a folder holding a checkpoint stays)
+        elif not path.name.startswith("checkpoint_"):
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _run(cfg: DictConfig, record: dict, prep: Prepared | None, folder: Path, timings: dict, t_start: float,
+         failure: tuple | None, raise_errors: bool) -> None:
+    """Train, predict, score and write the record of a prepared run (or the failed record of one that could not
+    be prepared); a full disk raises DiskFullError and writes nothing."""
+    predictions, ctx = None, None
     if prep is not None:
         try:
             task, data, method_cls = prep.task, prep.data, prep.method_cls
@@ -260,7 +302,11 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
                 record["log_every"] = every
             record["extra"] = ctx.extra
             record["status"] = "ok"
+        except DiskFullError:
+            raise  # no record can be written: the caller removes what this attempt made
         except Exception as e:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
+            if is_disk_full(e):
+                raise
             failure = (e, traceback.format_exc())
         finally:  # on failure and interruption too: the event file or MLflow run is complete and marked
             if ctx is not None:
@@ -280,7 +326,6 @@ def execute(cfg: DictConfig, overrides: list[str] | None = None, raise_errors: b
         record["predictions_saved"] = False
         (folder / "predictions.csv").unlink(missing_ok=True)  # an earlier attempt's must not pass for this run's
     _finish(record, folder, predictions, timings, t_start)
-    return record
 
 
 def close_live_logger(live: LiveLogger, status: str) -> None:
@@ -297,6 +342,6 @@ def _finish(record: dict, folder: Path, predictions, timings: dict, t_start: flo
     write_record(folder, {**record, "timings": {**timings, "total_s": time.perf_counter() - t_start}}, predictions)
     timings["write_s"] = time.perf_counter() - t
     if record["status"] == "ok":  # finished: its training checkpoints (train.checkpoint=true) are of no more use
-        for ckpt in folder.glob("checkpoint_*.pt*"):
+        for ckpt in folder.glob("*checkpoint_*.pt*"):  # and a killed writer's hidden temporary file
             ckpt.unlink(missing_ok=True)
     record["timings"] = {**timings, "total_s": time.perf_counter() - t_start}

@@ -23,6 +23,7 @@ import scipy.stats as sps
 
 from harness.leaderboard import _recipe, collect, label_of
 from harness.stats import CONFIDENCE, paired_test
+from harness.storage import atomic_savefig, atomic_write_text
 
 REFERENCE = "student"
 
@@ -162,11 +163,10 @@ def plot(table: pd.DataFrame, key: str, out: Path) -> Path:
                frameon=False)
     fig.text(0.5, 0.005, footnote(table, common), fontsize=6, ha="center", wrap=True)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    fig.savefig(tmp, dpi=130)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        atomic_savefig(fig, out, dpi=130)  # whole or not at all; a full disk: DiskFullError
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -176,7 +176,5 @@ def write_scaling(results_dir: Path | str = "results", task: str = "lupi", key: 
     out = Path(out)
     figure = plot(table, key, out)
     csv = out.with_suffix(".csv")
-    tmp = csv.with_name(csv.stem + ".tmp.csv")
-    table.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(csv)
+    atomic_write_text(csv, table.to_csv(index=False, float_format="%.6g"))
     return Scaling(table, figure, csv, n)

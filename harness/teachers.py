@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from filelock import FileLock
+
+from harness.storage import atomic_torch_save, atomic_write_text, make_dirs
 
 if TYPE_CHECKING:  # torch is imported where a teacher is loaded or trained: `harness status` stays light
     import torch
@@ -41,8 +42,7 @@ class TeacherStore:
         """Return (module, meta). `train(module)` trains it in place and returns metadata (its epoch log...)."""
         import torch
 
-        folder = self.path(key)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = make_dirs(self.path(key))
         weights, meta_file = folder / "teacher.pt", folder / "meta.json"
         with FileLock(str(folder / ".lock")):
             module = build().to(device)
@@ -52,12 +52,10 @@ class TeacherStore:
                 meta["reused"] = True
             else:
                 meta = {"key": key, **train(module)}
-                tmp = weights.with_suffix(f".tmp{os.getpid()}")
-                torch.save(module.state_dict(), tmp)
-                os.replace(tmp, weights)
-                tmp = meta_file.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(json.dumps(meta, indent=1, default=str))
-                os.replace(tmp, meta_file)
+                # whole or not at all (a full disk: DiskFullError naming the store's folder); the weights first,
+                # the meta file last: a teacher is stored once both exist
+                atomic_torch_save(module.state_dict(), weights)
+                atomic_write_text(meta_file, json.dumps(meta, indent=1, default=str))
                 for stale in folder.glob("checkpoint.pt*"):  # the teacher is stored: its checkpoint is done
                     stale.unlink(missing_ok=True)
                 meta["reused"] = False

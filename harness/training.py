@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import pickle
 import time
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from harness.data import Split
 from harness.method import RunContext
 from harness.predictions import make_predictions
 from harness.schema import LOOP_CHOICES
+from harness.storage import atomic_torch_save  # whole or not at all; a full disk: DiskFullError
 
 # The loop's options and the values that give the loop the harness has always had. A train config
 # without one of these keys (an older record, a method's partial override) means that value.
@@ -131,12 +131,6 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
             f"{path}: refused to resume from this checkpoint: it holds objects that are not tensors or plain "
             f"containers ({str(e).splitlines()[0]}). The harness never writes such a file; delete it to train from "
             f"the start, or find out who wrote it.") from None
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def loop_options(train_cfg: DictConfig | dict) -> dict[str, Any]:

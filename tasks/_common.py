@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import warnings
 from collections import Counter
@@ -26,6 +25,7 @@ import pandas as pd
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from harness.storage import atomic_folder
 from harness.task import TaskError
 from harness.teachers import stable_hash
 
@@ -88,11 +88,10 @@ def resolve_root(cfg: DictConfig, task_name: str, write_mimic: Callable[[Path, D
             target.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(target) + ".lock"):
                 if not is_mimic_tree(target):  # another process may have written it while we waited
-                    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    write_mimic(tmp, cfg)
-                    shutil.rmtree(target, ignore_errors=True)
-                    os.replace(tmp, target)
+                    # whole or not at all: a full disk leaves no partial tree (DiskFullError, harness/storage.py)
+                    with atomic_folder(target, f"writing the mimic {task_name} tree") as tmp:
+                        write_mimic(tmp, cfg)
+                        shutil.rmtree(target, ignore_errors=True)
         return target
     root = Path(str(cfg_get(cfg, "data_root", "")))
     if not root.is_dir() or not looks_present(root):

@@ -11,6 +11,7 @@ from scipy.stats import ttest_rel
 
 from _records import control_overrides, hand_made_record
 
+from harness.errors import RecordError
 from harness.latex import render_latex
 from harness.leaderboard import LeaderboardError, collect, compare, render, summarise, write_leaderboard
 
@@ -226,7 +227,7 @@ def test_a_row_whose_runs_declare_different_families_names_them_and_the_fix(tmp_
 
 def test_a_bad_family_name_names_the_file_and_field(tmp_path):
     path = write(tmp_path, "kd", 0, 0.4, family="lr sensitivity")
-    with pytest.raises(LeaderboardError, match=rf"{path}: config.stats.family = 'lr sensitivity': expected a name"):
+    with pytest.raises(RecordError, match=rf"{path}: config.stats.family = 'lr sensitivity': expected a name"):
         collect(tmp_path)
 
 

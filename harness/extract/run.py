@@ -11,9 +11,7 @@ zeros (gap_fill=zeros).
 
 from __future__ import annotations
 
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from harness.errors import ConfigError, TaskError
 from harness.extract import backbones, decode, sidecar
 from harness.extract.loader import Decoded
 from harness.extract.sources import Item, Plan, plan
+from harness.storage import atomic_np_save, atomic_write_text
 
 FLUSH_EVERY_S = 30.0  # EXTRACTED.json is rewritten at most this often during a run, and at its end
 
@@ -52,16 +51,10 @@ def versions() -> dict:
 
 
 def atomic_save(path: Path, array: np.ndarray) -> None:
-    """np.save into a temporary file of the same folder, then renamed: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """np.save into a temporary file of the same folder, then renamed: a reader sees the old file or the new one.
+    A full disk: DiskFullError naming the folder and the array's size (harness/storage.py); the files written
+    before are listed in EXTRACTED.json, and a re-sent command goes on from there."""
+    atomic_np_save(path, array)
 
 
 class Model:
@@ -221,10 +214,7 @@ def _fps_table(p: Plan) -> None:
     if not rows:
         return
     text = "video,fps\n" + "".join(f"{v},{f:.6g}\n" for v, f in rows)
-    fd, tmp = tempfile.mkstemp(dir=p.fps_file.parent, prefix=".video_fps.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, p.fps_file)
+    atomic_write_text(p.fps_file, text)
     print(f"extract: wrote {p.fps_file} ({len(rows)} videos' frame rates)")
 
 

@@ -15,9 +15,9 @@ record's data_info, so each number says which features produced it. This module 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from harness.storage import atomic_write_text
 
 NAME = "EXTRACTED.json"
 RANDOM_WEIGHTS_WARNING = ("RANDOM BACKBONE WEIGHTS (extract.weights=none): these features come from an untrained "
@@ -48,15 +48,7 @@ def write(features_root: Path | str, data: dict) -> None:
     text = json.dumps(data, indent=1) + "\n"
     if p.is_file() and p.read_text() == text:
         return
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".EXTRACTED.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(p, text)  # a full disk: DiskFullError (harness/storage.py)
 
 
 def summary(data: dict | None) -> dict | None:

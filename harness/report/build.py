@@ -16,9 +16,10 @@ import pandas as pd
 from harness.leaderboard import (BOUND_LABEL, CONTROL_ROLE, REFERENCE, SELECTED_ON_TEST, SOURCE_NOTE, SectionLayout,
                                  _delta_cell, _fmt, collect, compare, section_layouts, summarise, task_note)
 from harness.metrics import higher_is_better
-from harness.records import atomic_write_text, git_sha, iter_records
+from harness.records import git_sha, iter_records
 from harness.report import data, figures
 from harness.report.page import render_page
+from harness.storage import atomic_write_text, disk_full_guard, make_dirs
 
 
 class ReportError(ValueError):
@@ -41,16 +42,18 @@ def write_report(results_dir: Path | str = "results", out_dir: Path | str = "rep
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "index.html").exists():
         raise ReportError(f"{out_dir} exists and is not a report (no index.html): choose another --out")
     command = command or f"harness report --results {results_dir} --out {out_dir}"
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        context = build(Path(results_dir), tmp, command)
-        atomic_write_text(tmp / "index.html", render_page(context))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report is for reading
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    make_dirs(out_dir.parent)
+    # a full disk anywhere in the page or its figures: DiskFullError, the temporary folder removed, the old report kept
+    with disk_full_guard(out_dir.parent, f"writing the report {out_dir.name}", restate=True):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            context = build(Path(results_dir), tmp, command)
+            atomic_write_text(tmp / "index.html", render_page(context))
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report is for reading
+            _swap_into_place(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     n_figures = sum(1 for _ in out_dir.glob("*.png"))
     return ReportSummary(out_dir / "index.html", context["n_records"], len(context["sections"]), n_figures)
 

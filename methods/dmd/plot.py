@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from harness.storage import atomic_savefig
+
 
 # ----------------------------------------------------------------------------------------------
 # Plot of the learned edges
@@ -80,5 +82,7 @@ def plot_edges(edges: dict, path) -> None:
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"DMD edge weights — {edges.get('title', '')}", fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_savefig(fig, path, dpi=110)  # whole or not at all: a full disk leaves no half a PNG in the run folder
+    finally:
+        plt.close(fig)

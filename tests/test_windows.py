@@ -171,3 +171,76 @@ def test_a_short_run_gives_the_metrics_of_the_old_copies(tree, tmp_path, monkeyp
     assert new["metrics"] == old["metrics"] and new["data_fingerprint"] == old["data_fingerprint"]
     assert {k: [e["train_loss"] for e in v] for k, v in new["logs"].items() if isinstance(v, list)} == \
         {k: [e["train_loss"] for e in v] for k, v in old["logs"].items() if isinstance(v, list)}
+
+
+# --- BioVid: samples stored once, unpadded; rows gathered padded ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def biovid_tree():
+    return shared_tree("biovid")
+
+
+def biovid_old_fold(task, fold: int) -> FoldData:
+    """BioVid's load_fold as it was: padded copies (visual read from the files here), subset copies per split,
+    standardize_inputs on the copies. Physio comes from the task's raw store, materialised."""
+    from tasks._common import finite_float32, pad_sequences, Cleaning
+
+    c, d = task.cfg, task._dataset
+    assert d["standardized_for"] is None
+    df = d["df"]
+    visual, vlen = pad_sequences([finite_float32(np.load(task.visual_path(s, n)), Cleaning(), "x", "")
+                                  for s, n in zip(df.subject_name, df.sample_name)])
+    full = Split(ids=np.asarray(df.sample_name, dtype=str), groups=np.asarray(df.subject_name, dtype=str),
+                 inputs={"visual": visual, "physio": np.array(d["physio"])},
+                 targets=np.asarray(df.label, dtype=np.int64)[:, None],
+                 lengths={"visual": vlen, "physio": d["physio_len"].copy()})
+    tr, te, _ = task._fold_indices(fold)
+    keep, held = holdout_groups(full.groups[tr], float(c.val_fraction), int(c.data_seed) + fold)
+    train, val, test = full.subset(tr[keep]), full.subset(tr[held]), full.subset(te)
+    standardize_inputs(train, (val, test), ("visual", "physio"))
+    return FoldData(train=train, val=val, test=test)
+
+
+def test_biovid_splits_equal_the_old_copies_bit_for_bit_in_every_fold(biovid_tree, tmp_path):
+    from tasks.biovid import BioVid
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        task = BioVid(task_cfg("biovid", biovid_tree, tmp_path / "cache"))
+        for fold in (0, 1, 1, 0):  # another fold re-reads the frames; the same fold reuses them
+            old = biovid_old_fold(BioVid(task_cfg("biovid", biovid_tree, tmp_path / "cache")), fold)
+            new = task.load_fold(fold)
+            for part in ("train", "val", "test"):
+                a, b = getattr(new, part), getattr(old, part)
+                for k in ("visual", "physio"):
+                    assert isinstance(a.inputs[k], FrameWindows)
+                    np.testing.assert_array_equal(np.asarray(a.inputs[k]), b.inputs[k], strict=True)
+                    np.testing.assert_array_equal(a.lengths[k], b.lengths[k], strict=True)
+                np.testing.assert_array_equal(a.ids, b.ids, strict=True)
+                np.testing.assert_array_equal(a.targets, b.targets, strict=True)
+            assert new.info["cleaning"] == task._dataset["cleaning"].as_info()
+
+
+def test_a_short_biovid_run_gives_the_metrics_of_the_old_copies(biovid_tree, tmp_path, monkeypatch):
+    from harness.config import compose_one
+    from harness.runner import execute
+    from tasks.biovid import BioVid
+    from _task_trees import TINY, one_torch_thread
+
+    def run(name: str) -> dict:
+        cfg = compose_one(["method=kd", "task=biovid", *TINY["biovid"], f"task.data_root={biovid_tree}",
+                           f"task.cache_dir={tmp_path / 'features'}", f"cache_dir={tmp_path / name}",
+                           f"results_dir={tmp_path / name / 'results'}", "train.max_epochs=2", "train.batch_size=8",
+                           "model.hidden=8", "model.layers=1", "progress=false", "stats.bootstrap_resamples=0"])
+        with warnings.catch_warnings(), one_torch_thread():
+            warnings.simplefilter("ignore")
+            return execute(cfg, raise_errors=True)
+
+    new = run("new")
+    original = BioVid.load_fold
+    monkeypatch.setattr(BioVid, "load_fold", lambda self, fold: FoldData(
+        **{k: getattr(biovid_old_fold(self, fold), k) for k in ("train", "val", "test")},
+        info=original(BioVid(self.cfg), fold).info))
+    old = run("old")
+    assert new["metrics"] == old["metrics"] and new["data_fingerprint"] == old["data_fingerprint"]
+    assert [e["train_loss"] for e in new["logs"]["student"]] == [e["train_loss"] for e in old["logs"]["student"]]

@@ -261,33 +261,40 @@ def standardize_inputs(train, others, modalities: Iterable[str]) -> dict:
     return {m: {"dims": len(s[0])} for m, s in stats.items()}
 
 
-def window_moments(windows: FrameWindows, chunk_steps: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+def window_moments(windows: FrameWindows, block_bytes: int = 16 << 20) -> tuple[np.ndarray, np.ndarray]:
     """float64 (mean, std) per dimension over the valid steps of every window, in window order, repeated frames
     counted as often as windows hold them: what `x[valid].mean(axis=0, dtype=float64)` and `.std(...)` give
     on the materialised [N, width, D] array, sum for sum. numpy sums a reduction over axis 0 row after row, so
-    continuing each block's sum from the previous total (the total prepended as the block's first row) adds the
-    same numbers in the same order; tests/test_windows.py checks the results equal the materialised ones.
-    Memory: one block of `chunk_steps` steps as float64."""
-    rows_per_block = max(1, chunk_steps // max(windows.width, 1))
+    continuing each block's sum from the previous total (the total as the block's first row) adds the same
+    numbers in the same order, and the squares are numpy's own (x - mean in float64, times itself);
+    tests/test_windows.py checks the results equal the materialised ones. Memory: blocks of `block_bytes`."""
+    dim = windows.frames.shape[1]
+    rows = max(1, block_bytes // (8 * dim * max(windows.width, 1)))  # windows per block
+    buffer = np.empty((1 + rows * windows.width, dim), np.float64)
     steps = np.arange(windows.width)
 
-    def blocks():
-        for a in range(0, len(windows), rows_per_block):
-            index = windows.frame_index(slice(a, a + rows_per_block))
-            valid = steps[None, :] < windows.lengths[a:a + rows_per_block, None]
-            yield windows.frames[index[valid]]
-
-    def sequential_sum(arrays) -> tuple[np.ndarray, int]:
+    def sums(mean: np.ndarray | None) -> tuple[np.ndarray, int]:
         total, count = None, 0
-        for block in arrays:
-            count += len(block)
-            block = block.astype(np.float64)
-            total = np.add.reduce(block if total is None else np.concatenate([total[None], block]), axis=0)
+        for a in range(0, len(windows), rows):
+            index = windows.frame_index(slice(a, a + rows))
+            index = index[steps[None, :] < windows.lengths[a:a + rows, None]]
+            n = len(index)
+            block = buffer[1:1 + n]
+            block[...] = windows.frames[index]  # float32 -> float64, as numpy's dtype=float64 reduction casts
+            if mean is not None:
+                np.subtract(block, mean, out=block)
+                np.multiply(block, block, out=block)
+            if total is None:
+                total = np.add.reduce(block, axis=0)
+            else:
+                buffer[0] = total
+                total = np.add.reduce(buffer[:1 + n], axis=0)
+            count += n
         return total, count
 
-    total, count = sequential_sum(blocks())
+    total, count = sums(None)
     mean = total / count
-    squares, _ = sequential_sum(np.square(b - mean) for b in blocks())
+    squares, _ = sums(mean)
     return mean, np.sqrt(squares / count)
 
 

@@ -124,8 +124,8 @@ def test_window_moments_equal_numpy_on_the_materialised_windows():
     w = FrameWindows(frames, starts, lengths, 40)
     x = np.asarray(w)
     flat = x[np.arange(40)[None, :] < lengths[:, None]]
-    for chunk in (40, 333, 1 << 18):  # blocks of one window, of a few, and one block
-        mean, std = window_moments(w, chunk_steps=chunk)
+    for block in (1, 40 * 7 * 8 * 3 + 5, 1 << 24):  # blocks of one window, of three, and one block
+        mean, std = window_moments(w, block_bytes=block)
         np.testing.assert_array_equal(mean, flat.mean(axis=0, dtype=np.float64), strict=True)
         np.testing.assert_array_equal(std, flat.std(axis=0, dtype=np.float64), strict=True)
 

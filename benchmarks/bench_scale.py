@@ -73,11 +73,23 @@ if mode == "warm":
     TASKS.get(cfg.task.name)(cfg.task).load_fold(0)
     print(json.dumps({"seconds": time.perf_counter() - t}))
     raise SystemExit
-import librosa, soundfile, sklearn.model_selection  # noqa: F401  (imported lazily by the loaders: part of the floor)
+import datasets, librosa, soundfile, sklearn.model_selection  # noqa: F401  (the loaders import them lazily)
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset VmHWM to the current RSS: the peak of the run itself, imports excluded from `grow`
 floor = status("VmRSS")
 t = time.perf_counter()
+if mode == "data":  # the data path alone: load the fold, serve one epoch of training batches and the evaluations
+    from harness.training import SplitTensors
+    fold = TASKS.get(cfg.task.name)(cfg.task).load_fold(0)
+    load_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for split, shuffle in ((fold.train, True), (fold.val, False), (fold.test, False)):
+        data = SplitTensors(split, torch.device("cpu"), False)
+        for batch in data.batches(64, shuffle=shuffle, generator=torch.Generator().manual_seed(0)):
+            pass
+    print(json.dumps({"floor_gb": floor, "peak_gb": status("VmHWM"), "load_s": load_s,
+                      "epoch_s": time.perf_counter() - t, "n_train": len(fold.train)}))
+    raise SystemExit
 rec = execute(cfg, raise_errors=True)
 wall = time.perf_counter() - t
 epoch = sum(float(log[0]["seconds"]) for log in rec["logs"].values() if isinstance(log, list) and log
@@ -105,10 +117,15 @@ def scaled(task: str, scale: float) -> dict:
 
 
 def write_tree(task: str, scale: float, out: Path, code: Path) -> None:
+    write_mimic_tree(task, scaled(task, scale), out, code)
+
+
+def write_mimic_tree(task: str, mimic: dict, out: Path, code: Path) -> None:
+    """`harness data mimic task=TASK out=OUT task.mimic.<key>=<value>...` (once: a finished tree is kept)."""
     if (out / ".complete").is_file():
         return
     shutil.rmtree(out, ignore_errors=True)
-    sets = [f"task.mimic.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in scaled(task, scale).items()]
+    sets = [f"task.mimic.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in mimic.items()]
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "harness", "data", "mimic", f"task={task}", f"out={out}", *sets],
                    check=True, cwd=code, env=child_env(code), stdout=subprocess.DEVNULL)

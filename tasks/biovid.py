@@ -512,33 +512,38 @@ class BioVid(Task):
             shapes.append(x.shape)
         return shapes
 
+    def _visual(self, df: pd.DataFrame, cleaning: Cleaning) -> FrameWindows:
+        """Every sample's visual frames read once into one store (unpadded, FrameWindows' zero row last), after a
+        memory check from the files' headers; rows in index order, padded to the longest sample."""
+        shapes = self._visual_shapes(df)
+        lengths = np.array([t for t, _ in shapes], dtype=np.int64)
+        check_memory(int(lengths.sum()) * shapes[0][1] * 4 + len(df) * PHYSIO_BYTES_PER_SAMPLE,
+                     f"BioVid's {len(df)} samples ({int(lengths.sum())} frames x {shapes[0][1]} visual dims, and the "
+                     f"physio features) as float32 (features under {self.features_root})")
+        store = zero_padded_store(int(lengths.sum()), shapes[0][1])
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        for (s, n), a, t in zip(zip(df.subject_name, df.sample_name), starts, lengths):
+            path = self.visual_path(s, n)
+            store[a:a + t] = finite_float32(np.load(path, allow_pickle=False), cleaning,
+                                            "visual_nonfinite_features_zeroed", str(path))
+        return FrameWindows(store, starts, lengths, int(lengths.max()))
+
     @cached_property
     def _dataset(self) -> dict:
-        """Every kept sample's frames stored once per modality (unpadded, FrameWindows' zero row last);
-        `visual` and `physio` are FrameWindows over them, rows in index order, padded to the longest sample."""
+        """Every kept sample's frames stored once per modality; `visual` and `physio` are FrameWindows over them."""
         df, index_cleaning, facts = self._index
         cleaning = copy.deepcopy(index_cleaning)  # a re-read (see load_fold) counts its cleaning afresh
-        shapes = self._visual_shapes(df)
-        vlen = np.array([t for t, _ in shapes], dtype=np.int64)
-        check_memory(int(vlen.sum()) * shapes[0][1] * 4 + len(df) * PHYSIO_BYTES_PER_SAMPLE,
-                     f"BioVid's {len(df)} samples ({int(vlen.sum())} frames x {shapes[0][1]} visual dims, and the "
-                     f"physio features) as float32 (features under {self.features_root})")
         physio, pinfo = self._physio(df, cleaning)
+        visual = self._visual(df, cleaning)
         plen = np.array([len(x) for x in physio], dtype=np.int64)
-        stores = {"visual": zero_padded_store(int(vlen.sum()), shapes[0][1]),
-                  "physio": zero_padded_store(int(plen.sum()), physio[0].shape[1])}
-        vstart = np.concatenate([[0], np.cumsum(vlen)[:-1]]).astype(np.int64)
+        pstore = zero_padded_store(int(plen.sum()), physio[0].shape[1])
         pstart = np.concatenate([[0], np.cumsum(plen)[:-1]]).astype(np.int64)
-        for (s, n), a, t in zip(zip(df.subject_name, df.sample_name), vstart, vlen):
-            path = self.visual_path(s, n)
-            stores["visual"][a:a + t] = finite_float32(np.load(path, allow_pickle=False), cleaning,
-                                                       "visual_nonfinite_features_zeroed", str(path))
         for x, a in zip(physio, pstart):
-            stores["physio"][a:a + len(x)] = x
+            pstore[a:a + len(x)] = x
         del physio
-        return {"df": df, "visual": FrameWindows(stores["visual"], vstart, vlen, int(vlen.max())),
-                "visual_len": vlen, "physio": FrameWindows(stores["physio"], pstart, plen, int(plen.max())),
-                "physio_len": plen, "cleaning": cleaning, "facts": {**facts, "physio": pinfo}, "standardized_for": None}
+        return {"df": df, "visual": visual, "visual_len": visual.lengths,
+                "physio": FrameWindows(pstore, pstart, plen, int(plen.max())), "physio_len": plen,
+                "cleaning": cleaning, "facts": {**facts, "physio": pinfo}, "standardized_for": None}
 
     def _full_split(self) -> Split:
         d = self._dataset

@@ -24,7 +24,8 @@ student). Columns:
   peak/in     peak RSS / inputs GB (what a user's machine must hold, imports included)
   grow/in     (peak RSS - RSS after the imports) / inputs GB: the part that grows with the data (the goal: <= 1.5)
   vs old      with --compare-to REV: this code's epoch seconds / REV's, measured in the same benchmark run, one
-              after the other on the same tree (REV is checked out with `git archive` into the workdir)
+              after the other on the same tree (REV is checked out with `git archive` into the workdir); with
+              --repeats R, old and new run in turn R times each and the times are medians (peaks: the largest)
 
 --max-rss-gb (default 4) kills a run whose RSS passes it (the row says so): the machine is shared.
 """
@@ -40,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,6 +212,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="trees, caches and checkouts (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the default temp workdir")
     ap.add_argument("--max-rss-gb", type=float, default=4.0)
+    ap.add_argument("--repeats", type=int, default=1, help="runs per code and row, in turn; medians of the times")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
     from tabulate import tabulate
@@ -241,23 +244,29 @@ def main() -> None:
                         continue
                     row = {"task": task, "units": units, "stride": stride or "", "method": method,
                            "inputs GB": round(gb, 3)}
-                    for code_name, code in codes.items():
-                        run_dir = Path(tempfile.mkdtemp(dir=work, prefix="run_"))
-                        over = task_overrides(task, tree, cache, stride) + [
-                            f"method={method}", "train.max_epochs=1", *ONE_EPOCH[method], f"results_dir={run_dir}/results",
-                            f"cache_dir={run_dir}/cache", "progress=false", "stats.bootstrap_resamples=0",
-                            "save_predictions=false"]
-                        r = run_child(code, over, "run", args.max_rss_gb)
-                        shutil.rmtree(run_dir, ignore_errors=True)
+                    results: dict[str, list[dict]] = {name: [] for name in codes}
+                    for _ in range(args.repeats):  # old and new in turn: background load hits both alike
+                        for code_name, code in codes.items():
+                            run_dir = Path(tempfile.mkdtemp(dir=work, prefix="run_"))
+                            over = task_overrides(task, tree, cache, stride) + [
+                                f"method={method}", "train.max_epochs=1", *ONE_EPOCH[method],
+                                f"results_dir={run_dir}/results", f"cache_dir={run_dir}/cache", "progress=false",
+                                "stats.bootstrap_resamples=0", "save_predictions=false"]
+                            results[code_name].append(run_child(code, over, "run", args.max_rss_gb))
+                            shutil.rmtree(run_dir, ignore_errors=True)
+                    for code_name, runs in results.items():
                         tag = "" if len(codes) == 1 else f" {code_name}"
-                        if "error" in r:
-                            row[f"error{tag}"] = r["error"]
+                        failed = [r for r in runs if "error" in r]
+                        if failed:
+                            row[f"error{tag}"] = failed[0]["error"]
                             continue
-                        row |= {f"load s{tag}": round(r["load_s"], 2), f"peak GB{tag}": round(r["peak_gb"], 3),
-                                f"peak/in{tag}": round(r["peak_gb"] / gb, 2),
-                                f"grow/in{tag}": round((r["peak_gb"] - r["floor_gb"]) / gb, 2),
-                                f"epoch s{tag}": round(r["epoch_s"], 2)}
-                        row[f"_metrics{tag}"] = r["metrics"]
+                        peak = max(r["peak_gb"] for r in runs)
+                        grow = max(r["peak_gb"] - r["floor_gb"] for r in runs)
+                        row |= {f"load s{tag}": round(median(r["load_s"] for r in runs), 2),
+                                f"peak GB{tag}": round(peak, 3), f"peak/in{tag}": round(peak / gb, 2),
+                                f"grow/in{tag}": round(grow / gb, 2),
+                                f"epoch s{tag}": round(median(r["epoch_s"] for r in runs), 2)}
+                        row[f"_metrics{tag}"] = [r["metrics"] for r in runs]
                     if "epoch s old" in row and "epoch s new" in row:
                         row["vs old"] = round(row["epoch s new"] / row["epoch s old"], 2)
                     rows.append(row)

@@ -261,7 +261,7 @@ def standardize_inputs(train, others, modalities: Iterable[str]) -> dict:
     return {m: {"dims": len(s[0])} for m, s in stats.items()}
 
 
-def window_moments(windows: FrameWindows, block_bytes: int = 16 << 20) -> tuple[np.ndarray, np.ndarray]:
+def window_moments(windows: FrameWindows, block_bytes: int = 8 << 20) -> tuple[np.ndarray, np.ndarray]:
     """float64 (mean, std) per dimension over the valid steps of every window, in window order, repeated frames
     counted as often as windows hold them: what `x[valid].mean(axis=0, dtype=float64)` and `.std(...)` give
     on the materialised [N, width, D] array, sum for sum. numpy sums a reduction over axis 0 row after row, so

@@ -512,14 +512,10 @@ class BioVid(Task):
             shapes.append(x.shape)
         return shapes
 
-    def _visual(self, df: pd.DataFrame, cleaning: Cleaning) -> FrameWindows:
-        """Every sample's visual frames read once into one store (unpadded, FrameWindows' zero row last), after a
-        memory check from the files' headers; rows in index order, padded to the longest sample."""
-        shapes = self._visual_shapes(df)
+    def _visual(self, df: pd.DataFrame, cleaning: Cleaning, shapes: list[tuple[int, int]]) -> FrameWindows:
+        """Every sample's visual frames (`shapes` from `_visual_shapes`) read once into one store (unpadded,
+        FrameWindows' zero row last); rows in index order, padded to the longest sample."""
         lengths = np.array([t for t, _ in shapes], dtype=np.int64)
-        check_memory(int(lengths.sum()) * shapes[0][1] * 4 + len(df) * PHYSIO_BYTES_PER_SAMPLE,
-                     f"BioVid's {len(df)} samples ({int(lengths.sum())} frames x {shapes[0][1]} visual dims, and the "
-                     f"physio features) as float32 (features under {self.features_root})")
         store = zero_padded_store(int(lengths.sum()), shapes[0][1])
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         for (s, n), a, t in zip(zip(df.subject_name, df.sample_name), starts, lengths):
@@ -533,8 +529,13 @@ class BioVid(Task):
         """Every kept sample's frames stored once per modality; `visual` and `physio` are FrameWindows over them."""
         df, index_cleaning, facts = self._index
         cleaning = copy.deepcopy(index_cleaning)  # a re-read (see load_fold) counts its cleaning afresh
+        shapes = self._visual_shapes(df)  # the .npy headers: the memory check comes before anything is read
+        frames = sum(t for t, _ in shapes)
+        check_memory(frames * shapes[0][1] * 4 + len(df) * PHYSIO_BYTES_PER_SAMPLE,
+                     f"BioVid's {len(df)} samples ({frames} frames x {shapes[0][1]} visual dims, and the physio "
+                     f"features) as float32 (features under {self.features_root})")
         physio, pinfo = self._physio(df, cleaning)
-        visual = self._visual(df, cleaning)
+        visual = self._visual(df, cleaning, shapes)
         plen = np.array([len(x) for x in physio], dtype=np.int64)
         pstore = zero_padded_store(int(plen.sum()), physio[0].shape[1])
         pstart = np.concatenate([[0], np.cumsum(plen)[:-1]]).astype(np.int64)

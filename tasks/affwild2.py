@@ -20,7 +20,9 @@ Modalities: `visual` (the student's) and `audio` (privileged), computed here wit
 to task.audio.sample_rate (mono), a log-mel spectrogram (n_mels, 25 ms windows, 10 ms hop, dB with a
 -100 dB floor), averaged over the mel frames that fall inside each video frame [k/fps, (k+1)/fps) (frames
 with none get linear interpolation), so audio row k belongs to video frame k+1 like the labels.
-Tracks are cut into windows of task.window frames (stride task.train_stride) for training; validation
+Every frame is stored once (one float32 array per modality); a window is an index into it (harness.data.
+FrameWindows), gathered per batch, so the stride costs no memory; z-scoring is done once, in place, on the stored
+frames. Tracks are cut into windows of task.window frames (stride task.train_stride) for training; validation
 (held-out training videos) and test (the official Validation_Set) are cut into non-overlapping windows
 that cover every frame once, the padded tail masked. Predictions are per frame (id `<track>:<frame>`,
 1-based), invalid frames masked out of losses and metrics. Metric: CCC of valence and of arousal over all

@@ -6,7 +6,8 @@ The same student net (model defaults: hidden 64, 2 layers) trains one epoch (bat
 predicts the validation split (batches of 512) on the fold's splits as loaded (FrameWindows: rows gathered from
 the frames stored once) and on the same splits materialised (np.asarray: the copies the loader made before).
 Old and new run in turn, REPEATS times after one warm-up round of each; the medians and their ratio are printed
-(gather / copies: the goal is <= 1.0). The losses and the validation outputs are asserted equal, bit for bit.
+(gather / copies: the goal is <= 1.0), in CPU seconds of the process (torch on one thread), which other
+processes on a shared machine move less than wall time. The losses and the validation outputs are asserted equal, bit for bit.
 bench_scale.py measures whole runs in fresh processes, where a shared machine's load moves single runs by more
 than the difference measured here.
 """
@@ -34,14 +35,14 @@ def epoch(train, val):
     net = MultimodalNet(dict(spec.modalities), spec.target, hidden=64, layers=2, kernel=5, dropout=0.1)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     tt, vt = SplitTensors(train, dev, False), SplitTensors(val, dev, False)
-    t = time.perf_counter()
+    t = time.process_time()  # CPU seconds of this (one-thread) process: steadier than wall time on a shared machine
     net.train()
     for b in tt.batches(64, shuffle=True, generator=torch.Generator().manual_seed(0), drop_last=True):
         loss = task_loss(net(b.inputs, b.lengths).out, b.targets, spec.target, b.mask, "mse")
         opt.zero_grad(); loss.backward(); opt.step()
     net.eval()
     out = predict_in_batches(lambda b: net(b.inputs, b.lengths).out, vt, 512)
-    return time.perf_counter() - t, float(loss), out
+    return time.process_time() - t, float(loss), out
 times = {k: [] for k in variants}
 for r in range(repeats + 1):
     res = {}
@@ -50,6 +51,6 @@ for r in range(repeats + 1):
         times[k].append(s); res[k] = (l, out)
     assert res["gather"][0] == res["copies"][0] and np.array_equal(res["gather"][1], res["copies"][1])
 med = {k: statistics.median(v[1:]) for k, v in times.items()}
-print(f"stride {stride}: {len(fd.train)} training windows; epoch seconds, median of {repeats} after a warm-up: "
+print(f"stride {stride}: {len(fd.train)} training windows; epoch CPU seconds, median of {repeats} after a warm-up: "
       f"gather {med['gather']:.2f}, copies {med['copies']:.2f}, ratio {med['gather'] / med['copies']:.3f} "
       f"(each: {[round(t, 2) for t in times['gather'][1:]]} vs {[round(t, 2) for t in times['copies'][1:]]})")

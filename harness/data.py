@@ -111,6 +111,10 @@ class FrameWindows:
         return (len(self.starts), self.width, self.frames.shape[1])
 
     @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
     def nbytes(self) -> int:
         """What the materialised array would take (the frames themselves are shared)."""
         return int(np.prod(self.shape)) * 4

@@ -244,3 +244,16 @@ def test_a_short_biovid_run_gives_the_metrics_of_the_old_copies(biovid_tree, tmp
     old = run("old")
     assert new["metrics"] == old["metrics"] and new["data_fingerprint"] == old["data_fingerprint"]
     assert [e["train_loss"] for e in new["logs"]["student"]] == [e["train_loss"] for e in old["logs"]["student"]]
+
+
+def test_privileged_controls_on_windows_equal_the_controls_on_the_copies(tree, tmp_path):
+    from harness.controls import apply_privileged_control
+
+    new, old = new_and_old(tree, tmp_path, "task.train_stride=8")
+    for control in ("zeros", "shuffle"):
+        a = apply_privileged_control(new.train, ("audio",), control, seed=5)
+        b = apply_privileged_control(old.train, ("audio",), control, seed=5)
+        assert isinstance(a.inputs["audio"], FrameWindows) and a.inputs["audio"].frames.size <= new.train.inputs["audio"].frames.size
+        for k in ("visual", "audio"):
+            np.testing.assert_array_equal(np.asarray(a.inputs[k]), b.inputs[k], strict=True)
+            np.testing.assert_array_equal(a.lengths[k], b.lengths[k], strict=True)

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from harness.data import Split
+from harness.data import FrameWindows, Split
 from harness.schema import PRIVILEGED_CONTROLS as CONTROLS
 from harness.task import TaskError
 
@@ -42,7 +42,8 @@ def apply_privileged_control(split: Split, privileged: tuple[str, ...], control:
     inputs, lengths = dict(split.inputs), dict(split.lengths)
     if control == "zeros":
         for m in privileged:
-            inputs[m] = np.zeros_like(split.inputs[m])
+            x = split.inputs[m]  # windows gathered from stored frames: zeros without a full-size array
+            inputs[m] = x.zeros() if isinstance(x, FrameWindows) else np.zeros_like(x)
     else:
         perm = np.random.default_rng(seed).permutation(len(split))
         for m in privileged:

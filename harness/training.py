@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from harness.data import Split
+from harness.data import FrameWindows, Split
 from harness.method import RunContext
 from harness.predictions import make_predictions
 from harness.schema import LOOP_CHOICES
@@ -62,13 +62,32 @@ class Batch:
     index: torch.Tensor  # row numbers in the split (lets a method look up cached per-sample values)
 
 
+class WindowTensors:
+    """A FrameWindows input as torch tensors sharing its memory: the rows of a batch are gathered from the stored
+    frames (one index_select), never a [N, width, D] copy of the split."""
+
+    def __init__(self, windows: FrameWindows):
+        self.frames = torch.from_numpy(windows.frames)
+        self.starts = torch.from_numpy(windows.starts)
+        self.lengths = torch.from_numpy(windows.lengths)
+        self.steps = torch.arange(windows.width, dtype=torch.int64)
+        self.pad_row = len(windows.frames) - 1
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        starts, lengths = self.starts[idx], self.lengths[idx]
+        rows = torch.where(self.steps[None, :] < lengths[:, None], starts[:, None] + self.steps[None, :], self.pad_row)
+        return self.frames.index_select(0, rows.reshape(-1)).reshape(len(idx), len(self.steps), -1)
+
+
 class SplitTensors:
-    """A Split converted to torch tensors once, served as mini-batches on the run's device."""
+    """A Split converted to torch tensors once, served as mini-batches on the run's device. Windowed inputs
+    (FrameWindows) stay one store of frames; each batch gathers its rows (the same values as the copies)."""
 
     def __init__(self, split: Split, device: torch.device, classification: bool):
         self.n = len(split)
         self.device = device
-        self.inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in split.inputs.items()}
+        self.inputs = {k: WindowTensors(v) if isinstance(v, FrameWindows) else torch.from_numpy(np.ascontiguousarray(v))
+                       for k, v in split.inputs.items()}
         self.lengths = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in split.lengths.items()}
         t = np.asarray(split.targets)
         self.targets = torch.from_numpy(t.astype(np.int64) if classification else t.astype(np.float32))

@@ -25,6 +25,7 @@ import pandas as pd
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from harness.data import FrameWindows
 from harness.storage import atomic_folder
 from harness.task import TaskError
 from harness.teachers import stable_hash
@@ -229,10 +230,15 @@ def standardize_inputs(train, others, modalities: Iterable[str]) -> dict:
 
     The shared encoders normalise each time step across features (LayerNorm); without this, one
     loud dimension (heart rate in bpm beside log-power in dB) would dominate that normalisation.
+    Inputs that are FrameWindows (harness.data) are standardised in place, once per frame store, on the stored
+    frames (`standardize_frames`): the same statistics and the same float32 arithmetic, without a copy.
     """
     stats = {}
     for m in modalities:
         x = train.inputs[m]
+        if isinstance(x, FrameWindows):
+            stats[m] = standardize_frames(x, [s.inputs[m] for s in others])
+            continue
         if x.ndim == 3:
             lengths = train.lengths.get(m)
             steps = np.arange(x.shape[1])
@@ -252,6 +258,97 @@ def standardize_inputs(train, others, modalities: Iterable[str]) -> dict:
                 z[steps[None, :] >= split.lengths[m][:, None]] = 0.0  # keep padding at zero
             split.inputs[m] = z.astype(np.float32)
     return {m: {"dims": len(s[0])} for m, s in stats.items()}
+
+
+def window_moments(windows: FrameWindows, block_bytes: int = 8 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """float64 (mean, std) per dimension over the valid steps of every window, in window order, repeated frames
+    counted as often as windows hold them: what `x[valid].mean(axis=0, dtype=float64)` and `.std(...)` give
+    on the materialised [N, width, D] array, sum for sum. numpy sums a reduction over axis 0 row after row, so
+    continuing each block's sum from the previous total (the total as the block's first row) adds the same
+    numbers in the same order, and the squares are numpy's own (x - mean in float64, times itself);
+    tests/test_windows.py checks the results equal the materialised ones. Memory: blocks of `block_bytes`."""
+    dim = windows.frames.shape[1]
+    rows = max(1, block_bytes // (8 * dim * max(windows.width, 1)))  # windows per block
+    buffer = np.empty((1 + rows * windows.width, dim), np.float64)
+    steps = np.arange(windows.width)
+
+    def sums(mean: np.ndarray | None) -> tuple[np.ndarray, int]:
+        total, count = None, 0
+        for a in range(0, len(windows), rows):
+            index = windows.frame_index(slice(a, a + rows))
+            index = index[steps[None, :] < windows.lengths[a:a + rows, None]]
+            n = len(index)
+            block = buffer[1:1 + n]
+            block[...] = windows.frames[index]  # float32 -> float64, as numpy's dtype=float64 reduction casts
+            if mean is not None:
+                np.subtract(block, mean, out=block)
+                np.multiply(block, block, out=block)
+            if total is None:
+                total = np.add.reduce(block, axis=0)
+            else:
+                buffer[0] = total
+                total = np.add.reduce(buffer[:1 + n], axis=0)
+            count += n
+        return total, count
+
+    total, count = sums(None)
+    mean = total / count
+    squares, _ = sums(mean)
+    return mean, np.sqrt(squares / count)
+
+
+def standardize_frames(train: FrameWindows, others: Iterable[FrameWindows]) -> tuple[np.ndarray, np.ndarray]:
+    """Standardise the frame stores of `train` and `others` IN PLACE with the train windows' statistics (as
+    standardize_inputs does to copies: (x - mean) / std in float32, padding zero), each store once."""
+    mean64, std64 = window_moments(train)
+    mean, std = mean64.astype(np.float32), std64.astype(np.float32)
+    std[std < 1e-6] = 1.0
+    done = set()
+    for w in (train, *others):
+        if not isinstance(w, FrameWindows):
+            raise TypeError("standardize_inputs: a modality is FrameWindows in the training split but an array in "
+                            "another split; a task cuts every split the same way")
+        if id(w.frames) in done:
+            continue
+        done.add(id(w.frames))
+        frames = w.frames[:-1]  # the last row is the padding: it stays zero
+        np.subtract(frames, mean, out=frames)
+        np.divide(frames, std, out=frames)
+    return mean, std
+
+
+def available_memory() -> tuple[int, str]:
+    """(bytes this process can still take, where the number comes from): the smaller of the system's
+    MemAvailable and the room left under the cgroup's memory.max (a container's or a SLURM job's limit)."""
+    avail, source = None, "MemAvailable in /proc/meminfo"
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            room = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+            if avail is None or room < avail:
+                avail, source = room, "the cgroup's memory.max minus memory.current"
+    except (OSError, ValueError):
+        pass
+    return (avail if avail is not None else -1), source
+
+
+def check_memory(needed: int, what: str) -> None:
+    """A TaskError naming the memory `needed` (bytes) and what is available, BEFORE a loader allocates it: a run
+    that cannot fit stops at once with the numbers, instead of swapping for hours. Unknown availability passes;
+    PKD_HARNESS_SKIP_MEMORY_CHECK=1 skips the check (the estimate is the inputs alone: training needs more)."""
+    if os.environ.get("PKD_HARNESS_SKIP_MEMORY_CHECK") == "1":
+        return
+    avail, source = available_memory()
+    if 0 <= avail < needed:
+        raise TaskError(f"not enough memory to load {what}: it needs {needed / 2**30:.2f} GiB, and "
+                        f"{avail / 2**30:.2f} GiB is available ({source}). Free memory (other jobs), run on a machine "
+                        f"with more, or use a smaller feature set (fewer feature dims). "
+                        f"PKD_HARNESS_SKIP_MEMORY_CHECK=1 skips this check (the system may then swap)")
 
 
 # --- split audit ----------------------------------------------------------------------------------

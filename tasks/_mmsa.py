@@ -83,8 +83,14 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_pickle(path: Path | str) -> Any:
-    """Unpickle a third-party file with RestrictedUnpickler; TaskError naming the file on any failure."""
+    """Unpickle a third-party file with RestrictedUnpickler; TaskError naming the file on any failure, and before
+    reading, when the machine has not even the file's size free (its arrays alone take that much)."""
     path = Path(path)
+    if path.is_file():
+        from tasks._common import check_memory  # tasks._common imports pandas: only when a file is read
+
+        check_memory(path.stat().st_size, f"{path} (unpickled, its arrays alone take the file's size; the float32 "
+                                          f"inputs made from them take up to as much again)")
     try:
         with open(path, "rb") as f:
             return RestrictedUnpickler(f, path).load()

@@ -20,7 +20,9 @@ Modalities: `visual` (the student's) and `audio` (privileged), computed here wit
 to task.audio.sample_rate (mono), a log-mel spectrogram (n_mels, 25 ms windows, 10 ms hop, dB with a
 -100 dB floor), averaged over the mel frames that fall inside each video frame [k/fps, (k+1)/fps) (frames
 with none get linear interpolation), so audio row k belongs to video frame k+1 like the labels.
-Tracks are cut into windows of task.window frames (stride task.train_stride) for training; validation
+Every frame is stored once (one float32 array per modality); a window is an index into it (harness.data.
+FrameWindows), gathered per batch, so the stride costs no memory; z-scoring is done once, in place, on the stored
+frames. Tracks are cut into windows of task.window frames (stride task.train_stride) for training; validation
 (held-out training videos) and test (the official Validation_Set) are cut into non-overlapping windows
 that cover every frame once, the padded tail masked. Predictions are per frame (id `<track>:<frame>`,
 1-based), invalid frames masked out of losses and metrics. Metric: CCC of valence and of arousal over all
@@ -43,10 +45,10 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from harness.cache import cached_arrays
-from harness.data import FoldData, Split, TargetSpec, TaskSpec
+from harness.data import FoldData, FrameWindows, Split, TargetSpec, TaskSpec, zero_padded_store
 from harness.registry import register_task
 from harness.task import Task, TaskError
-from tasks._common import (Cleaning, audit_split, data_source_of, features_info, finite_float32,
+from tasks._common import (Cleaning, audit_split, check_memory, data_source_of, features_info, finite_float32,
                            holdout_groups, prepare_out_dir,
                            read_table, resolve_root, standardize_inputs, write_mimic_marker)
 
@@ -212,6 +214,7 @@ class AffWild2(Task):
         if int(c.window) < 1 or int(c.train_stride) < 1:
             raise TaskError(f"task.window={c.window} and task.train_stride={c.train_stride} must be >= 1 frame")
         self.full_protocol  # noqa: B018 -- validates task.protocol up front
+        self._standardized = False  # load_fold standardises the stored frames in place, once
         if c.fps != "auto":
             try:
                 ok = float(c.fps) > 0
@@ -337,9 +340,9 @@ class AffWild2(Task):
                     cleaning.add("frames_dropped_length_mismatch", abs(len(vis) - n))
                     n = min(n, len(vis))
                     va, valid = va[:n], valid[:n]
-                vis = finite_float32(vis[:n], cleaning, "visual_nonfinite_features_zeroed", str(fpath))
+                # still memory-mapped: read (cast, cleaned) once, into the frame store of `_dataset`
                 tracks.append({"track": track, "video": video_of(track), "set": set_name, "va": va, "valid": valid,
-                               "visual": vis, "path": str(path)})
+                               "visual": vis[:n], "path": str(path), "features_path": str(fpath)})
             if not tracks:
                 raise TaskError(f"every track in {folder} has only invalid (-5) frames: nothing to train or test on")
             sets[set_name] = tracks
@@ -411,15 +414,33 @@ class AffWild2(Task):
         for tracks in sets.values():
             for t in tracks:
                 videos[t["video"]] = max(videos.get(t["video"], 0), len(t["va"]))
+        every = [t for name in SETS for t in sets[name]]
+        offsets = np.concatenate([[0], np.cumsum([len(t["va"]) for t in every])])
+        dims = {"visual": int(every[0]["visual"].shape[1]), "audio": int(self.cfg.audio.n_mels)}
+        check_memory(int(offsets[-1]) * sum(dims.values()) * 4, f"Aff-Wild2's {int(offsets[-1])} frames x "
+                     f"{dims['visual']} visual + {dims['audio']} audio dims as float32 ({len(every)} tracks under "
+                     f"{self.features_root})")
         audio, ainfo = self._audio(videos, cleaning)
-        for tracks in sets.values():
-            for t in tracks:
-                t["audio"] = audio[t["video"]][: len(t["va"])]
-        return {"sets": sets, "cleaning": cleaning, "facts": {**facts, "audio": ainfo},
-                "visual_dim": int(sets["Train_Set"][0]["visual"].shape[1]), "audio_dim": int(self.cfg.audio.n_mels)}
+        # One store per modality holds every frame of every track once (FrameWindows' zero row last); each
+        # track's arrays become views of it, so the memory maps and the per-video audio arrays are let go.
+        stores = {m: zero_padded_store(int(offsets[-1]), d) for m, d in dims.items()}
+        for t, start in zip(every, offsets[:-1]):
+            n = len(t["va"])
+            stores["visual"][start:start + n] = finite_float32(t["visual"], cleaning, "visual_nonfinite_features_zeroed",
+                                                               t["features_path"])
+            stores["audio"][start:start + n] = audio[t["video"]][:n]
+            t.update(offset=int(start), visual=stores["visual"][start:start + n],
+                     audio=stores["audio"][start:start + n])
+        del audio
+        return {"sets": sets, "cleaning": cleaning, "facts": {**facts, "audio": ainfo}, "stores": stores,
+                "visual_dim": dims["visual"], "audio_dim": dims["audio"]}
 
     def _windows(self, tracks: list[dict], stride: int | None, drop_empty: bool, cleaning: Cleaning | None = None) -> Split:
-        """Cut tracks into windows of task.window frames; padded tails and invalid frames are masked."""
+        """Cut tracks into windows of task.window frames; padded tails and invalid frames are masked.
+
+        The inputs are FrameWindows: an index (start in the frame store, length) per window over the frames that
+        `_dataset` stores once, so overlapping training windows cost no memory; the targets, mask and frame
+        numbers (a few bytes per step) are arrays."""
         L = int(self.cfg.window)
         rows = [(ti, s) for ti, t in enumerate(tracks) for s in window_starts(len(t["va"]), L, stride)]
         if drop_empty:
@@ -427,25 +448,25 @@ class AffWild2(Task):
             if cleaning is not None:
                 cleaning.add("train_windows_without_valid_frames_dropped", len(rows) - len(kept))
             rows = kept
-        W, dv, da = len(rows), tracks[0]["visual"].shape[1], tracks[0]["audio"].shape[1]
-        vis = np.zeros((W, L, dv), np.float32)
-        aud = np.zeros((W, L, da), np.float32)
-        y = np.zeros((W, L, 2), np.float32)
-        mask = np.zeros((W, L), bool)
-        step = np.zeros((W, L), np.int64)
-        lengths = np.zeros(W, np.int64)
-        for w, (ti, s) in enumerate(rows):
-            t = tracks[ti]
-            e = min(s + L, len(t["va"]))
-            n = e - s
-            vis[w, :n], aud[w, :n], y[w, :n] = t["visual"][s:e], t["audio"][s:e], t["va"][s:e]
-            mask[w, :n] = t["valid"][s:e]
-            step[w, :n] = np.arange(s + 1, e + 1)  # 1-based frame numbers, as the annotation lines
-            lengths[w] = n
-        return Split(ids=np.array([tracks[ti]["track"] for ti, _ in rows], dtype=str),
-                     groups=np.array([tracks[ti]["video"] for ti, _ in rows], dtype=str),
-                     inputs={"visual": vis, "audio": aud}, targets=y, lengths={"visual": lengths, "audio": lengths.copy()},
-                     target_mask=mask, step_index=step)
+        ti = np.array([r[0] for r in rows], dtype=np.int64)
+        first = np.array([r[1] for r in rows], dtype=np.int64)  # frame index within the track
+        track_len = np.array([len(t["va"]) for t in tracks], dtype=np.int64)[ti]
+        lengths = np.minimum(first + L, track_len) - first
+        starts = np.array([t["offset"] for t in tracks], dtype=np.int64)[ti] + first
+        stores = self._dataset["stores"]
+        steps = np.arange(L, dtype=np.int64)
+        inside = steps[None, :] < lengths[:, None]
+        frame = np.where(inside, starts[:, None] + steps[None, :], 0)
+        every = [t for name in SETS for t in self._dataset["sets"][name]]
+        va = np.concatenate([t["va"] for t in every]).astype(np.float32)  # float64 -> float32, as assigned before
+        valid = np.concatenate([t["valid"] for t in every])
+        y = np.where(inside[..., None], va[frame], np.float32(0))
+        mask = inside & valid[frame]
+        step = np.where(inside, first[:, None] + steps[None, :] + 1, 0)  # 1-based frame numbers, as the annotation lines
+        return Split(ids=np.array([tracks[i]["track"] for i in ti], dtype=str),
+                     groups=np.array([tracks[i]["video"] for i in ti], dtype=str),
+                     inputs={m: FrameWindows(stores[m], starts, lengths, L) for m in ("visual", "audio")},
+                     targets=y, lengths={"visual": lengths, "audio": lengths.copy()}, target_mask=mask, step_index=step)
 
     def load_fold(self, fold: int) -> FoldData:
         self.check_fold(fold)
@@ -464,8 +485,11 @@ class AffWild2(Task):
         train = self._windows(fit_tracks, int(c.train_stride), drop_empty=True, cleaning=window_cleaning)
         val = self._windows(val_tracks, None, drop_empty=False)
         test = self._windows(test_tracks, None, drop_empty=False)
-        if c.standardize:
+        if c.standardize and not self._standardized:
+            # In place, on the stored frames, once: the statistics depend on the task config alone (one fold),
+            # so a second load_fold finds the frames standardised already.
             standardize_inputs(train, (val, test), ("visual", "audio"))
+            self._standardized = True
         cleaning.warn(self.name)
         info = {"protocol": "official: Train_Set (minus held-out videos) / Validation_Set as test",
                 "split_audit": audit, "cleaning": {**cleaning.as_info(), "windows": window_cleaning.as_info()["counts"]},

@@ -39,6 +39,7 @@ duplicate rows of samples.csv are dropped; subjects without any sample of the ch
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from functools import cached_property
@@ -51,11 +52,11 @@ from scipy.signal import butter, sosfiltfilt, spectrogram
 from sklearn.model_selection import GroupKFold
 
 from harness.cache import cached_arrays
-from harness.data import FoldData, Split, TargetSpec, TaskSpec
+from harness.data import FoldData, FrameWindows, Split, TargetSpec, TaskSpec, zero_padded_store
 from harness.registry import register_task
 from harness.task import Task, TaskError
-from tasks._common import (Cleaning, audit_split, data_source_of, features_info, finite_float32,
-                           holdout_groups, pad_sequences,
+from tasks._common import (Cleaning, audit_split, check_memory, data_source_of, features_info, finite_float32,
+                           holdout_groups,
                            prepare_out_dir, read_table, resolve_root, standardize_inputs, write_mimic_marker, write_tsv)
 
 CLASS_NAMES = ("BL1", "PA1", "PA2", "PA3", "PA4")
@@ -69,6 +70,7 @@ REDUCED67_EXCLUDE = (
     "082315_w_60 082414_m_64 082909_m_47 083009_w_42 083013_w_47 083109_m_60 083114_w_55 091914_m_46 092009_m_54 "
     "092014_m_56 092509_w_51 092714_m_64 100514_w_51 100914_m_39 101114_w_37 101209_w_61 101809_m_59 101916_m_40 "
     "111313_m_64 120614_w_61").split()
+PHYSIO_BYTES_PER_SAMPLE = 127 * (3 * 65 + 3) * 4  # at most: 127 frames x (Part B's 3 EMG channels + EDA, HR)
 FOLD_LINE = re.compile(r"^(\d+)/(\S+)\s+(-?\d+)\s+(-?\d+)\s+(-?\d+)$")
 
 LAYOUT = """  <data_root>/samples.csv                                        (TAB-separated: subject_name, sample_name, class_id, ...)
@@ -489,12 +491,13 @@ class BioVid(Task):
         return seqs, {"emg_channels": emg, "dims": int(seqs[0].shape[1]), "fs_measured_hz": [float(fs.min()), float(fs.max())],
                       "cache_hit": bool(hit)}
 
-    def _visual(self, df: pd.DataFrame, cleaning: Cleaning) -> list[np.ndarray]:
-        seqs, dim = [], None
+    def _visual_shapes(self, df: pd.DataFrame) -> list[tuple[int, int]]:
+        """(frames, dims) of every sample's feature file, read from the .npy headers (no data read)."""
+        shapes, dim = [], None
         for s, n in zip(df.subject_name, df.sample_name):
             path = self.visual_path(s, n)
             try:
-                x = np.load(path, allow_pickle=False)
+                x = np.load(path, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError) as e:
                 raise TaskError(f"cannot read visual features {path} ({e}); each sample needs a .npy float array "
                                 f"[frames, dims] (np.save)") from None
@@ -506,18 +509,42 @@ class BioVid(Task):
             elif x.shape[1] != dim:
                 raise TaskError(f"{path} has {x.shape[1]} feature dims, earlier samples have {dim}; all samples "
                                 f"need features from the same extractor")
-            seqs.append(finite_float32(x, cleaning, "visual_nonfinite_features_zeroed", str(path)))
-        return seqs
+            shapes.append(x.shape)
+        return shapes
+
+    def _visual(self, df: pd.DataFrame, cleaning: Cleaning, shapes: list[tuple[int, int]]) -> FrameWindows:
+        """Every sample's visual frames (`shapes` from `_visual_shapes`) read once into one store (unpadded,
+        FrameWindows' zero row last); rows in index order, padded to the longest sample."""
+        lengths = np.array([t for t, _ in shapes], dtype=np.int64)
+        store = zero_padded_store(int(lengths.sum()), shapes[0][1])
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        for (s, n), a, t in zip(zip(df.subject_name, df.sample_name), starts, lengths):
+            path = self.visual_path(s, n)
+            store[a:a + t] = finite_float32(np.load(path, allow_pickle=False), cleaning,
+                                            "visual_nonfinite_features_zeroed", str(path))
+        return FrameWindows(store, starts, lengths, int(lengths.max()))
 
     @cached_property
     def _dataset(self) -> dict:
-        df, cleaning, facts = self._index
+        """Every kept sample's frames stored once per modality; `visual` and `physio` are FrameWindows over them."""
+        df, index_cleaning, facts = self._index
+        cleaning = copy.deepcopy(index_cleaning)  # a re-read (see load_fold) counts its cleaning afresh
+        shapes = self._visual_shapes(df)  # the .npy headers: the memory check comes before anything is read
+        frames = sum(t for t, _ in shapes)
+        check_memory(frames * shapes[0][1] * 4 + len(df) * PHYSIO_BYTES_PER_SAMPLE,
+                     f"BioVid's {len(df)} samples ({frames} frames x {shapes[0][1]} visual dims, and the physio "
+                     f"features) as float32 (features under {self.features_root})")
         physio, pinfo = self._physio(df, cleaning)
-        visual = self._visual(df, cleaning)
-        v, v_len = pad_sequences(visual)
-        p, p_len = pad_sequences(physio)
-        return {"df": df, "visual": v, "visual_len": v_len, "physio": p, "physio_len": p_len, "cleaning": cleaning,
-                "facts": {**facts, "physio": pinfo}}
+        visual = self._visual(df, cleaning, shapes)
+        plen = np.array([len(x) for x in physio], dtype=np.int64)
+        pstore = zero_padded_store(int(plen.sum()), physio[0].shape[1])
+        pstart = np.concatenate([[0], np.cumsum(plen)[:-1]]).astype(np.int64)
+        for x, a in zip(physio, pstart):
+            pstore[a:a + len(x)] = x
+        del physio
+        return {"df": df, "visual": visual, "visual_len": visual.lengths,
+                "physio": FrameWindows(pstore, pstart, plen, int(plen.max())), "physio_len": plen,
+                "cleaning": cleaning, "facts": {**facts, "physio": pinfo}, "standardized_for": None}
 
     def _full_split(self) -> Split:
         d = self._dataset
@@ -566,6 +593,11 @@ class BioVid(Task):
     def load_fold(self, fold: int) -> FoldData:
         self.check_fold(fold)
         c = self.cfg
+        done = self.__dict__.get("_dataset", {}).get("standardized_for")
+        if c.standardize and done is not None and done != fold:
+            # The stored frames were standardised in place for another fold: read them again (a run loads one
+            # fold; several folds in one process pay a re-read, never a second copy of the data).
+            del self.__dict__["_dataset"]
         full = self._full_split()
         tr, te, pfacts = self._fold_indices(fold)
         if c.protocol == "folds_file" and c.dedupe_folds:
@@ -577,9 +609,11 @@ class BioVid(Task):
         audit = audit_split({"train": (train.ids, train.groups), "val": (val.ids, val.groups),
                              "test": (test.ids, test.groups)},
                             f"biovid fold {fold} (protocol={c.protocol})", bool(c.strict_splits))
-        if c.standardize:
-            standardize_inputs(train, (val, test), ("visual", "physio"))
         d = self._dataset
+        if c.standardize and d["standardized_for"] is None:
+            # in place, once, on the stored frames: the splits are rows of the same stores
+            standardize_inputs(train, (val, test), ("visual", "physio"))
+            d["standardized_for"] = fold
         d["cleaning"].warn(self.name)
         info = {"protocol": c.protocol, **pfacts, "n_subjects": len(self._subjects), "split_audit": audit,
                 "cleaning": d["cleaning"].as_info(), **d["facts"], "data_root": str(self.root),

@@ -1,0 +1,55 @@
+"""Memory of the Aff-Wild2 data path grows with the frames stored, once, whatever the window stride.
+
+benchmarks/bench_scale.py's measurement (its `data` mode: a fresh process loads the fold and serves one epoch of
+training batches and the validation and test batches; peak RSS from VmHWM, reset after the imports) on two
+mimic trees of 512-d frames at the overlapping stride 8, where the copies the loader used to make took 12.6x the
+inputs. The speed side (epoch time vs the old code) is measured in benchmarks/, not asserted here: timings on a
+shared machine are too noisy for a test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "benchmarks" / "bench_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/status (VmHWM)")
+def test_memory_grows_with_the_stored_frames_not_the_windows(bench, tmp_path):
+    # videos of 2,000-2,400 frames: about 9 k and 53 k frames, 0.02 and 0.11 GB of inputs (a difference large
+    # beside the allocator's retained heap, a few tens of MB at most, which the slope would otherwise measure)
+    sizes = {"small": 4, "large": 24}
+    grow, inputs = {}, {}
+    for name, videos in sizes.items():
+        tree = tmp_path / name
+        mimic = {"n_train_videos": videos - 1, "n_val_videos": 1, "two_person_videos": 0, "min_frames": 2000,
+                 "max_frames": 2400, "visual_dim": 512, "seed": 1}
+        bench.write_mimic_tree("affwild2", mimic, tree, ROOT)
+        inputs[name], _ = bench.inputs_gb("affwild2", tree)
+        overrides = bench.task_overrides("affwild2", tree, tmp_path / "cache", 8) + ["method=student"]
+        bench.run_child(ROOT, overrides, "warm", max_rss_gb=2.0)  # the audio cache, as a sweep's later runs read it
+        r = bench.run_child(ROOT, overrides, "data", max_rss_gb=2.0)
+        assert "error" not in r, r
+        grow[name] = r["peak_gb"] - r["floor_gb"]
+    # Per input byte: the frames once (1.0) plus the targets, mask and frame numbers of the overlapping windows
+    # (17 bytes a step, 4 windows per frame at stride 8: 68 of the 2,208 bytes of a frame, 0.03) and the batches;
+    # 1.5 is the issue's goal, and the old copies (windows, standardised copies) took 12.6.
+    slope = (grow["large"] - grow["small"]) / (inputs["large"] - inputs["small"])
+    assert slope <= 1.5, (slope, grow, inputs)
+    # Linear: what does not scale with the frames (the audio cache's Arrow table, allocator arenas, one batch)
+    # is a constant of tens of MB, never a negative one (which would mean faster than linear growth).
+    intercept = grow["small"] - slope * inputs["small"]
+    assert -0.03 <= intercept <= 0.1, (intercept, slope, grow, inputs)
+    assert grow["large"] / inputs["large"] <= 1.5 + 0.1 / inputs["large"], (grow, inputs)

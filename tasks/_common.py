@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 from collections import Counter

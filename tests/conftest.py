@@ -17,6 +17,32 @@ METHOD_TINY = {"dmd": ["method.d=8", "method.heads=2", "method.layers=1", "metho
                        "method.training.accumulate=2"]}
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module, whatever an earlier test of this worker left (RunJob sets the jobs' count):
+    tiny tensors gain nothing from intra-op threads, and a module's float comparisons then see one summation order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def record_predict_modalities(monkeypatch):
+    """record_predict_modalities(cls) spies on cls.predict for the test: the returned list gets the modalities of
+    every split predict is handed."""
+    def spy_on(cls) -> list:
+        seen = []
+        real_predict = cls.predict
+
+        def spy(self, split):
+            seen.append(split.modalities)
+            return real_predict(self, split)
+        monkeypatch.setattr(cls, "predict", spy)
+        return seen
+    return spy_on
+
+
 @pytest.fixture
 def workdir(tmp_path):
     return tmp_path

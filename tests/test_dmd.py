@@ -29,13 +29,7 @@ from tasks.synthetic import Synthetic
 REG1 = TargetSpec("regression", ("sentiment",))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: torch's intra-op threads only add synchronisation (10x slower on this shared 2-core CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,14 +10,8 @@ STUDENTS = [n for n, c in METHODS.items() if not c.uses_privileged_at_test]
 
 
 @pytest.mark.parametrize("method", STUDENTS)
-def test_runner_hands_predict_only_student_modalities(method, tiny_cfg, monkeypatch):
-    cls = METHODS.get(method)
-    seen = []
-    real_predict = cls.predict
-    def spy(self, split):
-        seen.append(split.modalities)
-        return real_predict(self, split)
-    monkeypatch.setattr(cls, "predict", spy)
+def test_runner_hands_predict_only_student_modalities(method, tiny_cfg, record_predict_modalities):
+    seen = record_predict_modalities(METHODS.get(method))
     rec = execute(tiny_cfg(f"method={method}"))
     assert rec["status"] == "ok", rec.get("traceback")
     assert seen == [("visual",)]

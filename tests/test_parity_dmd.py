@@ -52,12 +52,7 @@ def near(what: str, got, want, rtol: float, floor: float = 0.0) -> float:
     return delta
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @functools.lru_cache(maxsize=1)

@@ -139,7 +139,8 @@ def test_teacher_train_overrides_train_the_teacher_only(tiny_cfg):
 
 @pytest.mark.parametrize("method", ["student", "pkdot"])
 @pytest.mark.parametrize("batch_mixing", [False, True])
-def test_official_architecture_never_sees_privileged_test_inputs(method, batch_mixing, tiny_cfg, monkeypatch):
+def test_official_architecture_never_sees_privileged_test_inputs(method, batch_mixing, tiny_cfg,
+                                                                 record_predict_modalities):
     """The firewall with the official architecture: predict gets the student modalities only, and privileged test
     inputs replaced by noise change nothing (batch-mixing too: the batch mixes samples, never modalities)."""
     from harness.method import RunContext
@@ -151,13 +152,7 @@ def test_official_architecture_never_sees_privileged_test_inputs(method, batch_m
                    *([OFFICIAL[2], "method.tnet.epochs=2"] if method == "pkdot" else []),
                    *(["teacher.cache_outputs=false"] if batch_mixing else []))
     cls = METHODS.get(method)
-    seen = []
-    real_predict = cls.predict
-
-    def spy(self, split):
-        seen.append(split.modalities)
-        return real_predict(self, split)
-    monkeypatch.setattr(cls, "predict", spy)
+    seen = record_predict_modalities(cls)
     rec = execute(cfg)
     assert rec["status"] == "ok", rec.get("traceback")
     assert seen == [("visual",)]

@@ -232,23 +232,17 @@ def _official_heads(seed: int, AdapterNetwork, ClassifierHead):
     plans, made = {}, {}
     names = {"adapter": ["adapter_vis", "adapter_phy"], "head": ["head_vis", "head_phy"]}
 
-    def adapter(*args, **kwargs):
-        module = AdapterNetwork(*args, **kwargs)
-        name = names["adapter"][sum(k.startswith("adapter") for k in made)]
-        plans[name] = weight_plan(seed, list(plans), module)
-        load_plan(module, plans[name])
-        made[name] = module
-        return module
+    def factory(kind: str, cls):
+        def make(*args, **kwargs):
+            module = cls(*args, **kwargs)
+            name = names[kind][sum(k.startswith(kind) for k in made)]
+            plans[name] = weight_plan(seed, list(plans), module)
+            load_plan(module, plans[name])
+            made[name] = module
+            return module
+        return make
 
-    def head(*args, **kwargs):
-        module = ClassifierHead(*args, **kwargs)
-        name = names["head"][sum(k.startswith("head") for k in made)]
-        plans[name] = weight_plan(seed, list(plans), module)
-        load_plan(module, plans[name])
-        made[name] = module
-        return module
-
-    return adapter, head, plans, made
+    return factory("adapter", AdapterNetwork), factory("head", ClassifierHead), plans, made
 
 
 def _stage1(repo: Path, out_dir: Path, mt, AdapterNetwork, ClassifierHead):

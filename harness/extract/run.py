@@ -127,9 +127,11 @@ def extract(cfg: DictConfig) -> dict:
     e = cfg.extract
     torch.manual_seed(int(e.seed))
     p: Plan = plan(cfg.task, e)
-    if cfg.task.name == "affwild2" and int(cfg.backbone.clip_stride) != 1:
-        raise ConfigError(f"backbone.clip_stride={cfg.backbone.clip_stride}: Aff-Wild2 needs one feature row per "
-                          f"annotation line; use backbone.clip_stride=1")
+    fixed = next((it for it in p.items if it.rows is not None), None)
+    if fixed is not None and int(cfg.backbone.clip_stride) != 1:  # clips every clip_stride frames: fewer rows
+        raise ConfigError(f"backbone.clip_stride={cfg.backbone.clip_stride}: task {cfg.task.name} needs one feature "
+                          f"row per frame ({fixed.out}: {fixed.rows} rows, one per annotated frame); use "
+                          f"backbone.clip_stride=1")
     device = resolve_device(cfg.device)
     amp = device.type == "cuda" if e.amp == "auto" else bool(e.amp)
     root = Path(p.features_root)

@@ -1,8 +1,8 @@
-"""What `harness extract` reads and writes: one Item per feature file, at the task's own paths.
+"""What `harness extract` reads and writes: a Plan of one Item per feature file, at the task's own paths.
 
-Each task declares its plan (`Task.extract_plan`, harness/task.py): the engine builds the task from its config
-through the registry, as `harness run` does, and asks it, so the files land exactly where `harness run` reads them
-and harness/ knows no task's layout. Today biovid (tasks/biovid.py: one row per video frame) and affwild2
+Each task declares its plan (`Task.extract_plan`, harness/task.py); the engine (run.py `plan`) builds the task from
+its config through the registry, as `harness run` does, and asks it, so the files land exactly where `harness run`
+reads them and harness/ knows no task's layout. Today biovid (tasks/biovid.py: one row per video frame) and affwild2
 (tasks/affwild2.py: one row per annotation line, wavs and the frame-rate table) declare one; the other tasks ship
 their features.
 """
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-from harness.errors import ConfigError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")  # the video files a task's search for videos takes
 
@@ -36,19 +34,3 @@ class Plan:
     facts: dict                                 # input kind, folders... for EXTRACTED.json
     fps_file: Path | None = None                # a video,fps table to write (affwild2: <data_root>/video_fps.csv) ...
     videos: dict[str, Path] | None = None       # ... from these annotated videos' frame rates
-
-
-def plan(task_cfg, ecfg) -> Plan:
-    """The plan the task `task_cfg` declares for the `extract` keys `ecfg`."""
-    from harness.registry import TASKS
-    from harness.task import Task
-
-    if task_cfg.get("source", "real") != "real":
-        raise ConfigError(f"task.source={task_cfg.source}: extraction reads a downloaded dataset at task.data_root; "
-                          f"use task.source=real")
-    found = TASKS.get(task_cfg.name)(task_cfg).extract_plan(ecfg)
-    if found is None:
-        declaring = [name for name, cls in TASKS.items() if cls.extract_plan is not Task.extract_plan]
-        raise ConfigError(f"task={task_cfg.name}: harness extract reads the videos of {' and '.join(declaring)} only "
-                          f"(the other tasks ship their features)")
-    return found

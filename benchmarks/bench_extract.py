@@ -82,8 +82,7 @@ def main() -> None:
     import torch
 
     from harness.extract import backbones, compose
-    from harness.extract.run import Model, extract, resolve_device
-    from harness.extract.sources import plan
+    from harness.extract.run import Model, extract, plan, resolve_device
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-extract-"))

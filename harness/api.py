@@ -162,7 +162,7 @@ def sweep(*overrides: str, **values: Any) -> SweepResult:
     and the others go on. launcher="local" or "slurm" submits them as jobs and returns at once (see `manifest`;
     `harness status` follows them). A data mistake found in some runs raises ConfigError after the others ran.
     """
-    from harness.launch import check_planned, launch, plan_runs, submit, submits_jobs
+    from harness.launch import check_planned, launch, plan_runs, submits_jobs
     from harness.records import read_record
 
     planned = plan_runs(to_overrides(*overrides, sweep=True, **values), multirun=True)
@@ -171,7 +171,9 @@ def sweep(*overrides: str, **values: Any) -> SweepResult:
     n_skipped = sum(not r.config["overwrite"] and r.done for r in planned)
     manifest = None
     if submits_jobs(launcher):
-        manifest = submit(planned, launcher)
+        from harness.jobs import submit_jobs  # submitit: only to submit
+
+        manifest = submit_jobs(planned, launcher)
         n_launched = manifest["n_submitted"] if manifest else 0
     else:
         n_launched = len(launch(planned, launcher))

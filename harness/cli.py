@@ -40,7 +40,7 @@ def _fail(msg: str | list[str]) -> int:
 def cmd_run(args) -> int:
     from omegaconf import OmegaConf
 
-    from harness.launch import LaunchError, check_planned, launch, plan_runs, submit, submits_jobs
+    from harness.launch import LaunchError, check_planned, launch, plan_runs, submits_jobs
     from harness.validate import check_runs
 
     runs = plan_runs(args.overrides, args.multirun)
@@ -50,8 +50,10 @@ def cmd_run(args) -> int:
         return 0
     check_planned(runs)  # every value of every run, before the first run starts or the first job is submitted
     if submits_jobs(runs[0].cfg.launcher):  # SLURM / local workers: submit and return to the prompt
+        from harness.jobs import submit_jobs  # submitit: only to submit
+
         try:
-            submit(runs, runs[0].cfg.launcher)
+            submit_jobs(runs, runs[0].cfg.launcher)
         except LaunchError as e:
             return _fail(str(e))
         return 0

@@ -1,8 +1,9 @@
 """The job side of the submitit launchers (`slurm`, `slurm_cpu`, `local`; harness/launch.py describes them):
 submission of a sweep as one job array or local workers, its manifest, and RunJob, what each job runs.
 
-Its own module so that a run in this process (launcher=inprocess) never imports submitit: harness/launch.py
-imports this module when it submits jobs, and still answers for `harness.launch.RunJob` (earlier pickles).
+Its own module so that a run in this process (launcher=inprocess) never imports submitit: the commands
+(harness/cli.py, harness/api.py, harness/reproduce.py) import it only when the launcher submits jobs. It builds on
+harness/launch.py (the planned runs, the resume filter), which never imports it.
 """
 
 from __future__ import annotations

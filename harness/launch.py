@@ -32,7 +32,9 @@ dataclass launcher configs, a launching process that blocks until every job ends
 `hydra/launcher=slurm` on the command line is an alias of `launcher=slurm` (harness/config.py).
 
 This module plans the runs and executes them in process; the job side (submission, manifest, RunJob) is
-harness/jobs.py, imported only to submit, so that a run in process does not import submitit.
+harness/jobs.py, which builds on this one (it submits the runs planned here) and which the commands import only to
+submit (`submits_jobs(launcher)`: harness.jobs.submit_jobs), so that a run in process does not import submitit.
+This module never imports it: the two are layers, not a circle.
 """
 
 from __future__ import annotations
@@ -149,10 +151,11 @@ def submits_jobs(launcher: DictConfig) -> bool:
 
 
 def launch(runs: list[PlannedRun], launcher: DictConfig) -> list[dict]:
-    """Execute (inprocess) or submit (submitit launchers) the runs; returns the records of executed runs."""
+    """Execute the runs in this process (launcher=inprocess); returns the records of the executed runs. Launchers
+    that submit jobs go through harness.jobs.submit_jobs instead."""
     if submits_jobs(launcher):
-        submit(runs, launcher)
-        return []
+        raise ValueError(f"launcher={launcher.name} submits jobs: harness.jobs.submit_jobs sends them (launch() runs "
+                         f"in this process)")
     todo = runs_to_do(runs)
     skipped = len(runs) - len(todo)
     if skipped:
@@ -198,22 +201,3 @@ def launch(runs: list[PlannedRun], launcher: DictConfig) -> list[dict]:
             raise ConfigError("\n".join(not_run), lines=[*not_run, summary])
         return records
     raise ValueError(f"launcher '{name}' is not implemented")
-
-
-def submit(runs: list[PlannedRun], launcher: DictConfig) -> dict | None:
-    """Submit the runs that need it as one job array (or local workers); write and return the manifest.
-    The job side (harness/jobs.py, with submitit) is imported here, when jobs are submitted, not by every run."""
-    from harness.jobs import submit_jobs
-    return submit_jobs(runs, launcher)
-
-
-_JOB_SIDE = ("RunJob", "RunFailed", "check_launcher", "make_executor")
-
-
-def __getattr__(name: str):
-    """The job side's names, from harness/jobs.py, as before it had its own module (jobs submitted earlier pickled
-    `harness.launch.RunJob`)."""
-    if name in _JOB_SIDE:
-        import harness.jobs
-        return getattr(harness.jobs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -397,12 +397,14 @@ def check_recipe_runs(recipe: Recipe, arms: list[ArmRuns], smoke: bool = False) 
 def run_all(arms: list[ArmRuns]) -> tuple[list[str], dict | None]:
     """Launch every run without an ok record (inprocess: here; local/slurm: submitted). Returns the lines of runs a
     data mistake kept from running, and the manifest of a submitting launcher."""
-    from harness.launch import launch, submit, submits_jobs
+    from harness.launch import launch, submits_jobs
 
     runs = [r for a in arms for r in a.runs]
     launcher = runs[0].cfg.launcher
     if submits_jobs(launcher):
-        return [], submit(runs, launcher)
+        from harness.jobs import submit_jobs  # submitit: only to submit
+
+        return [], submit_jobs(runs, launcher)
     try:
         launch(runs, launcher)
     except ConfigError as e:  # some runs found a data mistake: the others ran; the table names them

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,9 @@ from harness.data import FoldData, Split, TaskSpec
 from harness.errors import TaskError  # defined there so that the CLI catches it without importing pandas
 from harness.metrics import higher_is_better, score_columns
 from harness.predictions import columns_by_dim
+
+if TYPE_CHECKING:
+    from harness.extract.sources import Plan
 
 DATA_SOURCES = ("real", "mimic", "synthetic", "random_weights")
 
@@ -77,6 +80,14 @@ class Task:
         beside them), listed without reading them; None for a task generated in memory, whose config (in the run
         key) says everything about its data. Their cheap signature (`source_signature`) keys the teacher store and
         is checked before a recorded run is skipped as done."""
+        return None
+
+    def extract_plan(self, extract_cfg: DictConfig) -> Plan | None:
+        """What `harness extract` reads and writes for this task: a harness.extract.sources.Plan, one Item per
+        feature file at the path this task's loader reads it from (so extraction writes exactly what `harness run`
+        reads); None when the dataset ships its features (nothing to extract). `extract_cfg`: the `extract` keys of
+        the extract config (videos_dir, frames_dir, input, audio...). The engine asks the task, as `harness run`
+        does: it knows no task's layout."""
         return None
 
     # --- data identity (cheap: names, sizes and mtimes of the source files, as the feature cache keys) ----------

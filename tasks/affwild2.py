@@ -36,6 +36,7 @@ become 0 after the float32 cast.
 
 from __future__ import annotations
 
+import os
 import re
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +47,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.cache import cached_arrays
 from harness.data import FoldData, FrameWindows, Split, TargetSpec, TaskSpec, zero_padded_store
+from harness.errors import ConfigError
+from harness.extract.sources import VIDEO_SUFFIXES, Item, Plan
 from harness.registry import register_task
 from harness.task import Task, TaskError
 from tasks._common import (Cleaning, audit_split, check_memory, data_source_of, features_info, finite_float32,
@@ -178,6 +181,23 @@ def window_starts(n: int, window: int, stride: int | None = None) -> np.ndarray:
     return starts
 
 
+def index_videos(folder: Path, skip: list[Path]) -> dict[str, Path]:
+    """{stem: path} of the video files under `folder`, not descending into `skip` (crop and feature folders)."""
+    skip_set = {os.path.realpath(p) for p in skip}
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in skip_set
+                       and d not in ("cropped_aligned", "cropped")]
+        for f in filenames:
+            stem, ext = os.path.splitext(f)
+            if ext.lower() in VIDEO_SUFFIXES:
+                if stem in found:
+                    raise TaskError(f"two videos named {stem}: {found[stem]} and {Path(dirpath) / f}; keep one, or "
+                                    f"point extract.videos_dir at one folder")
+                found[stem] = Path(dirpath) / f
+    return found
+
+
 @register_task
 class AffWild2(Task):
     name = "affwild2"
@@ -287,6 +307,54 @@ class AffWild2(Task):
         if (fps := self.root / str(self.cfg.fps_file)).is_file():
             files.append(fps)
         return list(dict.fromkeys(files))  # a video's wav is shared by its _left/_right tracks
+
+    def extract_plan(self, extract_cfg) -> Plan:
+        """`harness extract task=affwild2`: <frames_dir>/<track>/<frame:05d>.jpg (default <data_root>/cropped_aligned),
+        or the video <video>.mp4 found under extract.videos_dir (default the data root; a two-person video's
+        _left/_right tracks read that half of the frame) -> <features_root>/<track>.npy with exactly one row per
+        annotation line (row k = line k+1 = frame k), for every track of VA_Estimation_Challenge/{Train_Set,
+        Validation_Set}; <audio_root>/<video>.wav from the video when absent (extract.audio); <data_root>/
+        <fps_file> from the videos' frame rates when absent."""
+        root = self.root
+        va_root = find_va_root(root, self.cfg.get("annotations_dir"))
+        tracks: dict[str, int] = {}
+        for set_name in SETS:
+            for p in sorted((va_root / VA_DIR / set_name).glob("*.txt")):
+                tracks[p.stem] = len(read_va(p)[0])
+        if not tracks:
+            raise TaskError(f"no annotation files under {va_root / VA_DIR}/{{{','.join(SETS)}}}/: nothing to extract")
+        frames_dir = Path(extract_cfg.frames_dir) if extract_cfg.get("frames_dir") else root / "cropped_aligned"
+        mode = extract_cfg.input
+        if mode == "auto":
+            mode = "frames" if frames_dir.is_dir() else "video"
+        elif mode == "frames" and not frames_dir.is_dir():
+            raise ConfigError(f"extract.input=frames: no frame folder {frames_dir} (set extract.frames_dir)")
+        videos_dir = Path(extract_cfg.videos_dir) if extract_cfg.get("videos_dir") else root
+        audio_root = self.audio_root
+        need_wav = sorted({video_of(t) for t in tracks if not (audio_root / f"{video_of(t)}.wav").is_file()}) \
+            if extract_cfg.audio else []
+        fps_file = root / self.cfg.fps_file
+        videos = (index_videos(videos_dir, [frames_dir, self.features_root, audio_root, va_root])
+                  if mode == "video" or need_wav or not fps_file.is_file() else {})
+        items = []
+        for track, rows in tracks.items():
+            key = f"{track}.npy"
+            out = str(self.features_root / key)
+            if mode == "frames":
+                items.append(Item(key, out, "frames", str(frames_dir / track), rows))
+            else:
+                v = video_of(track)
+                half = track.rsplit("_", 1)[1] if v != track else None
+                src = videos.get(v)
+                items.append(Item(key, out, "video", str(src) if src else str(videos_dir / f"{v}.mp4"), rows, half))
+        wavs = [(v, videos.get(v), audio_root / f"{v}.wav") for v in need_wav]
+        facts = {"input": mode, "annotations": str(va_root / VA_DIR)}
+        facts.update({"frames_dir": str(frames_dir)} if mode == "frames" else
+                     {"videos_dir": str(videos_dir), "two_person_tracks": "left/right half of the frame"})
+        if need_wav:
+            facts["videos_dir"] = str(videos_dir)
+        annotated = {v: videos[v] for v in sorted({video_of(t) for t in tracks}) if v in videos}
+        return Plan(self.features_root, items, wavs, facts, None if fps_file.is_file() else fps_file, annotated)
 
     # --- loading ----------------------------------------------------------------------------------
     @cached_property

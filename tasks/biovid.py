@@ -53,6 +53,7 @@ from sklearn.model_selection import GroupKFold
 
 from harness.cache import cached_arrays
 from harness.data import FoldData, FrameWindows, Split, TargetSpec, TaskSpec, zero_padded_store
+from harness.extract.sources import Item, Plan
 from harness.registry import register_task
 from harness.task import Task, TaskError
 from tasks._common import (Cleaning, audit_split, check_memory, data_source_of, features_info, finite_float32,
@@ -440,6 +441,21 @@ class BioVid(Task):
         if self.cfg.protocol == "folds_file":
             files += sorted(Path(self.cfg.folds_dir).glob("fold_*_*.txt"))
         return files
+
+    def extract_plan(self, extract_cfg) -> Plan:
+        """`harness extract task=biovid`: <videos_dir>/<subject>/<sample>.mp4 (default <data_root>/video) ->
+        visual_path(subject, sample) for every sample of samples.csv: one row per video frame (a clip backbone:
+        one row per clip_stride frames)."""
+        root = self.root
+        df = read_index(root / "samples.csv", Cleaning())
+        vdir = Path(extract_cfg.videos_dir) if extract_cfg.get("videos_dir") else root / "video"
+        if not vdir.is_dir():
+            raise TaskError(f"no video folder {vdir}: BioVid ships its face videos as video/<subject>/<sample>.mp4 "
+                            f"under the data root; point extract.videos_dir at the folder holding the <subject>/ "
+                            f"folders")
+        items = [Item(key=f"{s}/{n}.npy", out=str(self.visual_path(s, n)), kind="video",
+                      source=str(vdir / s / f"{n}.mp4"), rows=None) for s, n in zip(df.subject_name, df.sample_name)]
+        return Plan(self.features_root, items, [], {"input": "video", "videos_dir": str(vdir)})
 
     @cached_property
     def _subjects(self) -> list[str]:

@@ -182,7 +182,7 @@ def affwild_tree(tmp_path_factory) -> Path:
     return tree
 
 
-def test_affwild2_row_k_is_annotation_line_k_whatever_the_gaps(affwild_tree, tmp_path):
+def test_affwild2_row_k_is_annotation_line_k_whatever_the_gaps(affwild_tree, tmp_path, capsys):
     from tasks.affwild2 import read_va
 
     bb = backbones.build("resnet18", "none", seed=0)
@@ -193,6 +193,11 @@ def test_affwild2_row_k_is_annotation_line_k_whatever_the_gaps(affwild_tree, tmp
                  f"task.features_root={zeros_root}"]) == 0
     annotations = sorted(affwild_tree.glob("*/VA_Estimation_Challenge/*/*.txt"))
     assert len(info["files"]) == len(annotations) == 9
+    # a clip backbone striding over frames would write fewer rows than annotation lines: refused before any file
+    assert main(["extract", *AFFWILD, "backbone=r3d_18", "backbone.clip_stride=2", f"task.data_root={affwild_tree}",
+                 f"task.features_root={tmp_path / 'strided'}"]) == 2
+    assert "backbone.clip_stride=2: task affwild2 needs one feature row per frame" in capsys.readouterr().err
+    assert not (tmp_path / "strided").exists()
     for j, p in enumerate(annotations):
         n = len(read_va(p)[0])
         x = np.load(affwild_tree / "features" / "visual" / f"{p.stem}.npy")
@@ -330,6 +335,7 @@ def test_extract_yaml_and_schema_tables_agree():
 def test_bad_values_fail_in_one_line(capsys):
     assert main(["extract", "extract.on_error=ignore"]) == 2
     assert "extract.on_error='ignore': expected one of error, skip" in capsys.readouterr().err
-    assert main(["extract", "task=mosi"]) == 2
+    assert main(["extract", "task=mosi"]) == 2  # the tasks that declare an extract plan (Task.extract_plan) are named
+    assert "task=mosi: harness extract reads the videos of affwild2 and biovid only" in capsys.readouterr().err
     assert main(["extract", "backbone=resnet50"]) == 2
     assert "did you mean resnet18" in capsys.readouterr().err.replace("'", "")

@@ -23,7 +23,7 @@ import harness.training
 from harness.cli import main
 from harness.config import Composer, ConfigError, compose_one, expand
 from harness.jobs import RunFailed, RunJob, check_launcher, max_array_size, pack_runs
-from harness.launch import LaunchError, plan_runs
+from harness.launch import LaunchError, launch, plan_runs
 from harness.leaderboard import collect
 from harness.records import iter_records, read_record, run_dir
 from harness.runner import execute
@@ -110,6 +110,15 @@ def test_a_planned_run_builds_its_dictconfig_only_when_asked(tmp_path):
     assert run._cfg is None and run.folder == run_dir(compose_one(["method=student", "seed=3",
                                                                     f"results_dir={tmp_path}"]))
     assert run.cfg.seed == 3 and OmegaConf.is_struct(run.cfg) and OmegaConf.to_container(run.cfg) == run.config
+
+
+def test_launch_runs_in_process_only_and_leaves_jobs_to_the_job_side(tmp_path):
+    """launch() is the in-process executor; a submitting launcher is harness.jobs.submit_jobs' (the commands choose
+    by submits_jobs): launch() refuses it before anything runs or is written."""
+    runs = plan_runs(["method=student", "launcher=local", f"results_dir={tmp_path}"], multirun=False)
+    with pytest.raises(ValueError, match="launcher=local submits jobs: harness.jobs.submit_jobs sends them"):
+        launch(runs, runs[0].cfg.launcher)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_check_launcher_rejects_what_cannot_work(monkeypatch):

@@ -339,12 +339,12 @@ def test_an_unknown_recipe_name_says_which_exist(capsys):
 
 
 def test_a_submitting_launcher_gets_every_run_and_the_table_says_they_are_pending(tmp_path, capsys, monkeypatch):
-    import harness.launch
+    import harness.jobs
     sent = []
     def fake_submit(runs, launcher):  # the scheduler side is tests/test_launch.py's; here: what reproduce sends
         sent.append(([r.config["seed"] for r in runs], launcher.name))
         return {"sweep_id": "20261207-000000-abcd", "n_submitted": len(runs)}
-    monkeypatch.setattr(harness.launch, "submit", fake_submit)
+    monkeypatch.setattr(harness.jobs, "submit_jobs", fake_submit)
     path = _recipe(tmp_path)
     code, out, _ = _cli(capsys, str(path), "launcher=local", f"results_dir={tmp_path / 'r'}",
                         f"cache_dir={tmp_path / 'c'}")

@@ -237,7 +237,7 @@ def test_cfg_prints_the_config_and_says_what_is_wrong_with_it(tmp_path):
 
 def test_a_sweep_with_one_bad_value_among_50_good_ones_submits_nothing_and_names_it(tmp_path, monkeypatch):
     submitted = []
-    monkeypatch.setattr("harness.launch.submit", lambda runs, launcher: submitted.append(runs))
+    monkeypatch.setattr("harness.jobs.submit_jobs", lambda runs, launcher: submitted.append(runs))
     lrs = ",".join(f"{0.001 * (i + 1):g}" for i in range(50))
     code, err, _ = run_cli(tmp_path, "-m", "method=student", f"train.lr={lrs},abc", "hydra/launcher=local")
     assert code == 2 and submitted == []

@@ -97,11 +97,3 @@ def test_registry_require_checks_a_name_without_importing_its_module(tmp_path):
         "else:\n"
         "    raise AssertionError('pkdott was accepted')\n", tmp_path)
     assert sorted(m for m in modules if m.startswith("methods.")) == [] and "torch" not in modules
-
-
-def test_job_side_still_answers_from_harness_launch():
-    """RunJob moved to harness/jobs.py; jobs submitted before pickled it as harness.launch.RunJob."""
-    import harness.jobs
-    import harness.launch
-    assert harness.launch.RunJob is harness.jobs.RunJob
-    assert harness.launch.check_launcher is harness.jobs.check_launcher

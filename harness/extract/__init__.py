@@ -3,10 +3,10 @@
     harness extract task=biovid backbone=r3d_18 task.data_root=/data/BioVid/PartA
     harness extract task=affwild2 backbone=resnet18 task.data_root=/data/Aff-Wild2
 
-One file per concern: sources.py (what is read and written, at the tasks' own paths), decode.py (PyAV / Pillow),
-loader.py (decoding in DataLoader workers), backbones.py (torchvision models and weights), run.py (the loop,
-atomic writes, resume), sidecar.py (EXTRACTED.json, which the tasks copy into every record). Needs the `extract`
-extra (torchvision, av): `pip install -e '.[extract]'` (scripts/setup.sh installs it).
+One file per concern: sources.py (what is read and written; each task declares it, Task.extract_plan), decode.py
+(PyAV / Pillow), loader.py (decoding in DataLoader workers), backbones.py (torchvision models and weights), run.py
+(the loop, atomic writes, resume), sidecar.py (EXTRACTED.json, which the tasks copy into every record). Needs the
+`extract` extra (torchvision, av): `pip install -e '.[extract]'` (scripts/setup.sh installs it).
 """
 
 from __future__ import annotations

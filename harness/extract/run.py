@@ -1,6 +1,6 @@
-"""`harness extract`: the loop. Plan the files (sources.py), skip the finished ones, decode in DataLoader workers
-(loader.py), run the frozen backbone (backbones.py) in batches on the device, write each file atomically, keep
-EXTRACTED.json (sidecar.py) up to date.
+"""`harness extract`: the loop. Ask the task for its plan of the files (sources.py), skip the finished ones, decode
+in DataLoader workers (loader.py), run the frozen backbone (backbones.py) in batches on the device, write each file
+atomically, keep EXTRACTED.json (sidecar.py) up to date.
 
 Rows of a file: a frame backbone gives one row per frame read; a clip backbone one row per clip, the clip of
 clip_len frames centred on frame c (frames c - clip_len//2 .. c + clip_len - clip_len//2 - 1, the first and last
@@ -22,8 +22,10 @@ from omegaconf import DictConfig
 from harness.errors import ConfigError, TaskError
 from harness.extract import backbones, decode, sidecar
 from harness.extract.loader import Decoded
-from harness.extract.sources import Item, Plan, plan
+from harness.extract.sources import Item, Plan
+from harness.registry import TASKS
 from harness.storage import atomic_np_save, atomic_write_text
+from harness.task import Task
 
 FLUSH_EVERY_S = 30.0  # EXTRACTED.json is rewritten at most this often during a run, and at its end
 
@@ -122,14 +124,29 @@ def _comparable(old: dict, new: dict) -> list[str]:
     return diff
 
 
+def plan(task_cfg, ecfg) -> Plan:
+    """The plan the task `task_cfg` declares for the `extract` keys `ecfg` (Task.extract_plan)."""
+    if task_cfg.get("source", "real") != "real":
+        raise ConfigError(f"task.source={task_cfg.source}: extraction reads a downloaded dataset at task.data_root; "
+                          f"use task.source=real")
+    found = TASKS.get(task_cfg.name)(task_cfg).extract_plan(ecfg)
+    if found is None:
+        declaring = [name for name, cls in TASKS.items() if cls.extract_plan is not Task.extract_plan]
+        raise ConfigError(f"task={task_cfg.name}: harness extract reads the videos of {' and '.join(declaring)} only "
+                          f"(the other tasks ship their features)")
+    return found
+
+
 def extract(cfg: DictConfig) -> dict:
     """Run the extraction a composed `harness extract` config describes; returns the counts it printed."""
     e = cfg.extract
     torch.manual_seed(int(e.seed))
     p: Plan = plan(cfg.task, e)
-    if cfg.task.name == "affwild2" and int(cfg.backbone.clip_stride) != 1:
-        raise ConfigError(f"backbone.clip_stride={cfg.backbone.clip_stride}: Aff-Wild2 needs one feature row per "
-                          f"annotation line; use backbone.clip_stride=1")
+    fixed = next((it for it in p.items if it.rows is not None), None)
+    if fixed is not None and int(cfg.backbone.clip_stride) != 1:  # clips every clip_stride frames: fewer rows
+        raise ConfigError(f"backbone.clip_stride={cfg.backbone.clip_stride}: task {cfg.task.name} needs one feature "
+                          f"row per frame ({fixed.out}: {fixed.rows} rows, one per annotated frame); use "
+                          f"backbone.clip_stride=1")
     device = resolve_device(cfg.device)
     amp = device.type == "cuda" if e.amp == "auto" else bool(e.amp)
     root = Path(p.features_root)

@@ -33,7 +33,7 @@ code/synthetic.py) and where the issue text / paper and the code differ:
   x* scaled by its training standard deviation, ε ~ N(0, 1) from a stream of its own (so x, y and α stay
   the same): s = 0 makes x* pure noise, the negative case of the privileged-information controls.
 - n_test: the issue asks for 10 000 (the default here); the code uses 1 000.
-- Training (not the task's business, README/scripts/lupi_reproduction.py): Keras' default RMSprop
+- Training (not the task's business, docs/studies/lupi_reproduction.md, scripts/lupi_reproduction.py): Keras' default RMSprop
   (lr 0.001, rho 0.9) for 1000 epochs; torch's RMSprop has alpha 0.99 and eps 1e-8 where old Keras had
   rho 0.9 and epsilon 1e-6 — the harness exposes neither.
 """

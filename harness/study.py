@@ -607,7 +607,8 @@ def flags(cell: Cell) -> dict:
         return empty
     rows = rows.drop_duplicates(["task", "variant", "data_source", "data", "method", "config_id"])
     return {"n_flagged": int(rows.n_flagged.sum()), "flagged_runs": "; ".join(filter(None, rows.flagged_runs)),
-            "n_parts_at_cap": int(rows.n_parts_at_cap.sum()), "parts_at_cap": "; ".join(filter(None, rows.parts_at_cap))}
+            "n_parts_at_cap": int(rows.n_parts_at_cap.sum()),
+            "parts_at_cap": "; ".join(filter(None, rows.parts_at_cap))}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -163,8 +163,8 @@ def _designed_values(rng) -> dict[tuple, float]:
     return out
 
 
-def _write(run, value: float | None, extra: dict | None = None, status: str = "ok") -> None:
-    cfg = run.config
+def _write(run, value: float | None, extra: dict | None = None, status: str = "ok", family: str | None = None) -> None:
+    cfg = run.config if family is None else {**run.config, "stats": {**run.config["stats"], "family": family}}
     primary = "ccc_mean" if cfg["task"]["target"] == "regression" else "accuracy"
     rec = {"status": status, "method": cfg["method"]["name"], "task": "synthetic", "fold": cfg["fold"],
            "seed": cfg["seed"], "primary_metric": primary, "data_source": "synthetic",
@@ -197,7 +197,8 @@ def _paired(a: dict, b: dict) -> dict:
 @pytest.fixture(scope="module")
 def hand_made(tmp_path_factory):
     """The tiny study's records, written by hand at the folders of its runs: B seed 2 (regression) missing,
-    A · PI zeros seed 3 (regression) failed; T-Net and teacher-choice extras; one early and one capped run."""
+    A · PI zeros seed 3 (regression) failed; T-Net and teacher-choice extras; one early and one capped run; one
+    record of B · PI zeros (classes) written by another study (its own stats.family)."""
     tmp = tmp_path_factory.mktemp("study")
     results = tmp / "results"
     folders = _planned_folders(results)
@@ -214,7 +215,8 @@ def hand_made(tmp_path_factory):
         extra = {}
         if arm in ("A", "B", "M"):
             t = {"before_mse": rng.uniform(0.3, 0.5), "before_mmd": rng.uniform(3, 5),
-                 "selected_mse": rng.uniform(0.1, 0.3), "selected_mmd": rng.uniform(0, 1), "epoch": int(rng.integers(60))}
+                 "selected_mse": rng.uniform(0.1, 0.3), "selected_mmd": rng.uniform(0, 1),
+                 "epoch": int(rng.integers(60))}
             tnet[key] = t
             extra["tnet"] = {"val_before": {"val_mse": t["before_mse"], "val_mmd": t["before_mmd"]},
                              "val_selected": {"val_mse": t["selected_mse"], "val_mmd": t["selected_mmd"]},
@@ -228,7 +230,8 @@ def hand_made(tmp_path_factory):
             "classes", "A", "none", 4) else 5}}
         if key == ("classes", "M", "none", 1):
             extra["training"]["teacher"] = {"stop_reason": "max_epochs", "selected_epoch": 9}
-        _write(run, values[key], extra)
+        # a record another study computed under the same run key (stats.family is not part of it)
+        _write(run, values[key], extra, family="other_study" if key == ("classes", "B", "zeros", 0) else None)
     out = tmp / "doc.md"
     code = main(["study", str(_study_file(tmp)), f"results_dir={results}", "--out", str(out)])
     assert code == 0
@@ -269,7 +272,8 @@ def test_deltas_intervals_p_and_holm_are_numpy_and_scipys(hand_made, target):
     # the markdown shows the same numbers, 3 decimals
     rows = {r["arm"]: r for r in _table(hand_made["md"].split(f"### {section}")[1], "**Arms**")}
     w = want["A", "none", "student"]
-    assert rows["A"]["Δ vs student [95% CI]"] == f"{w['mean']:+.3f} [{w['ci_low']:+.3f}, {w['ci_high']:+.3f}] (n={w['n']})"
+    shown = f"{w['mean']:+.3f} [{w['ci_low']:+.3f}, {w['ci_high']:+.3f}] (n={w['n']})"
+    assert rows["A"]["Δ vs student [95% CI]"] == shown
 
 
 @pytest.mark.parametrize("target", ["regression", "classes"])
@@ -330,7 +334,8 @@ def test_tnet_medians_teacher_choices_and_flags_are_the_records(hand_made):
     (row,) = _table(classes, "**Teacher choice**")[:1]
     total = [v for k, v in hand_made["choices"].items() if k[:3] == ("classes", "M", "none")]
     x, joint = sum(c["x"] for c in total), sum(c["joint"] for c in total)
-    assert row["arm"] == "M" and f"x {x} ({100 * x / (x + joint):.1f} %)" in row["teacher choices (total over runs, share)"]
+    assert row["arm"] == "M"
+    assert f"x {x} ({100 * x / (x + joint):.1f} %)" in row["teacher choices (total over runs, share)"]
 
 
 def test_missing_and_failed_runs_are_named_never_dropped(hand_made):
@@ -345,6 +350,14 @@ def test_missing_and_failed_runs_are_named_never_dropped(hand_made):
                & (csv.section == "synthetic — task.target=regression")].itertuples()
     assert (b.runs_planned, b.runs_ok, b.runs_missing, b.runs_failed) == (6, 5, 1, 0)
     assert "84 runs planned: 82 ok, 1 failed, 1 without a record" in hand_made["md"]
+
+
+def test_records_reused_from_another_family_are_used_and_named(hand_made):
+    classes = hand_made["md"].split("### synthetic — task.target=classes")[1]
+    assert ("- B · PI zeros: 1 record(s) reused from Holm family `other_study` (fold 0: seed 0): the leaderboard "
+            "corrects them in `other_study`, this table in `tiny_study`") in classes
+    rows = {r["arm"]: r for r in _table(classes, "**Arms**")}
+    assert rows["B · PI zeros"]["runs"] == "6/6"
 
 
 def test_out_replaces_only_the_generated_block_and_refuses_a_file_written_by_hand(hand_made, capsys):

@@ -12,6 +12,7 @@ A study is harness/conf/study/<name>.yaml (or a path):
          sections: {key: task.experiment, values: [1, 3]}, seeds: [0, ...], folds: [0]}
     arms: [{id: P0, label: ..., overrides: [method=pkdot]}, ...]
     attribution: [{a: P0, b: P3, what: ...}, ...]   # descriptive a − b contrasts of the arms (b may be the reference)
+    left_out: [{id: P4, label: ..., why: ...}]   # optional: pre-registered arms not run, and why (said in the tables)
 
 Every run is a (task, arm, control, section value, fold, seed): the command line
 `task.overrides + arm_overrides + arm.overrides + stats.family + control + section + seed + fold`, composed and
@@ -72,7 +73,9 @@ _TOP = {"title": str_(), "prereg": str_(), "family": Field("a name of letters, d
         "reference": Field("a mapping {id, label, overrides}", lambda v: isinstance(v, dict)),
         "tasks": Field("a non-empty list of {name, overrides, seeds, ...}", lambda v: isinstance(v, list) and v),
         "arms": Field("a non-empty list of {id, label, overrides}", lambda v: isinstance(v, list) and v),
-        "attribution": optional(Field("a list of {a, b, what}", lambda v: isinstance(v, list)))}
+        "attribution": optional(Field("a list of {a, b, what}", lambda v: isinstance(v, list))),
+        "left_out": optional(Field("a list of {id, label, why}", lambda v: isinstance(v, list)))}
+_LEFT_OUT = {"id": _ID, "label": str_(), "why": str_()}
 _ARM = {"id": _ID, "label": str_(), "overrides": _OVERRIDES}
 _TASK = {"name": str_(), "overrides": _OVERRIDES, "arm_overrides": optional(_OVERRIDES),
          "sections": optional(Field("a mapping {key: a config key, values: [...]}", lambda v: isinstance(v, dict))),
@@ -127,6 +130,7 @@ class Study:
     tasks: list[StudyTask]
     arms: list[Arm]
     attribution: list[Contrast]
+    left_out: list[dict] = field(default_factory=list)  # {id, label, why}: pre-registered arms not run
     ref: str = ""  # what names it on the command line
 
     def controls(self) -> list[str]:
@@ -221,6 +225,12 @@ def study_problems(data: Any) -> list[str]:
         if _check(arm, _ARM, f"arms[{i}].", out):
             ids.append(arm["id"])
             _check_overrides(arm["overrides"], f"arms[{i}].overrides", out)
+    left_out = []
+    for i, arm in enumerate(data.get("left_out") if isinstance(data.get("left_out"), list) else []):
+        if _check(arm, _LEFT_OUT, f"left_out[{i}].", out):
+            left_out.append(arm["id"])
+    ids_run = list(ids)
+    ids = ids + left_out
     for dup in sorted({i for i in ids if ids.count(i) > 1}):
         out.append(f"arms: the id {dup!r} is used {ids.count(dup)} times (the reference's included): give each its own")
     names = []
@@ -241,7 +251,7 @@ def study_problems(data: Any) -> list[str]:
                            f"tasks[{i}].sections.key={show(key)}: set by {_RESERVED[key]}; choose a task key")
     for dup in sorted({n for n in names if names.count(n) > 1}):
         out.append(f"tasks: the name {dup!r} is used {names.count(dup)} times: give each task its own name")
-    arm_ids = [a["id"] for a in data.get("arms") or [] if isinstance(a, dict) and "id" in a]
+    arm_ids = [a["id"] for a in data.get("arms") or [] if isinstance(a, dict) and "id" in a] + left_out
     for i, c in enumerate(data.get("attribution") if isinstance(data.get("attribution"), list) else []):
         if not _check(c, _CONTRAST, f"attribution[{i}].", out):
             continue
@@ -252,7 +262,7 @@ def study_problems(data: Any) -> list[str]:
                            + (f"; did you mean {close[0]}?" if close else ""))
         if c["a"] == c["b"]:
             out.append(f"attribution[{i}]: a and b are both {c['a']!r}: a contrast compares two arms")
-        if c["a"] not in arm_ids and c["a"] in ids:
+        if c["a"] not in arm_ids and c["a"] in ids_run:
             out.append(f"attribution[{i}].a={show(c['a'])}: the reference goes second (b), as arm − reference")
     return out
 
@@ -267,7 +277,8 @@ def _build(name: str, where: str, d: dict) -> Study:
     return Study(name=name, path=where, title=d["title"], prereg=d["prereg"], family=d["family"],
                  control=d.get("control"), decision=d.get("decision", DECISIONS[0]), question=d.get("question", ""),
                  reference=arm(d["reference"]), tasks=tasks, arms=[arm(a) for a in d["arms"]],
-                 attribution=[Contrast(c["a"], c["b"], c.get("what", "")) for c in d.get("attribution") or []])
+                 attribution=[Contrast(c["a"], c["b"], c.get("what", "")) for c in d.get("attribution") or []],
+                 left_out=[dict(a) for a in d.get("left_out") or []])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -530,7 +541,8 @@ def attribute(study: Study, cells: dict, sections: list[str]) -> list[Attributio
     for section in sections:
         for c in study.attribution:
             a, b = cells.get((section, c.a, NO_CONTROL)), cells.get((section, c.b, NO_CONTROL))
-            if a is None or b is None:
+            if a is None or b is None:  # an arm left out: said in its row
+                out.append(Attribution(section, c, None, []))
                 continue
             pairing = stats.pair(a.values, b.values)
             out.append(Attribution(section, c, stats.paired_test(pairing.deltas, sign_flip=False),
@@ -695,6 +707,9 @@ def render(study: Study, p: Plan, not_run: list[str] | None = None, pending_note
            "reference lies on the better side of zero; *undoes a harm of its own machinery* when Δ vs its control "
            "is significant and better but the interval vs the reference does not lie there; otherwise *no transfer "
            "shown*. A verdict on fewer pairs than planned says so.", ""]
+    if study.left_out:
+        out += ["Pre-registered arms left out (not run; their rows and contrasts are absent):",
+                *[f"- {a['id']} ({a['label']}): {a['why']}" for a in study.left_out], ""]
     if not_run:
         out += ["Not run (a data mistake; no record):", *[f"- {line}" for line in not_run], ""]
     if pending_note:
@@ -810,6 +825,12 @@ def render(study: Study, p: Plan, not_run: list[str] | None = None, pending_note
             att_rows = []
             for a in att:
                 t = a.test
+                if t is None:
+                    gone = ", ".join(x for x in (a.contrast.a, a.contrast.b) if x in {o["id"] for o in study.left_out})
+                    att_rows.append({"contrast": f"{a.contrast.a} − {a.contrast.b}", "what": a.contrast.what,
+                                     f"mean paired difference of {metric} [95% CI]": f"not run: {gone} left out",
+                                     "pairs": 0})
+                    continue
                 cell = "no pairs" if t.n == 0 else f"{_signed(t.mean)}" + (
                     f" [{_signed(t.ci_low)}, {_signed(t.ci_high)}]" if t.n > 1 and math.isfinite(t.ci_low) else
                     (" (1 pair: no interval)" if t.n == 1 else ""))

@@ -360,6 +360,19 @@ def test_records_reused_from_another_family_are_used_and_named(hand_made):
     assert rows["B · PI zeros"]["runs"] == "6/6"
 
 
+def test_an_arm_left_out_is_said_with_its_reason_and_its_contrasts(hand_made, tmp_path, capsys):
+    path = _study_file(tmp_path, left_out=[{"id": "C", "label": "arm C", "why": "no honest way to build it"}],
+                       attribution=[{"a": "C", "b": "A", "what": "the ceiling"}, {"a": "A", "b": "B"}])
+    code, out, _ = _cli(capsys, str(path), f"results_dir={hand_made['results']}")
+    assert code == 0
+    assert ("Pre-registered arms left out (not run; their rows and contrasts are absent):\n"
+            "- C (arm C): no honest way to build it") in out
+    rows = _table(out.split("### synthetic — task.target=classes")[1], "**Attribution**")
+    assert rows[0]["contrast"] == "C − A" and rows[0]["mean paired difference of accuracy [95% CI]"] == \
+        "not run: C left out"
+    assert rows[1]["contrast"] == "A − B" and rows[1]["pairs"] == "6"
+
+
 def test_out_replaces_only_the_generated_block_and_refuses_a_file_written_by_hand(hand_made, capsys):
     tmp, results = hand_made["tmp"], hand_made["results"]
     study = _study_file(tmp)
@@ -451,6 +464,7 @@ ERRORS = [
     ({"control": "ones"}, "control='ones': expected one of"),
     ({"tasks": [{"name": "s", "overrides": ["task.n_subjects=10"], "seeds": [0]}]}, "no task=NAME override"),
     ({"extra_key": 1}, "unknown config key 'extra_key'"),
+    ({"left_out": [{"id": "A", "label": "a", "why": "w"}]}, "the id 'A' is used 2 times"),
 ]
 
 

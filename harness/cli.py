@@ -10,6 +10,7 @@
   harness report --results results --out report/    one static HTML page with figures (report/index.html)
   harness reproduce --list                          the paper recipes (harness/conf/recipe/*.yaml)
   harness reproduce lupi-2016 [--smoke] [launcher=local]   a paper's protocol, resumable; ours beside its numbers
+  harness study pkdot_mechanism [--run] [--out FILE]   a pre-registered study's sweeps and tables (harness/conf/study)
   harness data mimic task=biovid out=DIR            write a mimic dataset in the real on-disk format
   harness extract task=biovid backbone=r3d_18 task.data_root=DIR   visual features (+ EXTRACTED.json) from the videos
 """
@@ -234,6 +235,59 @@ def cmd_reproduce(args) -> int:
     return 0 if done.n_ok == done.n_planned or done.submitted else 1
 
 
+def cmd_study(args) -> int:
+    import shlex
+
+    from tabulate import tabulate
+
+    from harness import study as studies
+
+    names = [w for w in args.words if "=" not in w]
+    overrides = [w for w in args.words if "=" in w]
+    if args.list:
+        if names or overrides:
+            return _fail("usage: harness study --list (alone)")
+        rows, problems = [], []
+        for name in studies.study_names():
+            try:
+                s = studies.load_study(name)
+            except ConfigError as e:
+                problems += e.lines
+                continue
+            rows.append((s.name, len(s.arms), ", ".join(t.name for t in s.tasks), s.title))
+        print(tabulate(rows, headers=["study", "arms", "tasks", "title"], tablefmt="simple"))
+        return _fail(problems) if problems else 0
+    if len(names) != 1:
+        return _fail("usage: harness study NAME [--run | --print-commands] [--out FILE] [--csv FILE] "
+                     "[launcher=... results_dir=... ...]; harness study --list shows the studies")
+    study = studies.load_study(names[0])
+    if args.print_commands:  # the sweeps, as a user would type them; nothing is composed or run
+        for line in studies.command_lines(study, overrides):
+            print(shlex.join(["harness", "run", "-m", *line.overrides]))
+        return 0
+    plan = studies.plan(study, overrides)
+    not_run, manifest, pending = [], None, ""
+    if args.run:
+        not_run, manifest = studies.run(study, plan)
+    if manifest is not None:
+        pending = (f"Submitted {manifest.get('n_submitted', '?')} runs (sweep {manifest.get('sweep_id')}): follow "
+                   f"them with `harness status`; once they end, `harness study {study.ref}` renders the tables "
+                   "from their records.")
+    command = shlex.join(["harness", "study", study.ref, *overrides, *(["--out", args.out] if args.out else [])])
+    done = studies.render(study, plan, not_run, pending, command=command)
+    if args.out:
+        studies.write_markdown(Path(args.out), done, study)
+    else:
+        print(done.markdown, end="")
+    csv = args.csv or (str(Path(args.out).with_suffix(".csv")) if args.out else None)
+    if csv:
+        studies.write_csv(Path(csv), done)
+    print(f"{'wrote ' + args.out + ' and ' + csv + ': ' if args.out else ''}{done.n_ok} of {done.n_planned} runs ok, "
+          f"{done.n_failed} failed, {done.n_missing} without a record", file=sys.stderr if not args.out else sys.stdout)
+    incomplete = bool(done.n_failed or done.n_missing or not_run)
+    return 1 if args.run and manifest is None and incomplete else 0
+
+
 def cmd_extract(args) -> int:
     from harness.extract import main as extract_main  # imports Hydra only; torch and torchvision when it runs
 
@@ -287,6 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
                      "then keys that change no result only: launcher=local|slurm|..., launcher.*, results_dir=, "
                      "cache_dir=, task.data_root=, device=, overwrite=true ...")
     rp2.set_defaults(fn=cmd_reproduce)
+    sy = sub.add_parser("study", help="a pre-registered study (harness/conf/study/NAME.yaml): its sweeps (--run) and "
+                        "its tables from the records (markdown to stdout or --out, CSV)")
+    sy.add_argument("--list", action="store_true", help="list the studies")
+    sy.add_argument("--run", action="store_true", help="launch every run without an ok record first (resumable; "
+                    "launcher=local|slurm submits them), then render what has finished")
+    sy.add_argument("--print-commands", action="store_true", help="print the `harness run -m` command lines of the "
+                    "study's sweeps (one per task and arm) and exit")
+    sy.add_argument("--out", metavar="FILE", help="write the tables into FILE between the study's marker lines (a new "
+                    "file gets them; the text around them is kept); default: stdout")
+    sy.add_argument("--csv", metavar="FILE", help="the numbers as CSV (default with --out: FILE with .csv)")
+    sy.add_argument("words", nargs="*", metavar="NAME [key=value ...]", help="the study (harness study --list), then "
+                    "keys that change no result only: launcher=..., results_dir=, cache_dir=, overwrite=true ...")
+    sy.set_defaults(fn=cmd_study)
     d = sub.add_parser("data", help="dataset utilities: `harness data mimic task=NAME out=DIR`")
     d.add_argument("action")
     d.add_argument("overrides", nargs="*")
@@ -304,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # `harness reproduce NAME --smoke launcher=local`: words after an option (argparse leaves them)
-        if args.command != "reproduce" or any(w.startswith("-") for w in unknown):
+        if args.command not in ("reproduce", "study") or any(w.startswith("-") for w in unknown):
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.words += unknown
     try:

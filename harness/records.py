@@ -47,7 +47,10 @@ KEYS_NEUTRAL_AT = {"task.protocol": "privileged", "selection_split": "val", "tas
                    # DMD's text: the precomputed features (task.text_input follows method.text_encoder on mosi/mosei)
                    "method.text_encoder": "frozen", "task.text_input": "frozen",
                    "method.bert_path": "bert-base-uncased", "method.bert_init": "pretrained", "method.bert_lr": 1e-4,
-                   "method.bert_weight_decay": 0.0}
+                   "method.bert_weight_decay": 0.0,
+                   # the PKDOT/MT-PKDOT mechanism study's options (docs/prereg/2026-12-07_pkdot_mechanism.md), at the
+                   # behaviour every earlier record ran: the T-Net in the slot, MT-PKDOT scoring on the training batch
+                   "method.tnet.slot": "tnet", "method.selection_on": "batch"}
 PACKAGES = ("torch", "numpy", "scipy", "statsmodels", "scikit-learn", "pandas", "pot", "hydra-core", "omegaconf",
             "submitit", "datasets", "pkd-harness")
 

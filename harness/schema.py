@@ -175,6 +175,24 @@ class Rule:
     check: Callable[..., str | None]
 
 
+def _slot_needs_tnet(enabled, slot):
+    if slot != "tnet" and not enabled:
+        return (f"method.tnet.slot={slot} fills the privileged fusion slots, and method.tnet.enabled=false builds a "
+                f"student without them: set method.tnet.enabled=true or method.tnet.slot=tnet")
+    return None
+
+
+def _selection_on_scores_batches(selection, selection_on):
+    # heldout_half and val score each candidate on rows the student does not train on, so a choice cannot be made
+    # per training sample (sample), and `joint` makes no choice at all.
+    if selection_on != "batch" and selection != "batch":
+        return (f"method.selection_on={selection_on} scores the teachers on other rows than the student's (a held-out "
+                f"half of the batch, or the validation split), so it chooses one teacher for the student's rows and "
+                f"needs method.selection=batch (got {selection}): set method.selection=batch or "
+                f"method.selection_on=batch")
+    return None
+
+
 def _budget_selects_nothing(prefix: str) -> Rule:
     def check(stop, select_on):
         if stop == "budget" and select_on == "loss":
@@ -263,7 +281,8 @@ _DROPOUT = float_(ge=0, lt=1)
 
 _TNET = {
     "tnet.enabled": bool_(),
-    "tnet.loss": choice("mmd", "mse"),
+    "tnet.loss": choice("mmd", "mse", "both"),                      # methods/pkdot.py TNET_LOSSES
+    "tnet.slot": choice("tnet", "zeros", "oracle"),                 # methods/pkdot.py TNET_SLOTS
     "tnet.arch": choice("mlp", "linear", "autoencoder", "linear8"),  # methods/pkdot.py TNet
     "tnet.width": int_(ge=1),
     "tnet.lr": float_(gt=0),
@@ -298,6 +317,7 @@ METHODS: dict[str, dict[str, Field]] = {
     "mtpkdot": {
         "name": choice("mtpkdot"), "task_weight": _WEIGHT, "ot_weight": _WEIGHT, **_STRUCTURAL_OT,
         "selection": choice("batch", "sample", "joint"),
+        "selection_on": choice("batch", "heldout_half", "val"),        # methods/mtpkdot.py SELECTION_ON
         "stage1.align_weight": _WEIGHT, "stage1.task_weight": _WEIGHT, "stage1.unimodal_weight": _WEIGHT,
         "stage1.adapter_width": nullable(int_(ge=1)), "stage1.lr_adapters": float_(gt=0),
         "stage1.lr_joint": float_(gt=0), "stage1.epochs": int_(ge=1), "stage1.patience": int_(ge=1),
@@ -494,6 +514,9 @@ def _folds_within_subjects(n_subjects, n_folds):
 RULES: dict[str, list[Rule]] = {
     "": [Rule(("train.stop", "train.select_on"), _budget_selects_nothing("train").check)],
     "method/dmd": [Rule(("training.stop", "training.select_on"), _budget_selects_nothing("method.training").check)],
+    "method/pkdot": [Rule(("tnet.enabled", "tnet.slot"), _slot_needs_tnet)],
+    "method/mtpkdot": [Rule(("tnet.enabled", "tnet.slot"), _slot_needs_tnet),
+                       Rule(("selection", "selection_on"), _selection_on_scores_batches)],
     "task/synthetic": [Rule(("n_subjects", "n_folds"), _folds_within_subjects)],
     "task/biovid": [_ordered_pair("physio.window_s", "task.physio.window_s", "seconds"),
                     Rule(("physio.nperseg", "physio.nfft"), _nfft_covers_segment),

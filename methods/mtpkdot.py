@@ -30,7 +30,16 @@ the joint teacher), the official order {ẑ_v, ẑ_p, z_J}. Loss = 0.8 · task +
 selection = `batch` is the faithful rule; `sample` chooses per sample (CCC is a batch statistic, so per
 sample the regression loss is the squared error) and OT-matches the mixed teacher set (A4); `joint`
 always distils z_J.
-Teacher-choice counts per epoch go to the record (extra.teacher_choice) and the per-epoch log.
+What the heads are scored on (selection_on; pre-registration 2026-12-07_pkdot_mechanism, arms M1 and M2):
+`batch` = the training batch itself (as coded); `heldout_half` = each training batch is split in two halves by a
+permutation from the run's seeded generator: the heads are scored on the first half (floor(B/2) rows), the student
+steps on the other (task and OT terms on those rows only); `val` = the heads' task loss on the whole validation
+split (candidate_losses, the stage's regression loss), the lowest kept for every batch of the epoch. The candidate
+heads are frozen in stage 3 and evaluated in eval mode, so their validation scores are the same in every epoch:
+they are computed once, which is what scoring them once per epoch gives. Both need selection=batch (the schema
+says so): their scores are not made on the student's own rows, so no per-sample choice can follow from them.
+Teacher-choice counts per epoch go to the record (extra.teacher_choice, unit: training batches, or samples under
+selection=sample) and the per-epoch log.
 
 B1 (batch-mixing attention) is fixed by construction (per-sample GatedFusion), as in PKDOT.
 
@@ -275,6 +284,26 @@ def candidate_losses(ts: TeacherSet, split: Split, ctx: RunContext) -> dict[str,
             for name, o in zip(ts.names, outs)}
 
 
+SELECTION_ON = ("batch", "heldout_half", "val")
+
+
+def heldout_halves(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of a batch of n for selection_on=heldout_half: (scoring half of floor(n/2) rows, the student's rest),
+    from one permutation drawn from `generator`."""
+    if n < 2:
+        raise ValueError(f"method.selection_on=heldout_half splits each training batch in two, and a batch has {n} "
+                         f"row: use a larger method.batch_size or method.selection_on=batch")
+    order = torch.randperm(n, generator=generator)
+    return order[:n // 2], order[n // 2:]
+
+
+def batch_rows(batch: Batch, rows: torch.Tensor) -> Batch:
+    """The batch restricted to `rows` (positions in the batch), every field alike."""
+    return Batch(inputs={k: v[rows] for k, v in batch.inputs.items()},
+                 lengths={k: v[rows] for k, v in batch.lengths.items()}, targets=batch.targets[rows],
+                 mask=None if batch.mask is None else batch.mask[rows], index=batch.index[rows])
+
+
 def batches_per_epoch(n: int, batch_size: int) -> int:
     """How many batches harness.training.fit draws per epoch (drop_last unless the split is smaller)."""
     return n // batch_size if n > batch_size else 1
@@ -292,27 +321,58 @@ class MTPKDOT(Method):
     def fit(self, train: Split, val: Split) -> None:
         ctx, cfg = self.ctx, self.cfg
         loop = mt_student_train_cfg(ctx, cfg)
+        selection_on = cfg.get("selection_on", "batch")
+        if selection_on not in SELECTION_ON:
+            raise ValueError(f"method.selection_on must be one of {', '.join(SELECTION_ON)}, got {selection_on!r}")
+        if selection_on != "batch" and cfg.selection != "batch":  # the schema's rule, for callers that skip it
+            raise ValueError(f"method.selection_on={selection_on} needs method.selection=batch, got {cfg.selection}")
         note_k_cap(ctx, cfg, len(train), loop)
+        if selection_on == "heldout_half":  # the student's OT term sees the other half of each batch only
+            full = min(int(loop.batch_size), len(train))
+            half = full - full // 2
+            if int(cfg.k) > half - 1:
+                ctx.adjust("method.k", int(cfg.k), half - 1, f"method.selection_on=heldout_half: the student steps on "
+                                                             f"{half} rows of each batch of {full}")
         teacher, _ = get_teacher(ctx, train, val)  # the stored one (copied by stage 1; feeds the T-Net)
-        teachers, _ = get_teacher_set(ctx, cfg, teacher, train, ctx.frozen_val(val, tuple(ctx.spec.modalities)))
+        frozen_val = ctx.frozen_val(val, tuple(ctx.spec.modalities))  # validation data, never the test split
+        teachers, _ = get_teacher_set(ctx, cfg, teacher, train, frozen_val)  # frozen, in eval mode (get_or_train)
         self.student = build_student(ctx, cfg, teacher, train, val)
         target, reg = ctx.spec.target, ctx.cfg.train.regression_loss
         names = teachers.names
         choices: list[list[int]] = []  # per training batch, samples assigned to each candidate
+        val_pick, val_scores = None, None
+        if selection_on == "val":
+            if frozen_val is None or len(frozen_val) == 0:
+                raise ValueError("method.selection_on=val scores the teachers on the validation split, and this run "
+                                 "has none (e.g. lupi's task.n_val=0): give the task a validation split or set "
+                                 "method.selection_on=batch")
+            val_scores = candidate_losses(teachers, frozen_val, ctx)
+            val_pick = select_teacher([val_scores[n] for n in names])
+        halves_gen = torch.Generator().manual_seed(derive_seed(ctx.seed, ctx.cfg.task.name, ctx.fold, "mt-heldout"))
 
         def frozen_fn(inputs, lengths) -> tuple[torch.Tensor, ...]:
-            """Every candidate's (z, output), flattened, then the T-Net's features (when there is a T-Net)."""
+            """Every candidate's (z, output), flattened, then the slots' training features (when there are slots)."""
             flat = tuple(t for pair in teachers(inputs, lengths) for t in pair)
-            features = self.student.hallucinate(inputs, lengths)
+            features = self.student.training_features(inputs, lengths)
             return flat if features is None else flat + (features,)
         frozen = frozen_outputs(frozen_fn, train, ctx)
         n_flat = 2 * len(names)
 
         def loss_fn(batch: Batch):
             values = frozen(batch)
+            if selection_on == "heldout_half":
+                scoring, rows = heldout_halves(len(batch.index), halves_gen)
+                held = batch_rows(batch, scoring)
+                held_cands = [tuple(v[scoring] for v in values[i:i + 2]) for i in range(0, n_flat, 2)]
+                _, counts = choose_teacher("batch", held_cands, held.targets, target, held.mask, reg)
+                batch, values = batch_rows(batch, rows), tuple(v[rows] for v in values)
+                z_star = values[2 * counts.index(1)]
             cands = [values[i:i + 2] for i in range(0, n_flat, 2)]
             features = values[n_flat] if len(values) > n_flat else None
-            z_star, counts = choose_teacher(cfg.selection, cands, batch.targets, target, batch.mask, reg)
+            if selection_on == "batch":
+                z_star, counts = choose_teacher(cfg.selection, cands, batch.targets, target, batch.mask, reg)
+            elif selection_on == "val":
+                z_star, counts = cands[val_pick][0], [int(i == val_pick) for i in range(len(cands))]
             choices.append(counts)
             s_out = self.student(batch.inputs, batch.lengths, features)
             loss, parts = stage3_loss(cfg, z_star, s_out.z, s_out.out, batch.targets, target, batch.mask, reg)
@@ -325,6 +385,8 @@ class MTPKDOT(Method):
         per_epoch = [np.sum(choices[e * nb:(e + 1) * nb], axis=0).astype(int).tolist() for e in range(len(log))]
         ctx.extra["teacher_choice"] = {
             "names": list(names), "selection": cfg.selection,
+            **({"selection_on": selection_on} if selection_on != "batch" else {}),
+            **({"val_task_loss": val_scores} if val_scores is not None else {}),
             "unit": "samples" if cfg.selection == "sample" else "batches",
             "per_epoch": [dict(zip(names, c)) for c in per_epoch],
             "total": dict(zip(names, np.sum(per_epoch, axis=0).astype(int).tolist())),

@@ -277,12 +277,28 @@ def pooled_features(net: MultimodalNet, inputs: dict[str, torch.Tensor], lengths
     return torch.cat([net.encoders[m](inputs[m], lengths.get(m))[1] for m in modalities], -1)
 
 
+TNET_LOSSES = ("mmd", "mse", "both")
+TNET_SLOTS = ("tnet", "zeros", "oracle")
+
+
 def tnet_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The T-Net's training loss: `mmd` (official), `mse` to each sample's own privileged features, or `both`,
+    their unweighted sum (pre-registration 2026-12-07_pkdot_mechanism, arm P2)."""
     if kind == "mmd":
         return mmd_multi_kernel(pred, target)
     if kind == "mse":
         return F.mse_loss(pred, target)
-    raise ValueError(f"tnet.loss must be mmd or mse, got {kind!r}")
+    if kind == "both":
+        return mmd_multi_kernel(pred, target) + F.mse_loss(pred, target)
+    raise ValueError(f"tnet.loss must be one of {', '.join(TNET_LOSSES)}, got {kind!r}")
+
+
+def tnet_selection_score(kind: str, scores: dict[str, float]) -> float:
+    """The validation quantity the T-Net's epoch is selected on: the validation value of its own training loss
+    (for `both`, val_mmd + val_mse, the same sum it trains on)."""
+    if kind == "both":
+        return scores["val_mmd"] + scores["val_mse"]
+    return scores[f"val_{kind}"]
 
 
 def _teacher_feature_pairs(teacher: MultimodalNet, split: Split, ctx: RunContext, batch_size: int
@@ -306,7 +322,8 @@ def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: S
     spec, hidden = ctx.spec, teacher.hidden
     in_dim, out_dim = hidden * len(spec.student_modalities), hidden * len(spec.privileged_modalities)
     cfg = OmegaConf.to_container(tcfg, resolve=True)
-    key = {**teacher_key(ctx), "role": "tnet", "tnet": {k: v for k, v in cfg.items() if k != "enabled"}}
+    # `slot` says where the student reads the T-Net, not how it is trained: the oracle arm uses the same stored T-Net
+    key = {**teacher_key(ctx), "role": "tnet", "tnet": {k: v for k, v in cfg.items() if k not in ("enabled", "slot")}}
 
     def build():
         torch.manual_seed(derive_seed(ctx.seed, ctx.cfg.task.name, ctx.fold, "tnet"))
@@ -328,7 +345,7 @@ def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: S
                 return {"val_mmd": float(mmd_multi_kernel(pred, y_va)), "val_mse": float(F.mse_loss(pred, y_va))}
 
         before = val_scores()
-        best = {"score": before.get(f"val_{tcfg.loss}", math.inf), "epoch": -1,
+        best = {"score": tnet_selection_score(tcfg.loss, before) if before else math.inf, "epoch": -1,
                 "state": copy.deepcopy(tnet.state_dict())}
         log, n, bs = [], len(x_tr), int(tcfg.batch_size)
         for epoch in range(int(tcfg.epochs)):
@@ -347,8 +364,8 @@ def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: S
             if not has_val:
                 best["epoch"] = epoch  # no validation split: the last epoch is kept, as under train.stop=budget
                 continue
-            if scores[f"val_{tcfg.loss}"] < best["score"]:
-                best = {"score": scores[f"val_{tcfg.loss}"], "epoch": epoch, "state": copy.deepcopy(tnet.state_dict())}
+            if (score := tnet_selection_score(tcfg.loss, scores)) < best["score"]:
+                best = {"score": score, "epoch": epoch, "state": copy.deepcopy(tnet.state_dict())}
             if epoch - best["epoch"] > tcfg.patience:
                 break
         if has_val:
@@ -363,6 +380,7 @@ def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: S
         tnet, meta = ctx.teachers.get_or_train(key, build, train_fn, ctx.device)
     adopt_stored_log(ctx, "tnet", meta)
     ctx.extra["tnet"] = {"store_path": meta["store_path"], "reused": meta["reused"], "loss": tcfg.loss,
+                         **({"slot": tcfg.slot} if tcfg.get("slot", "tnet") != "tnet" else {}),
                          "val_before": meta.get("val_before"), "val_selected": meta.get("val_selected"),
                          "selected_epoch": meta.get("selected_epoch"), "selection": meta.get("selection")}
     return tnet, meta
@@ -370,13 +388,26 @@ def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: S
 
 class PrivilegedStudent(nn.Module):
     """The student: its own MultimodalNet, whose privileged fusion slots are fed by the frozen
-    (teacher encoders → T-Net) path. Only `net` is trained; only student modalities are read."""
+    (teacher encoders → T-Net) path. Only `net` is trained; only student modalities are read at
+    validation and test.
+
+    slot (method.tnet.slot; pre-registration 2026-12-07_pkdot_mechanism, arms P3 and P4):
+    `tnet` = the T-Net's output in training, validation and test (PKDOT);
+    `zeros` = zeros in the slots everywhere, no T-Net (`tnet` is None; same architecture);
+    `oracle` = in training, the true privileged features of each sample, i.e. the T-Net's training target (the
+    frozen teacher's pooled privileged encoder features, pooled_features(teacher, ·, privileged)); at validation
+    and test the T-Net's output, as `tnet` (predict never reads a privileged input)."""
 
     def __init__(self, net: MultimodalNet, teacher: MultimodalNet | None, tnet: TNet | None,
-                 student_modalities: tuple[str, ...], privileged: tuple[str, ...]):
+                 student_modalities: tuple[str, ...], privileged: tuple[str, ...], slot: str = "tnet"):
         super().__init__()
+        if slot not in TNET_SLOTS:
+            raise ValueError(f"tnet.slot must be one of {', '.join(TNET_SLOTS)}, got {slot!r}")
+        if (slot == "zeros" and tnet is not None) or (slot == "oracle" and tnet is None):
+            raise ValueError(f"tnet.slot={slot} {'takes no' if slot == 'zeros' else 'needs a'} T-Net")
         self.net = net
         self.student_modalities, self.privileged = tuple(student_modalities), tuple(privileged)
+        self.slot = slot
         # Not registered as submodules: frozen, stored elsewhere, never in the student's optimizer/state.
         self._frozen = (teacher, tnet)
 
@@ -391,10 +422,13 @@ class PrivilegedStudent(nn.Module):
 
     def hallucinate(self, inputs, lengths, teacher_pooled: dict[str, torch.Tensor] | None = None
                     ) -> torch.Tensor | None:
-        """The T-Net's privileged features [B, P·hidden] from the teacher's pooled student-modality features,
-        computed here or taken from `teacher_pooled` (the teacher's own forward already made them: see
-        frozen_path). None without a T-Net."""
+        """The slots' features [B, P·hidden] at validation and test: the T-Net's, from the teacher's pooled
+        student-modality features, computed here or taken from `teacher_pooled` (the teacher's own forward already
+        made them: see frozen_path); zeros under slot=zeros. None without privileged slots."""
         teacher, tnet = self._frozen
+        if self.slot == "zeros":
+            rows = inputs[self.student_modalities[0]].shape[0]
+            return torch.zeros(rows, self.net.hidden * len(self.privileged), device=next(self.net.parameters()).device)
         if tnet is None:
             return None
         with torch.no_grad():
@@ -404,12 +438,25 @@ class PrivilegedStudent(nn.Module):
                 t_in = torch.cat([teacher_pooled[m] for m in self.student_modalities], -1)
             return tnet(t_in)
 
+    def training_features(self, inputs, lengths, teacher_pooled: dict[str, torch.Tensor] | None = None
+                          ) -> torch.Tensor | None:
+        """The slots' features while the student trains: hallucinate's, except under slot=oracle the true
+        privileged features of these rows (the frozen teacher's pooled privileged encoder features, the T-Net's
+        training target; from `teacher_pooled` when the caller's teacher forward made them). Training rows only:
+        the privileged inputs are read here, never by predict."""
+        if self.slot != "oracle":
+            return self.hallucinate(inputs, lengths, teacher_pooled)
+        with torch.no_grad():
+            if teacher_pooled is None:
+                return pooled_features(self.frozen_teacher, inputs, lengths, self.privileged)
+            return torch.cat([teacher_pooled[m] for m in self.privileged], -1)
+
     def slots(self, features: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
         """hallucinate's features as the student net's privileged fusion slots."""
         return None if features is None else dict(zip(self.privileged, features.split(self.net.hidden, dim=-1)))
 
     def forward(self, inputs, lengths=None, features: torch.Tensor | None = None) -> NetOutput:
-        """features: the T-Net's output for these rows when the caller has it (a training step's frozen_path)."""
+        """features: the slots' features for these rows when the caller has them (a training step's frozen_path)."""
         if features is None:
             features = self.hallucinate(inputs, lengths)
         return self.net(inputs, lengths, injected=self.slots(features))
@@ -417,8 +464,8 @@ class PrivilegedStudent(nn.Module):
 
 def frozen_path(teacher: MultimodalNet, student: PrivilegedStudent):
     """What a PKDOT training step takes from frozen models, for a batch: (teacher joint feature z_t,) plus the
-    T-Net's privileged features when there is a T-Net. Deterministic (eval mode), so frozen_outputs may compute
-    it once per training sample.
+    slots' training features when the student has slots (student.training_features: the T-Net's, zeros, or
+    the oracle's). Deterministic (eval mode), so frozen_outputs may compute it once per training sample.
 
     The frozen teacher (eval mode: no dropout) encodes every modality for z_t; its pooled student-modality
     features are the T-Net's input too, so they are reused rather than computed a second time: the values
@@ -427,23 +474,29 @@ def frozen_path(teacher: MultimodalNet, student: PrivilegedStudent):
         seqs, pooled = teacher.encode(inputs, lengths)
         z_t = teacher.fuse_and_predict(seqs, pooled, None, lengths).z
         shared = pooled if teacher is student.frozen_teacher else None  # another teacher's features are not the T-Net's input
-        features = student.hallucinate(inputs, lengths, teacher_pooled=shared)
+        features = student.training_features(inputs, lengths, teacher_pooled=shared)
         return (z_t,) if features is None else (z_t, features)
     return fn
 
 
 def build_student(ctx: RunContext, cfg: DictConfig, teacher: MultimodalNet, train: Split, val: Split
                   ) -> PrivilegedStudent:
-    """T-Net (trained or reused, frozen) + a student net with fusion slots for the privileged modalities."""
+    """T-Net (trained or reused, frozen) + a student net with fusion slots for the privileged modalities.
+    tnet.slot=zeros: the same slots, fed zeros, and no T-Net trained (extra.tnet says so)."""
     spec = ctx.spec
-    tnet = None
+    tnet, slot = None, cfg.tnet.get("slot", "tnet")
     if cfg.tnet.enabled:
-        tnet, _ = get_tnet(ctx, cfg.tnet, teacher, train, ctx.frozen_val(val, tuple(spec.modalities)))
-        tnet.eval()
+        if slot == "zeros":
+            ctx.extra["tnet"] = {"trained": False, "slot": "zeros",
+                                 "why": "method.tnet.slot=zeros: the privileged slots are fed zeros; no T-Net"}
+        else:
+            tnet, _ = get_tnet(ctx, cfg.tnet, teacher, train, ctx.frozen_val(val, tuple(spec.modalities)))
+            tnet.eval()
         net = build_net(ctx, spec.student_modalities, slots=tuple(spec.student_modalities) + spec.privileged_modalities)
     else:
         net = build_net(ctx, spec.student_modalities)
-    return PrivilegedStudent(net, teacher, tnet, spec.student_modalities, spec.privileged_modalities)
+    return PrivilegedStudent(net, teacher, tnet, spec.student_modalities, spec.privileged_modalities,
+                             slot if cfg.tnet.enabled else "tnet")
 
 
 def student_predictor(student: PrivilegedStudent, ctx: RunContext,

@@ -7,22 +7,27 @@ from harness.registry import METHODS
 from harness.runner import build_task, execute
 
 STUDENTS = [n for n, c in METHODS.items() if not c.uses_privileged_at_test]
+# Options that feed a student privileged data while it trains: each is checked here as well (the oracle slot puts the
+# true privileged features of each training sample in PKDOT's slot; at test it must read the T-Net, never physio).
+PRIVILEGED_IN_TRAINING = [("pkdot", ("method.tnet.slot=oracle",)), ("mtpkdot", ("method.tnet.slot=oracle",))]
+ARMS = [pytest.param(m, (), id=m) for m in STUDENTS] + \
+    [pytest.param(m, o, id=f"{m}[{','.join(o)}]") for m, o in PRIVILEGED_IN_TRAINING]
 
 
-@pytest.mark.parametrize("method", STUDENTS)
-def test_runner_hands_predict_only_student_modalities(method, tiny_cfg, record_predict_modalities):
+@pytest.mark.parametrize("method,options", ARMS)
+def test_runner_hands_predict_only_student_modalities(method, options, tiny_cfg, record_predict_modalities):
     seen = record_predict_modalities(METHODS.get(method))
-    rec = execute(tiny_cfg(f"method={method}"))
+    rec = execute(tiny_cfg(f"method={method}", *options))
     assert rec["status"] == "ok", rec.get("traceback")
     assert seen == [("visual",)]
 
 
-@pytest.mark.parametrize("method", STUDENTS)
-def test_privileged_test_inputs_cannot_change_predictions(method, tiny_cfg):
+@pytest.mark.parametrize("method,options", ARMS)
+def test_privileged_test_inputs_cannot_change_predictions(method, options, tiny_cfg):
     from harness.method import RunContext
     from harness.runner import resolve_device
     from harness.teachers import TeacherStore
-    cfg = tiny_cfg(f"method={method}")
+    cfg = tiny_cfg(f"method={method}", *options)
     task = build_task(cfg)
     data = task.load_fold(0)
     ctx = RunContext(cfg=cfg, task=task, fold=0, seed=0, device=resolve_device("cpu"),
@@ -43,8 +48,9 @@ def test_teacher_is_the_only_method_using_privileged_at_test():
 
 # --- selection_split=test: the student selects on the test split, the firewall still holds -----------------------
 
-@pytest.mark.parametrize("method", STUDENTS)
-def test_selection_on_test_hands_fit_the_test_split_without_privileged_modalities(method, tiny_cfg, monkeypatch):
+@pytest.mark.parametrize("method,options", ARMS)
+def test_selection_on_test_hands_fit_the_test_split_without_privileged_modalities(method, options, tiny_cfg,
+                                                                                  monkeypatch):
     cls = METHODS.get(method)
     seen = {}
     real_fit = cls.fit
@@ -53,7 +59,7 @@ def test_selection_on_test_hands_fit_the_test_split_without_privileged_modalitie
         seen["validation"] = (self.ctx.validation.modalities, len(self.ctx.validation))
         return real_fit(self, train, val)
     monkeypatch.setattr(cls, "fit", spy)
-    cfg = tiny_cfg(f"method={method}", "selection_split=test")
+    cfg = tiny_cfg(f"method={method}", "selection_split=test", *options)
     rec = execute(cfg)
     assert rec["status"] == "ok", rec.get("traceback")
     assert rec["selection_split"] == "test" and rec["config"]["selection_split"] == "test"
@@ -75,8 +81,8 @@ def _scrambled_physio(monkeypatch, scale: float):
     monkeypatch.setattr(SyntheticTask, "load_fold", load_fold)
 
 
-@pytest.mark.parametrize("method", STUDENTS)
-def test_selection_on_test_never_reads_privileged_test_inputs(method, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method,options", ARMS)
+def test_selection_on_test_never_reads_privileged_test_inputs(method, options, tmp_path, monkeypatch):
     """Two whole runs, selected on test, whose privileged test inputs differ: the same metrics and selected epochs,
     bit for bit (each run trains its own teacher: separate caches, so a stored teacher cannot hide a leak)."""
     from harness.config import compose_one
@@ -87,7 +93,7 @@ def test_selection_on_test_never_reads_privileged_test_inputs(method, tmp_path, 
             _scrambled_physio(m, scale)
             cfg = compose_one([*TINY, f"results_dir={tmp_path / str(scale) / 'r'}",
                                f"cache_dir={tmp_path / str(scale) / 'c'}", f"method={method}", "selection_split=test",
-                               *METHOD_TINY.get(method, [])])
+                               *options, *METHOD_TINY.get(method, [])])
             records.append(execute(cfg))
     a, b = records
     assert a["status"] == b["status"] == "ok", (a.get("traceback"), b.get("traceback"))

@@ -149,7 +149,7 @@ BAD = [
     (["method=pkdot", "method.k=0"], "method.k=0: expected an integer >= 1"),
     (["method=pkdot", "method.anchors=top"], "method.anchors='top': expected one of lowest, highest"),
     (["method=pkdot", "method.scaling=1"], "method.scaling=1: expected a float in (0, 1)"),
-    (["method=pkdot", "method.tnet.loss=kl"], "method.tnet.loss='kl': expected one of mmd, mse"),
+    (["method=pkdot", "method.tnet.loss=kl"], "method.tnet.loss='kl': expected one of mmd, mse, both"),
     (["method=pkdot", "method.batch_size=0"], "method.batch_size=0: expected an integer >= 1 or null"),
     (["method=mtpkdot", "method.selection=best"], "method.selection='best': expected one of batch, sample, joint"),
     (["method=mtpkdot", "method.stage1.lr_joint=-1"], "method.stage1.lr_joint=-1: expected a float > 0"),

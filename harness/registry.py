@@ -67,6 +67,8 @@ class Registry(Generic[T]):
         return cls
 
     def get(self, name: str) -> type[T]:
+        if name not in self._items and name not in self.catalogue:
+            load_plugins()  # an installed plugin package may register it (harness/plugins.py)
         if name not in self._items and name in self.catalogue:
             importlib.import_module(self.catalogue[name].module)  # registers it
             if name not in self._items:
@@ -81,9 +83,13 @@ class Registry(Generic[T]):
         """UnknownNameError unless `name` is listed or registered; imports nothing (submitting a sweep checks its
         names this way: the jobs import the method, the submitting process need not import torch)."""
         if name not in self._items and name not in self.catalogue:
+            load_plugins()
+        if name not in self._items and name not in self.catalogue:
             raise UnknownNameError(self.kind, name, self.names())
 
     def names(self) -> list[str]:
+        """Every name: the catalogue's and those registered, with the installed plugin packages' (imported here)."""
+        load_plugins()
         return sorted(self.catalogue.keys() | self._items.keys())
 
     def items(self) -> list[tuple[str, type[T]]]:
@@ -118,6 +124,13 @@ def load_all() -> None:
         for info in pkgutil.iter_modules(pkg.__path__):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{pkg_name}.{info.name}")
+
+
+def load_plugins() -> None:
+    """Import the modules of the installed plugin packages (harness/plugins.py): they register their names."""
+    from harness.plugins import load
+
+    load()
 
 
 def register_method(cls):

@@ -165,3 +165,41 @@ def test_the_errors_the_guides_describe(installed, args, message, quoted):
     proc = harness(["run", *args, f"results_dir={work / 'refused'}"], work, env)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not (work / "refused").exists()  # refused before any folder is made
+
+
+def test_add_method_refuses_a_config_and_schema_that_disagree(tmp_path):
+    """add_method's own checks, in a fresh interpreter (a registration would stay in this session's tables)."""
+    script = """
+from harness.errors import ConfigError
+from harness.method import Method
+from harness.plugins import add_method
+from harness.schema import float_
+
+def attempt(name, config, schema):
+    try:
+        add_method(type("M", (Method,), {"name": name, "description": "d"}), config=config, schema=schema)
+    except (ConfigError, ValueError) as e:
+        print(str(e))
+    else:
+        print("registered")
+
+attempt("m1", {"name": "m1", "alpha": 1.0, "beta": 2.0}, {"alpha": float_(gt=0)})
+attempt("m2", {"name": "m2"}, {"alpha": float_(gt=0)})
+attempt("m3", {"name": "m3", "alpha": -1.0}, {"alpha": float_(gt=0)})
+attempt("kd", {"name": "kd"}, {})
+attempt("m4", {"name": "other"}, {})
+attempt("m5", {"name": "m5", "alpha": 1.0}, {"alpha": float_(gt=0)})
+from harness.registry import METHODS
+from harness import schema
+print(METHODS.get("m5").name, sorted(schema.METHODS["m5"]))
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          check=True)
+    lines = proc.stdout.splitlines()
+    assert "no schema entry for beta" in lines[0]
+    assert "no default for alpha" in lines[1]
+    assert "its own default is invalid: method.alpha=-1.0: expected a float > 0" in lines[2]
+    assert "method 'kd' is built in" in lines[3]
+    assert "name='other': expected name: m4" in lines[4]
+    assert lines[5:] == ["registered", "m5 ['alpha', 'name']"]

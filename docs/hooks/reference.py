@@ -85,9 +85,10 @@ def read_comments(path: Path) -> tuple[str, dict[str, Entry]]:
             line, col = node.lc.key(key)
             value = node[key]
             is_section = hasattr(value, "items") and not value.fa.flow_style() and len(value) > 0
+            header = place_pending(col)  # before leaving the open sections: a note inside one is still its own
             while sections and sections[-1].col >= col:
                 sections.pop()
-            entry = Entry(f"{prefix}{key}", col, is_section, header=place_pending(col))
+            entry = Entry(f"{prefix}{key}", col, is_section, header=header)
             entries[entry.path] = entry
             token = (node.ca.items.get(key) or [None] * 4)[2]
             if token is not None:

@@ -248,7 +248,7 @@ def config_table(group: str, name: str, heading_links: bool = True) -> str:
             continue
         if entry.header:
             flush()
-            out += [_prose(entry.header.replace("\n", " ")), ""]
+            out += [_prose(" ".join(line.strip("- ") for line in entry.header.splitlines())), ""]  # "# --- model ---"
         if entry.section and path not in fields:
             text = " ".join(filter(None, [entry.comment, *entry.notes]))
             if text:

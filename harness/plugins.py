@@ -21,7 +21,6 @@ adding-a-task.md are worked examples (tests/test_extension_guide.py installs and
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Mapping

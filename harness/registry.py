@@ -5,6 +5,8 @@ module that registers it, its one-line description and (methods) its bound. `har
 unknown-name errors read the catalogue only; `get(name)` imports that one module, whose `@register_method` /
 `@register_task` class then registers itself (and must agree with its catalogue entry). So a run imports the
 method and task it uses, not every method and task. `load_all()` imports every module of both packages.
+A name in neither catalogue first imports the installed plugin packages (harness/plugins.py: methods and tasks
+from outside the repository, with their own defaults and schema tables), then fails as unknown.
 """
 
 from __future__ import annotations

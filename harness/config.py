@@ -28,9 +28,21 @@ GROUPS = ("method", "task", "launcher")
 ALIASES = {"hydra/launcher": "launcher"}
 
 
-def group_options(group: str) -> list[str]:
+def builtin_options(group: str) -> list[str]:
+    """The options of a config group that are YAML files under harness/conf/<group>/."""
     folder = resources.files(CONFIG_MODULE) / group
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def group_options(group: str) -> list[str]:
+    """The built-in options and those a plugin package added (harness/plugins.py, Hydra's ConfigStore)."""
+    from hydra.core.config_store import ConfigStore
+
+    try:
+        stored = [n[:-5] for n in ConfigStore.instance().list(group) if n.endswith(".yaml")]
+    except OSError:  # ConfigStore.list raises when the group has no stored option
+        stored = []
+    return sorted(set(builtin_options(group)) | set(stored))
 
 
 def _normalise(overrides: list[str]) -> list[str]:
@@ -78,6 +90,11 @@ def check_groups(overrides: list[str], groups: tuple[str, ...] = GROUPS) -> None
         key = key.lstrip("+~")
         if key in groups:
             options = group_options(key)
+            if value not in options and key in ("method", "task"):
+                from harness.plugins import load
+
+                load()  # a method or task of an installed plugin package adds its option when imported
+                options = group_options(key)
             if value not in options:
                 raise ConfigError(unknown_name_message(key, value, options))
 

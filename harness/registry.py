@@ -5,6 +5,8 @@ module that registers it, its one-line description and (methods) its bound. `har
 unknown-name errors read the catalogue only; `get(name)` imports that one module, whose `@register_method` /
 `@register_task` class then registers itself (and must agree with its catalogue entry). So a run imports the
 method and task it uses, not every method and task. `load_all()` imports every module of both packages.
+A name in neither catalogue first imports the installed plugin packages (harness/plugins.py: methods and tasks
+from outside the repository, with their own defaults and schema tables), then fails as unknown.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class Registry(Generic[T]):
         return cls
 
     def get(self, name: str) -> type[T]:
+        if name not in self._items and name not in self.catalogue:
+            load_plugins()  # an installed plugin package may register it (harness/plugins.py)
         if name not in self._items and name in self.catalogue:
             importlib.import_module(self.catalogue[name].module)  # registers it
             if name not in self._items:
@@ -81,9 +85,13 @@ class Registry(Generic[T]):
         """UnknownNameError unless `name` is listed or registered; imports nothing (submitting a sweep checks its
         names this way: the jobs import the method, the submitting process need not import torch)."""
         if name not in self._items and name not in self.catalogue:
+            load_plugins()
+        if name not in self._items and name not in self.catalogue:
             raise UnknownNameError(self.kind, name, self.names())
 
     def names(self) -> list[str]:
+        """Every name: the catalogue's and those registered, with the installed plugin packages' (imported here)."""
+        load_plugins()
         return sorted(self.catalogue.keys() | self._items.keys())
 
     def items(self) -> list[tuple[str, type[T]]]:
@@ -118,6 +126,13 @@ def load_all() -> None:
         for info in pkgutil.iter_modules(pkg.__path__):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{pkg_name}.{info.name}")
+
+
+def load_plugins() -> None:
+    """Import the modules of the installed plugin packages (harness/plugins.py): they register their names."""
+    from harness.plugins import load
+
+    load()
 
 
 def register_method(cls):

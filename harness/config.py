@@ -19,7 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from harness.registry import unknown_name_message
+from harness.registry import load_plugins, unknown_name_message
 from harness.schema import ConfigError, unknown_key_message
 
 CONFIG_MODULE = "harness.conf"
@@ -91,9 +91,7 @@ def check_groups(overrides: list[str], groups: tuple[str, ...] = GROUPS) -> None
         if key in groups:
             options = group_options(key)
             if value not in options and key in ("method", "task"):
-                from harness.plugins import load
-
-                load()  # a method or task of an installed plugin package adds its option when imported
+                load_plugins()  # a method or task of an installed plugin package adds its option when imported
                 options = group_options(key)
             if value not in options:
                 raise ConfigError(unknown_name_message(key, value, options))

@@ -21,34 +21,13 @@ adding-a-task.md are worked examples (tests/test_extension_guide.py installs and
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from harness import schema
 from harness.errors import ConfigError
 
-ENTRY_POINT_GROUP = "pkd_harness.plugins"
-
-_loaded: list[str] | None = None
-
-
-def load() -> list[str]:
-    """Import every module named under the entry-point group, once per process; the names of the entry points."""
-    global _loaded
-    if _loaded is not None:
-        return _loaded
-    _loaded = []
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        try:
-            ep.load()
-        except Exception as e:
-            raise ImportError(f"the {ENTRY_POINT_GROUP} entry point '{ep.name} = {ep.value}' (of the installed "
-                              f"package {ep.dist.name if ep.dist else '?'}) failed to import: {type(e).__name__}: {e}; "
-                              f"fix that module or uninstall its package") from e
-        _loaded.append(ep.name)
-    return _loaded
-
+from harness.registry import ENTRY_POINT_GROUP, load_plugins  # noqa: F401 - the group and its loader, for importers
 
 def add_method(cls: type | None = None, *, config: Mapping | str | Path, schema: Mapping[str, schema.Field],
                rules: list[schema.Rule] = ()) -> Callable[[type], type] | type:

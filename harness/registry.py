@@ -128,11 +128,31 @@ def load_all() -> None:
                 importlib.import_module(f"{pkg_name}.{info.name}")
 
 
-def load_plugins() -> None:
-    """Import the modules of the installed plugin packages (harness/plugins.py): they register their names."""
-    from harness.plugins import load
+# Plugin packages (harness/plugins.py) name a module under this entry-point group; the registry owns finding and
+# importing them, plugins.py the registration those modules call, so neither imports the other back.
+ENTRY_POINT_GROUP = "pkd_harness.plugins"
 
-    load()
+_plugins_loaded: list[str] | None = None
+
+
+def load_plugins() -> list[str]:
+    """Import every module named under the entry-point group, once per process (they register their names with
+    harness.plugins.add_method / add_task); the names of the entry points."""
+    global _plugins_loaded
+    if _plugins_loaded is not None:
+        return _plugins_loaded
+    from importlib.metadata import entry_points
+
+    _plugins_loaded = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            ep.load()
+        except Exception as e:
+            raise ImportError(f"the {ENTRY_POINT_GROUP} entry point '{ep.name} = {ep.value}' (of the installed "
+                              f"package {ep.dist.name if ep.dist else '?'}) failed to import: {type(e).__name__}: {e}; "
+                              f"fix that module or uninstall its package") from e
+        _plugins_loaded.append(ep.name)
+    return _plugins_loaded
 
 
 def register_method(cls):

@@ -29,9 +29,9 @@ def schema_name(group: str, name: Any) -> str | None:
     test's subclass), that of the registered class it derives from; None if there is none."""
     tables = GROUP_TABLES[group]
     if isinstance(name, str) and name not in tables and group != "launcher":
-        from harness.plugins import load
+        from harness.registry import load_plugins
 
-        load()  # an installed plugin package adds its table when imported (harness/plugins.py)
+        load_plugins()  # an installed plugin package adds its table when imported (harness/plugins.py)
     if not isinstance(name, str) or name in tables or group == "launcher":
         return name if name in tables else None
     from harness.registry import METHODS, TASKS, UnknownNameError

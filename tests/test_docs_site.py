@@ -81,6 +81,11 @@ def _nav_pages(node) -> list[str]:
     return []
 
 
+# Pages docs/hooks/reference.py writes at build time (no file in docs/); the built site must have them
+# (tests/test_docs_reference.py::test_site_builds_with_every_link_and_anchor_of_the_generated_pages).
+HOOK_WRITES = {"reference/config.md", "reference/cli.md", "leaderboard.md"}
+
+
 def test_every_docs_page_is_in_the_nav_or_deliberately_left_out():
     config = site_config()
     in_nav = set(_nav_pages(config["nav"]))
@@ -91,7 +96,7 @@ def test_every_docs_page_is_in_the_nav_or_deliberately_left_out():
                      if not any(page.startswith(folder) for folder in folders)
                      and not any(fnmatch.fnmatch(page, pattern.lstrip("/")) for pattern in left_out))
     assert not missing, f"docs pages in neither mkdocs.yml's nav nor its not_in_nav: {missing}"
-    dangling = sorted(entry for entry in in_nav - pages - folders if "://" not in entry)
+    dangling = sorted(entry for entry in in_nav - pages - folders - HOOK_WRITES if "://" not in entry)
     assert not dangling, f"nav entries without a page in docs/: {dangling}"
 
 

@@ -315,7 +315,8 @@ def _teacher_feature_pairs(teacher: MultimodalNet, split: Split, ctx: RunContext
 def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: Split, val: Split
              ) -> tuple[TNet, dict]:
     """The T-Net of this run's teacher and T-Net config: trained once (stored next to the teacher)
-    on the train split, the epoch with the lowest validation loss kept, then frozen. Without a validation
+    on the train split by harness.training.fit, the epoch with the lowest validation loss kept (or the untrained
+    state, when no epoch beats it: selected_epoch -1), then frozen. Without a validation
     split (lupi's n_val=0, where the run trains on a fixed budget) it trains all `epochs` and keeps the last,
     as the run's own models do; the record says so (`selection`)."""
     spec, hidden = ctx.spec, teacher.hidden
@@ -349,6 +350,8 @@ def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: S
             return {"metrics": {k.removeprefix("val_"): v for k, v in scores.items()},
                     "loss": tnet_selection_score(tcfg.loss, scores)}
 
+        # fused=False: torch's default Adam, which every stored T-Net was trained with (the fused kernel rounds
+        # differently, so the same key would no longer mean the same weights)
         loop = {"optimizer": "adam", "fused": False, "lr": float(tcfg.lr), "weight_decay": 0.0,
                 "batch_size": int(tcfg.batch_size), "drop_last": True, "max_epochs": int(tcfg.epochs),
                 # tnet.patience counts the epochs without improvement it tolerates (stop once MORE have passed);

@@ -184,9 +184,9 @@ def _parts_at_cap(rec: dict) -> str:
     """The frozen parts of a run (a distiller's stored teacher, MT-PKDOT's stage-1 teachers, PKDOT's T-Net) whose
     own training ran to its epoch cap instead of being stopped by patience: still improving when it ended, so
     possibly undertrained, whatever the evaluated model's flags say. Comma-separated names, "" if none.
-    Parts trained by the harness's loop say so in extra.training.<part>.stop_reason; the T-Net (its own loop,
-    method.tnet.epochs and .patience) ran to its cap when its log reaches the last epoch and patience had not run
-    out there."""
+    Parts trained by the harness's loop say so in extra.training.<part>.stop_reason. The T-Net says so there too
+    since it trains in that loop; in older records, and for a T-Net stored before then (stop reason unknown), it
+    ran to its cap when its log reaches the last epoch and patience had not run out there (tnet_ran_to_cap)."""
     extra = rec.get("extra") if isinstance(rec.get("extra"), dict) else {}
     evaluated = EVALUATED_MODEL.get(rec.get("bound") or "", "student")
     training = extra.get("training") if isinstance(extra.get("training"), dict) else {}
@@ -194,8 +194,9 @@ def _parts_at_cap(rec: dict) -> str:
              if name != evaluated and isinstance(summary, dict) and summary.get("stop_reason") == "max_epochs"]
     tnet, log = extra.get("tnet"), (rec.get("logs") or {}).get("tnet")
     cfg = config_value(rec.get("config") if isinstance(rec.get("config"), dict) else {}, "method.tnet")
-    if isinstance(tnet, dict) and tnet.get("selection") == "lowest validation loss" and isinstance(cfg, dict) \
-            and isinstance(log, list) and log and isinstance(log[-1], dict):
+    known = isinstance(training.get("tnet"), dict) and training["tnet"].get("stop_reason") not in (None, "unknown")
+    if not known and isinstance(tnet, dict) and tnet.get("selection") == "lowest validation loss" \
+            and isinstance(cfg, dict) and isinstance(log, list) and log and isinstance(log[-1], dict):
         epochs, patience, selected = cfg.get("epochs"), cfg.get("patience"), tnet.get("selected_epoch")
         if all(isinstance(v, int) and not isinstance(v, bool) for v in (epochs, patience, selected)) \
                 and tnet_ran_to_cap(log[-1].get("epoch"), selected, epochs, patience):
@@ -204,8 +205,8 @@ def _parts_at_cap(rec: dict) -> str:
 
 
 def tnet_ran_to_cap(last_epoch: int, selected: int, epochs: int, patience: int) -> bool:
-    """PKDOT's T-Net loop (methods/pkdot.py get_tnet) stops once epoch - selected > patience, else after its last
-    epoch: it ran to its cap when its log reaches epoch epochs - 1 with patience not run out there."""
+    """PKDOT's T-Net (methods/pkdot.py get_tnet) stops once epoch - selected > patience, else after its last epoch:
+    it ran to its cap when its log reaches epoch epochs - 1 with patience not run out there."""
     return last_epoch == epochs - 1 and epochs - 1 - selected <= patience
 
 

@@ -18,6 +18,8 @@ config group (harness/conf/config.yaml); a method may override them (DMD's `meth
   no early stopping, the LAST epoch kept);
 - drop_last: whether the last short batch of an epoch is dropped;
 - a per-epoch hook through which a method adds its own log fields (DMD's edge weights).
+- a batch source other than a split's rows (TensorRows: tensors computed beforehand, PKDOT's T-Net on the
+  frozen teacher's features), and the untrained state as a selection candidate (select_initial).
 
 Every model trained leaves a summary in the record (`extra.training.<name>`): why it stopped
 (patience, min_lr, max_epochs, budget), the selected epoch and the number of epochs run.
@@ -79,7 +81,29 @@ class WindowTensors:
         return self.frames.index_select(0, rows.reshape(-1)).reshape(len(idx), len(self.steps), -1)
 
 
-class SplitTensors:
+class BatchSource:
+    """Rows served as mini-batches (Batch): an epoch's order is one permutation of the rows from the loop's generator,
+    cut into batch_size slices, the last short one dropped under drop_last (when there is more than one batch)."""
+
+    n: int
+
+    def rows(self, idx: torch.Tensor) -> Batch:
+        raise NotImplementedError
+
+    def n_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        return math.ceil(self._stop(batch_size, drop_last) / batch_size)
+
+    def _stop(self, batch_size: int, drop_last: bool) -> int:
+        return self.n - (self.n % batch_size if drop_last and self.n > batch_size else 0)
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                drop_last: bool = False) -> Iterator[Batch]:
+        order = torch.randperm(self.n, generator=generator) if shuffle else torch.arange(self.n)
+        for start in range(0, self._stop(batch_size, drop_last), batch_size):
+            yield self.rows(order[start:start + batch_size])
+
+
+class SplitTensors(BatchSource):
     """A Split converted to torch tensors once, served as mini-batches on the run's device. Windowed inputs
     (FrameWindows) stay one store of frames; each batch gathers its rows (the same values as the copies)."""
 
@@ -93,23 +117,29 @@ class SplitTensors:
         self.targets = torch.from_numpy(t.astype(np.int64) if classification else t.astype(np.float32))
         self.mask = None if split.target_mask is None else torch.from_numpy(np.asarray(split.target_mask, bool))
 
-    def n_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        return math.ceil(self._stop(batch_size, drop_last) / batch_size)
+    def rows(self, idx: torch.Tensor) -> Batch:
+        dev = self.device
+        return Batch(inputs={k: v[idx].to(dev, non_blocking=True) for k, v in self.inputs.items()},
+                     lengths={k: v[idx].to(dev) for k, v in self.lengths.items()},
+                     targets=self.targets[idx].to(dev),
+                     mask=None if self.mask is None else self.mask[idx].to(dev),
+                     index=idx)
 
-    def _stop(self, batch_size: int, drop_last: bool) -> int:
-        return self.n - (self.n % batch_size if drop_last and self.n > batch_size else 0)
 
-    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                drop_last: bool = False) -> Iterator[Batch]:
-        order = torch.randperm(self.n, generator=generator) if shuffle else torch.arange(self.n)
-        for start in range(0, self._stop(batch_size, drop_last), batch_size):
-            idx = order[start:start + batch_size]
-            dev = self.device
-            yield Batch(inputs={k: v[idx].to(dev, non_blocking=True) for k, v in self.inputs.items()},
-                        lengths={k: v[idx].to(dev) for k, v in self.lengths.items()},
-                        targets=self.targets[idx].to(dev),
-                        mask=None if self.mask is None else self.mask[idx].to(dev),
-                        index=idx)
+class TensorRows(BatchSource):
+    """Aligned tensors (inputs by name, targets; the same first dimension) served as mini-batches, for a model
+    trained on values computed beforehand rather than on a split's raw inputs (PKDOT's T-Net: the frozen teacher's
+    student-modality features to its privileged ones). The tensors stay where they are (their device)."""
+
+    def __init__(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor):
+        sizes = {k: len(v) for k, v in inputs.items()} | {"targets": len(targets)}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"TensorRows: every tensor needs the same number of rows, got {sizes}")
+        self.n, self.inputs, self.targets = len(targets), dict(inputs), targets
+
+    def rows(self, idx: torch.Tensor) -> Batch:
+        return Batch(inputs={k: v[idx] for k, v in self.inputs.items()}, lengths={}, targets=self.targets[idx],
+                     mask=None, index=idx)
 
 
 def predict_in_batches(fn: Callable[[Batch], torch.Tensor], data: SplitTensors, batch_size: int) -> np.ndarray:
@@ -244,8 +274,9 @@ def prediction_loss(outputs: np.ndarray, split: Split, kind: str, regression_los
 
 
 def _summary(log: list[dict], best_epoch: int, stop_reason: str, opts: dict, accumulate: int,
-             n_batches: int) -> dict:
-    return {"stop_reason": stop_reason, "selected_epoch": best_epoch, "epochs_run": len(log),
+             n_batches: int, val_before: dict | None = None) -> dict:
+    return {**({"val_before": val_before} if val_before is not None else {}),
+            "stop_reason": stop_reason, "selected_epoch": best_epoch, "epochs_run": len(log),
             "max_epochs": int(opts["max_epochs"]), "stop_rule": opts["stop"], "select_on": opts["select_on"],
             "optimizer": opts["optimizer"], "accumulate": accumulate, "batches_per_epoch": n_batches,
             "accumulate_reduced": accumulate < int(opts["accumulate"]),
@@ -254,8 +285,8 @@ def _summary(log: list[dict], best_epoch: int, stop_reason: str, opts: dict, acc
 
 def adopt_stored_log(ctx: RunContext, name: str, meta: dict) -> None:
     """A stored model's per-epoch log into the run's logs (ctx.logs[name]), unless `fit` trained it in this run
-    and put it there. Such a log (a model reused from the store, or trained by a loop of its own: PKDOT's T-Net)
-    never passed through `fit`: its rows go to the live logger now, so every log of the record has its curves."""
+    and put it there. Such a log (a model reused from the store) did not pass through `fit` in this run: its rows
+    go to the live logger now, so every log of the record has its curves."""
     if name in ctx.logs:
         return
     ctx.logs[name] = meta.get("log", [])
@@ -264,12 +295,14 @@ def adopt_stored_log(ctx: RunContext, name: str, meta: dict) -> None:
 
 
 def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[torch.Tensor, dict[str, float]]],
-        predict_fn: Callable[[Batch], torch.Tensor] | None, train: Split, val: Split | None, ctx: RunContext,
-        train_cfg: DictConfig | dict, params: list | None = None, checkpoint_path: Path | None = None,
-        evaluate: Callable[[], dict] | None = None, epoch_hook: Callable[[int, int], dict] | None = None,
-        batch_seed: int | None = None, config_key: str = "train") -> list[dict]:
+        predict_fn: Callable[[Batch], torch.Tensor] | None, train: Split | BatchSource, val: Split | None,
+        ctx: RunContext, train_cfg: DictConfig | dict, params: list | None = None,
+        checkpoint_path: Path | None = None, evaluate: Callable[[], dict] | None = None,
+        epoch_hook: Callable[[int, int], dict] | None = None, batch_seed: int | None = None,
+        config_key: str = "train", select_initial: bool = False) -> list[dict]:
     """Train `module` (its parameters, or `params`: tensors or param groups) with loss_fn; select on val.
 
+    `train` is a Split (its rows as SplitTensors batches) or any BatchSource (TensorRows: precomputed tensors).
     loss_fn(batch) returns the loss and a dict of its named parts (logged per epoch, averaged).
     predict_fn(batch) returns what Method.predict would for those rows (probabilities or values); the
     default validation scores it on `val` with the task's metrics. `evaluate()` replaces that default: it
@@ -277,6 +310,8 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     val loss). `epoch_hook(epoch, n_batches)` returns extra fields for the epoch's log entry.
     `batch_seed` seeds the batch-order generator (default: one draw from the run's seeded global stream).
     `config_key` is where train_cfg's values come from (DMD: method.training), for the record's `adjusted`.
+    `select_initial`: the state before training is scored on validation too and competes with the epochs (it is
+    kept, selected epoch -1, when no epoch beats it; its validation fields go to the summary as `val_before`).
     The selected state (best validation score; the last epoch under stop=budget) is restored at the end.
     Returns the per-epoch log, also stored in ctx.logs[name]; the summary goes to ctx.extra["training"][name].
     Each log entry goes to the run's live logger (ctx.live: logger=tensorboard|mlflow) as soon as it is made.
@@ -290,7 +325,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
         val, evaluate = None, None  # an empty validation split (lupi's n_val=0) is no validation split
     task, device = ctx.task, ctx.device
     classification = task.spec.target.kind == "classification"
-    train_t = SplitTensors(train, device, classification)
+    train_t = train if isinstance(train, BatchSource) else SplitTensors(train, device, classification)
     val_t = SplitTensors(val, device, classification) if (val is not None and evaluate is None) else None
     metric = task.spec.primary_metric
     sign = 1.0 if task.metric_higher_is_better(metric) else -1.0
@@ -335,7 +370,31 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     gen = torch.Generator().manual_seed(seed)
     log: list[dict] = []
     best = {"score": -math.inf, "epoch": -1, "state": copy.deepcopy(module.state_dict())}
-    start_epoch, stop_reason = 0, None
+    start_epoch, stop_reason, val_before = 0, None, None
+
+    def validation() -> tuple[dict[str, float], float | None]:
+        """The validation fields of the module's current state (no `val_` prefix) and its selection score (higher
+        is better; None without validation)."""
+        val_fields: dict[str, float] = {}
+        score = None
+        if evaluate is not None or val_t is not None:
+            if evaluate is not None:
+                ev = evaluate()
+            else:
+                out = predict_in_batches(predict_fn, val_t, int(opts["eval_batch_size"]))
+                ev = {"metrics": task.score(make_predictions(val, out, task.spec.target)),
+                      "loss": (prediction_loss(out, val, task.spec.target.kind, opts.get("regression_loss", "mse"))
+                               if opts["select_on"] == "loss" else None)}
+            if ev.get("loss") is not None:
+                val_fields["loss"] = float(ev["loss"])
+            val_fields.update(ev["metrics"])
+            if opts["select_on"] == "loss":
+                score = -val_fields["loss"]
+            else:
+                score = sign * ev["metrics"][metric]
+                if math.isnan(score):  # e.g. CCC of a constant prediction: never "better"
+                    score = -math.inf
+        return val_fields, score
 
     ckpt_path = None
     if opts.get("checkpoint", False):
@@ -349,8 +408,13 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
         gen.set_state(ck["generator"])
         restore_rng_state(ck, device)  # dropout: a resumed run equals an uninterrupted one
         best, log, start_epoch = ck["best"], ck["log"], ck["epoch"] + 1
+        val_before = ck.get("val_before")
         stop_reason = ck.get("stop_reason")  # a checkpoint of the stopping epoch must not train further
         ctx.extra.setdefault("resumed_from_epoch", {})[name] = start_epoch
+    elif select_initial and not budget:  # the untrained state is a candidate: scored before the first epoch
+        module.eval()
+        fields, best["score"] = validation()
+        val_before = {f"val_{k}": v for k, v in fields.items()}
 
     bar = None
     if ctx.progress:
@@ -379,30 +443,12 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         module.eval()
-        val_fields: dict[str, float] = {}
-        score = None
-        if evaluate is not None or val_t is not None:
-            if evaluate is not None:
-                ev = evaluate()
-            else:
-                out = predict_in_batches(predict_fn, val_t, int(opts["eval_batch_size"]))
-                ev = {"metrics": task.score(make_predictions(val, out, task.spec.target)),
-                      "loss": (prediction_loss(out, val, task.spec.target.kind, opts.get("regression_loss", "mse"))
-                               if opts["select_on"] == "loss" else None)}
-            if ev.get("loss") is not None:
-                val_fields["loss"] = float(ev["loss"])
-            val_fields.update(ev["metrics"])
-            if opts["select_on"] == "loss":
-                score = -val_fields["loss"]
-            else:
-                score = sign * ev["metrics"][metric]
-                if math.isnan(score):  # e.g. CCC of a constant prediction: never "better"
-                    score = -math.inf
+        val_fields, score = validation()
         if sched is not None:
             sched.step(score)  # the plateau schedule follows the selection quantity
         if budget:
             best = {"score": score, "epoch": epoch, "state": None}  # the last epoch is kept: no copy needed
-        elif best["epoch"] < 0 or score > best["score"] + float(opts["min_delta"]):
+        elif (best["epoch"] < 0 and val_before is None) or score > best["score"] + float(opts["min_delta"]):
             best = {"score": score, "epoch": epoch, "state": copy.deepcopy(module.state_dict())}
         entry = {"epoch": epoch, **{f"train_{k}": v / max(i + 1, 1) for k, v in sums.items()},
                  **{f"val_{k}": v for k, v in val_fields.items()}, "lr": lr, "optimizer_steps": steps}
@@ -429,7 +475,7 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
             atomic_torch_save({"module": module.state_dict(), "optimizer": opt.state_dict(),
                                "scheduler": None if sched is None else sched.state_dict(),
                                "generator": gen.get_state(), "best": best, "log": log, "epoch": epoch,
-                               "stop_reason": stop_reason, **rng_state(device)}, ckpt_path)
+                               "stop_reason": stop_reason, "val_before": val_before, **rng_state(device)}, ckpt_path)
         if stop_reason:
             break
     if bar is not None:
@@ -441,5 +487,6 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
         entry["selected"] = entry["epoch"] == best["epoch"]
     ctx.logs[name] = log
     stop_reason = stop_reason or ("budget" if budget else "max_epochs")
-    ctx.extra.setdefault("training", {})[name] = _summary(log, best["epoch"], stop_reason, opts, accumulate, n_batches)
+    ctx.extra.setdefault("training", {})[name] = _summary(log, best["epoch"], stop_reason, opts, accumulate,
+                                                       n_batches, val_before)
     return log

@@ -52,7 +52,6 @@ repos' own T-Nets (parity-tested with their weights), `linear` a two-layer linea
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 
@@ -67,10 +66,10 @@ from harness.method import Method, RunContext
 from harness.registry import TASKS, register_method
 from harness.runner import derive_seed
 from harness.schema import ConfigError
-from harness.training import Batch, SplitTensors, adopt_stored_log, fit, predict_in_batches
+from harness.training import Batch, SplitTensors, TensorRows, adopt_stored_log, fit, predict_in_batches
 from methods.blocks import MultimodalNet, NetOutput, task_loss
 from methods.ot import sinkhorn_divergence
-from methods.teacher import build_net, frozen_outputs, get_teacher, teacher_key
+from methods.teacher import build_net, frozen_outputs, get_teacher, stored_training_summary, teacher_key
 
 __all__ = ["sinkhorn_divergence", "cosine_matrix", "shift_nonnegative", "anchor_indices", "structural_clouds",
            "structural_ot_loss", "centroid_loss", "mmd_multi_kernel", "TNET_ARCHS", "TNet", "get_tnet", "PKDOT", "note_k_cap",
@@ -316,7 +315,8 @@ def _teacher_feature_pairs(teacher: MultimodalNet, split: Split, ctx: RunContext
 def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: Split, val: Split
              ) -> tuple[TNet, dict]:
     """The T-Net of this run's teacher and T-Net config: trained once (stored next to the teacher)
-    on the train split, the epoch with the lowest validation loss kept, then frozen. Without a validation
+    on the train split by harness.training.fit, the epoch with the lowest validation loss kept (or the untrained
+    state, when no epoch beats it: selected_epoch -1), then frozen. Without a validation
     split (lupi's n_val=0, where the run trains on a fixed budget) it trains all `epochs` and keeps the last,
     as the run's own models do; the record says so (`selection`)."""
     spec, hidden = ctx.spec, teacher.hidden
@@ -330,55 +330,48 @@ def get_tnet(ctx: RunContext, tcfg: DictConfig, teacher: MultimodalNet, train: S
         return TNet(in_dim, out_dim, tcfg.width, tcfg.arch)
 
     def train_fn(tnet: TNet) -> dict:
+        # Trained by the harness's loop on the frozen teacher's features: Adam, a fresh permutation of the training
+        # pairs per epoch from its own generator, drop_last; selection on the validation value of its own loss
+        # (the untrained state a candidate too), or the last epoch without a validation split.
         x_tr, y_tr = _teacher_feature_pairs(teacher, train, ctx, ctx.cfg.train.eval_batch_size)
         has_val = val is not None and len(val) > 0
         x_va, y_va = _teacher_feature_pairs(teacher, val, ctx, ctx.cfg.train.eval_batch_size) if has_val else (None, None)
-        gen = torch.Generator().manual_seed(derive_seed(ctx.seed, ctx.cfg.task.name, ctx.fold, "tnet-batches"))
-        opt = torch.optim.Adam(tnet.parameters(), lr=tcfg.lr)
+
+        def loss_fn(batch: Batch):
+            return tnet_loss(tcfg.loss, tnet(batch.inputs["features"]), batch.targets), {}
 
         def val_scores() -> dict[str, float]:
-            if not has_val:
-                return {}
-            tnet.eval()
             with torch.no_grad():
                 pred = tnet(x_va)
                 return {"val_mmd": float(mmd_multi_kernel(pred, y_va)), "val_mse": float(F.mse_loss(pred, y_va))}
 
-        before = val_scores()
-        best = {"score": tnet_selection_score(tcfg.loss, before) if before else math.inf, "epoch": -1,
-                "state": copy.deepcopy(tnet.state_dict())}
-        log, n, bs = [], len(x_tr), int(tcfg.batch_size)
-        for epoch in range(int(tcfg.epochs)):
-            tnet.train()
-            order, total, steps = torch.randperm(n, generator=gen), 0.0, 0
-            stop = n - (n % bs if n > bs else 0)  # drop_last, as the student loop
-            for start in range(0, stop, bs):
-                idx = order[start:start + bs]
-                loss = tnet_loss(tcfg.loss, tnet(x_tr[idx]), y_tr[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, steps = total + float(loss.detach()), steps + 1
-            scores = val_scores()
-            log.append({"epoch": epoch, "train_loss": total / max(steps, 1), **scores})
-            if not has_val:
-                best["epoch"] = epoch  # no validation split: the last epoch is kept, as under train.stop=budget
-                continue
-            if (score := tnet_selection_score(tcfg.loss, scores)) < best["score"]:
-                best = {"score": score, "epoch": epoch, "state": copy.deepcopy(tnet.state_dict())}
-            if epoch - best["epoch"] > tcfg.patience:
-                break
-        if has_val:
-            tnet.load_state_dict(best["state"])
-        for entry in log:
-            entry["selected"] = entry["epoch"] == best["epoch"]
-        return {"log": log, "val_before": before or None, "val_selected": val_scores() or None,
-                "selected_epoch": best["epoch"],
-                "selection": "lowest validation loss" if has_val else "last epoch (no validation split)"}
+        def evaluate() -> dict:
+            scores = val_scores()  # logged as val_mmd, val_mse; val_loss is the selection quantity
+            return {"metrics": {k.removeprefix("val_"): v for k, v in scores.items()},
+                    "loss": tnet_selection_score(tcfg.loss, scores)}
+
+        # fused=False: torch's default Adam, which every stored T-Net was trained with (the fused kernel rounds
+        # differently, so the same key would no longer mean the same weights)
+        loop = {"optimizer": "adam", "fused": False, "lr": float(tcfg.lr), "weight_decay": 0.0,
+                "batch_size": int(tcfg.batch_size), "drop_last": True, "max_epochs": int(tcfg.epochs),
+                # tnet.patience counts the epochs without improvement it tolerates (stop once MORE have passed);
+                # the loop's patience stops once that many have passed
+                "stop": "patience" if has_val else "budget", "patience": int(tcfg.patience) + 1,
+                "select_on": "loss" if has_val else "primary"}
+        log = fit("tnet", tnet, loss_fn, None, TensorRows({"features": x_tr}, y_tr), None, ctx, loop,
+                  evaluate=evaluate if has_val else None, config_key="method.tnet", select_initial=has_val,
+                  batch_seed=derive_seed(ctx.seed, ctx.cfg.task.name, ctx.fold, "tnet-batches"))
+        training = ctx.extra["training"]["tnet"]
+        before = training.get("val_before")
+        return {"log": log, "val_before": None if before is None else {k: before[k] for k in ("val_mmd", "val_mse")},
+                "val_selected": val_scores() if has_val else None, "selected_epoch": training["selected_epoch"],
+                "selection": "lowest validation loss" if has_val else "last epoch (no validation split)",
+                "training": training}
 
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
         tnet, meta = ctx.teachers.get_or_train(key, build, train_fn, ctx.device)
     adopt_stored_log(ctx, "tnet", meta)
+    ctx.extra.setdefault("training", {})["tnet"] = {**stored_training_summary(meta), "reused": meta["reused"]}
     ctx.extra["tnet"] = {"store_path": meta["store_path"], "reused": meta["reused"], "loss": tcfg.loss,
                          **({"slot": tcfg.slot} if tcfg.get("slot", "tnet") != "tnet" else {}),
                          "val_before": meta.get("val_before"), "val_selected": meta.get("val_selected"),

@@ -164,7 +164,8 @@ def own_nodes(fn: ast.AST):
 
 
 def functions(tree: ast.AST, prefix: str = ""):
-    """(qualified name, node) of every function of a module, nested ones included (get_tnet.train_fn)."""
+    """(qualified name, node) of every function of a module, nested ones included (`outer.inner`: a loop in a
+    closure counts)."""
     for node in ast.iter_child_nodes(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             yield prefix + node.name, node
@@ -189,15 +190,7 @@ def gradient_loops() -> set[str]:
     return found
 
 
-def test_one_epoch_loop_apart_from_the_pkdot_tnet():
-    """Every model of every method trains through harness.training.fit (batches, accumulation, early stopping,
-    checkpoints, live curves); the only other loop left is PKDOT's T-Net (methods/pkdot.py get_tnet), being moved."""
-    found = gradient_loops()
-    assert "harness.training:fit" in found
-    assert {f for f in found if not f.startswith("methods.pkdot:")} == {"harness.training:fit"}
-
-
-@pytest.mark.xfail(strict=True, reason="methods/pkdot.py get_tnet trains the T-Net with a loop of its own until the "
-                                       "branch moving it onto harness.training.fit is merged; remove this mark then")
 def test_one_epoch_loop():
+    """Every model of every method trains through harness.training.fit (batches, accumulation, early stopping,
+    checkpoints, live curves), PKDOT's T-Net included (methods/pkdot.py get_tnet, since issue #29)."""
     assert gradient_loops() == {"harness.training:fit"}

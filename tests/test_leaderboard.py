@@ -330,8 +330,9 @@ def test_possibly_undertrained_runs_are_flagged_with_counts(tmp_path):
 
 
 def test_frozen_parts_that_ran_to_their_epoch_cap_are_named_apart(tmp_path):
-    """PKDOT's T-Net loop stops when epoch - selected > patience, else at its last epoch (methods/pkdot.py): it
-    ran to its cap exactly when its log reaches epoch epochs - 1 and epochs - 1 - selected <= patience."""
+    """PKDOT's T-Net stops when epoch - selected > patience, else at its last epoch (methods/pkdot.py): it ran to
+    its cap exactly when its log reaches epoch epochs - 1 and epochs - 1 - selected <= patience. A record whose
+    extra.training.tnet has a stop reason (the T-Net trained by harness.training.fit) is read from it instead."""
     def tnet(selected, last_epoch, epochs=60, patience=10, reused=False):
         return {"config": {"method": {"name": "pkdot", "lr": 0.01, "tnet": {"epochs": epochs, "patience": patience}},
                            "task": {"name": "synthetic", "target": "regression"}},
@@ -343,7 +344,10 @@ def test_frozen_parts_that_ran_to_their_epoch_cap_are_named_apart(tmp_path):
     cases = {0: tnet(59, 59), 1: tnet(49, 59),  # at the cap: still improving, or patience not yet out
              2: tnet(48, 59),                   # 59 - 48 = 11 > 10: patience ran out at the last epoch
              3: tnet(30, 41),                   # stopped by patience long before the cap
-             4: tnet(55, 59, reused=True)}      # a stored T-Net: its log and selection travel with it
+             4: tnet(55, 59, reused=True),      # a stored T-Net: its log and selection travel with it
+             5: tnet(59, 59), 6: tnet(48, 59)}  # trained by harness.training.fit: its summary says why it stopped
+    cases[5]["extra"]["training"]["tnet"] = {"stop_reason": "max_epochs", "selected_epoch": 59}  # named once
+    cases[6]["extra"]["training"]["tnet"] = {"stop_reason": "max_epochs", "selected_epoch": 48}  # the summary wins
     for seed, fields in cases.items():
         config = fields.pop("config")
         hand_made_record(tmp_path, "pkdot", seed, {"ccc_mean": 0.3, "mae_mean": 0.7}, config=config, **fields)
@@ -354,9 +358,9 @@ def test_frozen_parts_that_ran_to_their_epoch_cap_are_named_apart(tmp_path):
     hand_made_record(tmp_path, "pkdot", 0, {"ccc_mean": 0.3, "mae_mean": 0.7}, config=config, **no_validation)
     df = collect(tmp_path)
     assert dict(zip(df.seed[df.parts_at_cap != ""], df.parts_at_cap[df.parts_at_cap != ""])) == \
-        {0: "tnet", 1: "tnet", 4: "tnet"}
+        {0: "tnet", 1: "tnet", 4: "tnet", 5: "tnet", 6: "tnet"}
     text = render(summarise(df), df)
-    assert "- pkdot: 3 of 5 runs: tnet in 3 (f0-s0, f0-s1, f0-s4)" in text.split("Frozen parts")[1]
+    assert "- pkdot: 5 of 7 runs: tnet in 5 (f0-s0, f0-s1, f0-s4, f0-s5, f0-s6)" in text.split("Frozen parts")[1]
     assert text.count("runs: tnet in") == 1  # not the no-validation row
 
 

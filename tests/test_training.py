@@ -54,7 +54,7 @@ def train_cfg(cfg, **options):
     return {**OmegaConf.to_container(cfg.train, resolve=True), **options}
 
 
-def run_fit(data, tmp_path, val=True, frozen=False, **options):
+def run_fit(data, tmp_path, val=True, frozen=False, select_initial=False, **options):
     cfg, task, fold = data
     n_out = fold.train.targets.shape[-1]
     model = Linear(fold.train.inputs["visual"].shape[-1], n_out)
@@ -67,7 +67,7 @@ def run_fit(data, tmp_path, val=True, frozen=False, **options):
         return loss, {"mse": float(loss.detach())}
 
     log = fit("m", model, loss_fn, model, fold.train, fold.val if val else None, ctx, train_cfg(cfg, **options),
-              batch_seed=SEED)
+              batch_seed=SEED, select_initial=select_initial)
     return model, log, ctx
 
 
@@ -170,6 +170,28 @@ def test_patience_stop_keeps_the_best_epoch(data, tmp_path):
     summary = ctx.extra["training"]["m"]
     assert (summary["stop_reason"], summary["selected_epoch"], summary["epochs_run"]) == ("patience", 0, 4)
     assert [e["selected"] for e in log] == [True, False, False, False]
+
+
+def test_select_initial_keeps_the_untrained_state_when_no_epoch_beats_it(data, tmp_path):
+    """The frozen loss never moves the weights: every epoch's score ties the untrained state's, a tie is no
+    improvement, so the untrained state stays selected (epoch -1) and patience counts from it."""
+    model, log, ctx = run_fit(data, tmp_path, frozen=True, select_initial=True, weight_decay=0.0, patience=3,
+                              max_epochs=20)
+    summary = ctx.extra["training"]["m"]
+    assert (summary["stop_reason"], summary["selected_epoch"], summary["epochs_run"]) == ("patience", -1, 3)
+    assert not any(e["selected"] for e in log)
+    # scored before the first epoch, on the same weights as every epoch's
+    assert summary["val_before"] == {k: v for k, v in log[0].items() if k.startswith("val_")}
+
+
+def test_select_initial_changes_nothing_once_an_epoch_beats_the_untrained_state(data, tmp_path):
+    plain, log_p, ctx_p = run_fit(data, tmp_path / "a", lr=0.01, max_epochs=4, patience=10)
+    with_initial, log_i, ctx_i = run_fit(data, tmp_path / "b", select_initial=True, lr=0.01, max_epochs=4, patience=10)
+    before = ctx_i.extra["training"]["m"]["val_before"]["val_ccc_mean"]
+    assert max(e["val_ccc_mean"] for e in log_i) > before  # an epoch beats it, so the selection is the usual one
+    assert [e["selected"] for e in log_i] == [e["selected"] for e in log_p]
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), with_initial.parameters()))
+    assert "val_before" not in ctx_p.extra["training"]["m"]
 
 
 def test_fixed_budget_keeps_the_last_epoch_and_needs_no_validation(data, tmp_path):
@@ -280,6 +302,18 @@ def test_resume_through_the_loop_with_schedule_and_accumulation_equals_an_uninte
     assert ctx.extra["resumed_from_epoch"]["m"] == 2
     assert [(e["train_loss"], e["lr"]) for e in log_s] == [(e["train_loss"], e["lr"]) for e in log_r]
     assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters()))
+
+
+def test_resume_keeps_the_untrained_state_as_a_candidate(data, tmp_path):
+    """select_initial's score travels in the checkpoint: a resumed run still compares with it (and does not score a
+    state it resumed from as if it were the untrained one)."""
+    opts = dict(frozen=True, select_initial=True, weight_decay=0.0, checkpoint=True, patience=3, max_epochs=20)
+    _, _, ctx_s = run_fit(data, tmp_path / "a", **opts)
+    run_fit(data, tmp_path / "b", **{**opts, "max_epochs": 2})
+    _, log_r, ctx_r = run_fit(data, tmp_path / "b", **opts)
+    assert ctx_r.extra["resumed_from_epoch"]["m"] == 2
+    assert ctx_r.extra["training"]["m"]["selected_epoch"] == -1 and len(log_r) == 3
+    assert ctx_r.extra["training"]["m"]["val_before"] == ctx_s.extra["training"]["m"]["val_before"]
 
 
 @pytest.fixture(autouse=True)

@@ -221,7 +221,7 @@ def records(results_dir: str | Path = "results") -> pd.DataFrame:
 
 def leaderboard(results_dir: str | Path = "results") -> pd.DataFrame:
     """The leaderboard's numbers as a DataFrame: the table `harness leaderboard` writes to leaderboard.csv,
-    computed from the same summary and comparisons as leaderboard.md (harness/leaderboard.py: collect,
+    computed from the same summary and comparisons as leaderboard.md (harness/leaderboard/: collect,
     summarise, compare, csv_table).
 
     One line per (task, variant, data_source, method, config_id, metric): label, n_runs, n_failed, mean, std
@@ -229,7 +229,10 @@ def leaderboard(results_dir: str | Path = "results") -> pd.DataFrame:
     paired comparisons are joined as columns: vs_student_* (n pairs, delta, ci_low, ci_high, p_t, p_sign_flip,
     p_holm, significant, ...) and, when such runs exist, vs_pi_zeros_* / vs_pi_shuffle_*. Empty without records.
     """
-    from harness.leaderboard import collect, compare, csv_table, summarise
+    from harness.leaderboard.csvfile import csv_table
+    from harness.leaderboard.paired import compare
+    from harness.leaderboard.records import collect
+    from harness.leaderboard.summary import summarise
 
     runs = collect(results_dir)
     return csv_table(summarise(runs), compare(runs))

@@ -12,7 +12,7 @@ from scipy.stats import ttest_rel
 from _records import control_overrides, hand_made_record
 
 from harness.errors import RecordError
-from harness.latex import render_latex
+from harness.leaderboard.latex import render_latex
 from harness.leaderboard import LeaderboardError, collect, compare, render, summarise, write_leaderboard
 
 

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.leaderboard import (BOUND_LABEL, CONTROL_ROLE, REFERENCE, SELECTED_ON_TEST, SOURCE_NOTE, SectionLayout,
-                                 _delta_cell, _fmt, collect, compare, section_layouts, summarise, task_note)
+from harness.leaderboard.cells import _delta_cell, _fmt
+from harness.leaderboard.common import BOUND_LABEL, CONTROL_ROLE, REFERENCE, SELECTED_ON_TEST, SOURCE_NOTE
+from harness.leaderboard.layout import SectionLayout, section_layouts, task_note
+from harness.leaderboard.paired import compare
+from harness.leaderboard.records import collect
+from harness.leaderboard.summary import summarise
 from harness.metrics import higher_is_better
 from harness.records import git_sha, iter_records
 from harness.report import data, figures
@@ -187,6 +191,6 @@ def _method(sid: str, first: pd.Series, recs: list[dict], primary: str | None, o
     summary = (f"{len(recs)} ok runs; {len(curves)} with a training log of the {model}"
                + (f"; selected epochs {', '.join(map(str, selected))}" if selected else "")
                + (f"; stop reasons: {', '.join(f'{k} ({n})' for k, n in stops.items())}" if curves else "") + ".")
-    if first.n_flagged:  # the leaderboard's own flag (harness/leaderboard.py _flags), not recomputed
+    if first.n_flagged:  # the leaderboard's own flag (harness/leaderboard/flags.py _flags), not recomputed
         summary += f" Possibly undertrained, {int(first.n_flagged)} of {int(first.n_runs)}: {first.flagged_runs}."
     return {"id": stem, "label": label, "summary": summary, "figures": figs}

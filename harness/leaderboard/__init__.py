@@ -22,7 +22,8 @@ write.py):
 - paired.py: the paired comparisons with the student and the controls (compare).
 - layout.py: a section's rows and columns as every renderer shows them (section_layouts).
 - cells.py: the text of a mean ± std, a p value, a paired difference (leaderboard.md and the report).
-- markdown.py, latex.py, csvfile.py: leaderboard.md, the LaTeX export, leaderboard.csv.
+- crosstask.py: the cross-task summary (mean ranks, Friedman test, critical difference).
+- markdown.py, latex.py, csvfile.py: leaderboard.md, the LaTeX export, leaderboard.csv and leaderboard_ranks.csv.
 - write.py: `harness leaderboard` (all files written together).
 """
 
@@ -37,7 +38,7 @@ from harness.leaderboard.markdown import HEADER, render
 from harness.leaderboard.paired import _recipe, _values, compare
 from harness.leaderboard.records import collect, collect_records, data_versions, mixed_data, random_features
 from harness.leaderboard.summary import label_of, summarise
-from harness.leaderboard.write import write_leaderboard
+from harness.leaderboard.write import ranks_csv_path, write_leaderboard
 
 __all__ = [
     "BOUND_LABEL", "CONTROL_KEY", "CONTROL_ROLE", "CONTROLS", "DATA_UNKNOWN", "EARLY_EPOCH", "EVALUATED_MODEL",
@@ -45,5 +46,5 @@ __all__ = [
     "SELECTED_ON_TEST", "SOURCE_NOTE", "STOP_REASONS", "VARIANT", "LeaderboardError", "SectionLayout",
     "_delta_cell", "_fmt", "_p", "_recipe", "_values", "collect", "collect_records", "compare", "csv_table",
     "data_versions", "holm_families", "label_of", "mixed_data", "natural_key", "random_features", "render",
-    "role_of", "section_layouts", "summarise", "task_note", "tnet_ran_to_cap", "write_leaderboard",
+    "role_of", "section_layouts", "summarise", "task_note", "tnet_ran_to_cap", "write_leaderboard", "ranks_csv_path",
 ]

@@ -101,3 +101,67 @@ def section_layouts(summary: pd.DataFrame, comparisons: pd.DataFrame) -> Iterato
 
 def task_note(task: str) -> str:
     return TASKS.get(task).leaderboard_note if task in TASKS.names() else ""
+
+
+# --- short row labels ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SectionLabels:
+    """A section's short row labels: the method, a variant tag when the section has several configurations of
+    it (`kd·a`, `kd·b`: tags in order of the variants' override lists, fewest overrides first, so the same runs get
+    the same tags on every regeneration), and ` · PI zeros` on a control. The overrides are listed once: those
+    every row of the section shares (`shared`), then each tagged or overridden row's own (`variants`); a key given
+    twice counts with its last value (effective_overrides)."""
+    labels: dict[tuple, str]
+    tags: dict[tuple, str]
+    variants: list[tuple[str, str]]
+    shared: list[str]
+
+
+def variant_tag(i: int) -> str:
+    """a, b, ..., z, aa, ab, ...: the i-th variant's tag (0-based)."""
+    tag = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        tag = chr(ord("a") + r) + tag
+    return tag
+
+
+def effective_overrides(overrides: str) -> list[str]:
+    """A row's overrides as the config saw them: a key given twice keeps its last value (Hydra's rule), in the
+    place of its first mention (`train.batch_size=32 ... train.batch_size=128` is `train.batch_size=128`)."""
+    last: dict[str, str] = {}
+    for token in overrides.split():
+        key = token.partition("=")[0]
+        last[key] = token
+    return list(last.values())
+
+
+def section_labels(layout: SectionLayout) -> SectionLabels:
+    own = {key: effective_overrides(g.iloc[0].overrides) for key, g in layout.rows}
+    shared = set.intersection(*(set(o) for o in own.values())) if own else set()
+    shared_list = [o for o in (own[next(iter(own))] if own else []) if o in shared]
+    rest = {key: " ".join(o for o in overrides if o not in shared) for key, overrides in own.items()}
+    labels, tags, variants = {}, {}, []
+    by_method: dict[str, list[str]] = {}
+    for (method, _), text in rest.items():
+        by_method.setdefault(method, [])
+        if text not in by_method[method]:
+            by_method[method].append(text)
+    for method, texts in by_method.items():
+        ordered = sorted(texts, key=lambda t: (len(t.split()), t))
+        for i, text in enumerate(ordered):
+            tag = variant_tag(i) if len(ordered) > 1 else ""
+            name = f"{method}·{tag}" if tag else method
+            if text or tag:
+                variants.append((name, text or "(no overrides beyond the shared ones)"))
+            for key, t in rest.items():
+                if key[0] == method and t == text:
+                    tags[key] = tag
+                    control = layout.summary[(layout.summary.method == key[0])
+                                             & (layout.summary.config_id == key[1])].control.iloc[0]
+                    labels[key] = name + (f" · PI {control}" if control != "none" else "")
+    order = {m: i for i, m in enumerate(dict.fromkeys(k[0] for k, _ in layout.rows))}  # methods as in the table
+    variants.sort(key=lambda v: (order.get(v[0].split("·")[0], len(order)), v[0]))
+    return SectionLabels(labels, tags, variants, shared_list)

@@ -92,6 +92,19 @@ def _ci(rec: dict, path: Path) -> dict:
     return out
 
 
+def val_at_selection(rec: dict) -> float:
+    """The validation value of the primary metric at the evaluated model's selected epoch (its log's entry with
+    selected=true, key val_<primary>): what the cross-task summary chooses a method's configuration on, never the
+    test value. NaN when the log does not say."""
+    model = EVALUATED_MODEL.get(rec.get("bound") or "", "student")
+    entries, primary = (rec.get("logs") or {}).get(model), rec.get("primary_metric")
+    if not primary or not isinstance(entries, list):
+        return math.nan
+    chosen = [e for e in entries if isinstance(e, dict) and e.get("selected")]
+    value = chosen[-1].get(f"val_{primary}") if chosen else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
 def random_features(rec: dict) -> bool:
     """The record's visual features were extracted with random backbone weights (their EXTRACTED.json, copied into
     data_info by the task)."""
@@ -135,6 +148,7 @@ def collect_records(records: list[dict], config_keys: tuple[str, ...] = ()) -> p
         if row["data_source"] == "real" and random_features(rec):  # never `real`, whatever wrote the record
             row["data_source"] = "random_weights"
         row.update(_ci(rec, path))
+        row["val_primary"] = val_at_selection(rec) if rec.get("status") == "ok" else math.nan
         row["parts_at_cap"] = _parts_at_cap(rec) if rec.get("status") == "ok" else ""
         row.update(_training(rec, path) if rec.get("status") == "ok" else {"selected_epoch": None,
                                                                           "stop_reason": None,

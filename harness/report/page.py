@@ -41,6 +41,26 @@ significant at 0.05 after Holm's correction over the section's comparisons. Rows
 <code>method · PI zeros</code> / <code>· PI shuffle</code> are the method trained with its privileged input
 zeroed / shuffled. The teacher is an upper bound: it sees the privileged modalities at test.</p>
 {% if not sections %}<p><em>No records yet.</em></p>{% endif %}
+{% for c in cross_task %}
+<section id="cross-task-{{ c.source }}">
+<h2>Cross-task summary — {{ c.source }} data</h2>
+<p class="note source-{{ c.source }}">{{ c.note }}</p>
+<p>Each method's rank in each {{ c.source }}-data section on the section's primary metric (1 = best; the
+configuration with the best validation value enters; no upper bound, controls or rows selected on test), as in
+<code>leaderboard.md</code>.</p>
+<table><tr><th>method</th><th>mean rank</th><th>sections</th><th>won</th><th>mean rank, Friedman block</th></tr>
+{% for m in c.means %}<tr><td>{{ m.method }}</td><td class="num">{{ m.mean_rank }}</td><td class="num">{{ m.n_sections }}</td>
+<td class="num">{{ m.n_won }}</td><td class="num">{{ m.block }}</td></tr>{% endfor %}
+</table>
+{% if c.friedman %}<p>{{ c.friedman }}</p>{% else %}<p><em>No Friedman test: fewer than 2 sections share 3 methods or
+more.</em></p>{% endif %}
+{% if c.figure %}<figure><img src="{{ c.figure }}" alt="critical-difference diagram, {{ c.source }} data">
+<figcaption>Critical-difference diagram (Demšar 2006): each method at its mean rank over the Friedman block;
+methods joined by a bar are not told apart by the Nemenyi test at 0.05.</figcaption></figure>
+{% elif c.friedman %}<p class="note">No diagram: scikit-posthocs is not installed (<code>pip install
+scikit-posthocs</code>).</p>{% endif %}
+</section>
+{% endfor %}
 <nav><ul>{% for s in sections %}<li><a href="#{{ s.id }}">{{ s.heading }}</a></li>{% endfor %}</ul></nav>
 {% for s in sections %}
 <section id="{{ s.id }}">

@@ -2,8 +2,9 @@
 
 Per data source, never across data sources (synthetic, mimic and real numbers are not pooled). In each section a
 method enters once, with its configuration chosen on validation: the one whose runs' mean validation value of the
-section's primary metric, at the evaluated model's selected epoch, is best (more runs, then config_id, break ties).
-The test value never chooses. Left out: the upper bound (the teacher sees the privileged input at test),
+section's primary metric, at the evaluated model's selected epoch, is best (more runs, then config_id, break ties;
+runs without a validation value, such as the lupi reproduction's fixed-budget runs without a validation split, come
+after those with one and are chosen by the same tie-breaks). The test value never chooses. Left out: the upper bound (the teacher sees the privileged input at test),
 privileged-information controls (diagnostics, not contenders) and rows selected on the test split. The `student`
 lower bound enters: it is the baseline a distiller must beat. Within a section the entrants are ranked on the
 mean test value of the primary metric, 1 = best, ties sharing their mean rank (scipy.stats.rankdata).

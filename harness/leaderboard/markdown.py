@@ -194,8 +194,8 @@ def cross_task_section(ranked: pd.DataFrame) -> list[str]:
         test = friedman(ranked, source)
         lines += [f"## Cross-task summary — {source} data", "", f"_{SOURCE_NOTE.get(source, source)}_", "",
                   f"Each method's rank in each {source}-data section on the section's primary metric (1 = best; the "
-                  "configuration with the best validation value enters; no upper bound, controls or rows selected on "
-                  "test; the student does), averaged over the sections it ran on:", ""]
+                  "configuration with the best validation value enters, or without one the most runs; no upper bound, "
+                  "controls or rows selected on test; the student does), averaged over the sections it ran on:", ""]
         table = means.assign(mean_rank=means.mean_rank.map(lambda r: f"{r:.2f}"))
         table.columns = ["data", "method", "mean rank", "sections", "won"]
         if test is not None:

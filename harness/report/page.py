@@ -46,7 +46,7 @@ zeroed / shuffled. The teacher is an upper bound: it sees the privileged modalit
 <h2>Cross-task summary — {{ c.source }} data</h2>
 <p class="note source-{{ c.source }}">{{ c.note }}</p>
 <p>Each method's rank in each {{ c.source }}-data section on the section's primary metric (1 = best; the
-configuration with the best validation value enters; no upper bound, controls or rows selected on test), as in
+configuration with the best validation value enters, or without one the most runs; no upper bound, controls or rows selected on test), as in
 <code>leaderboard.md</code>.</p>
 <table><tr><th>method</th><th>mean rank</th><th>sections</th><th>won</th><th>mean rank, Friedman block</th></tr>
 {% for m in c.means %}<tr><td>{{ m.method }}</td><td class="num">{{ m.mean_rank }}</td><td class="num">{{ m.n_sections }}</td>

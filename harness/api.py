@@ -8,6 +8,7 @@
     out = api.sweep(method=["student", "kd"], seed=[0, 1], train={"max_epochs": 3})   # 4 runs, resumable
     api.records()        # pandas DataFrame: one row per record under results/
     api.leaderboard()    # pandas DataFrame: leaderboard.csv's table (summary + paired comparisons)
+    api.cross_task()     # pandas DataFrame: leaderboard_ranks.csv's table (mean ranks, Friedman test)
 
 Overrides. Positional arguments are Hydra override strings, exactly as on the command line ("train.lr=0.001";
 in sweep() also "seed=0,1,2"). Keyword arguments are config keys: a nested dict stands for dotted keys
@@ -223,7 +224,7 @@ def records(results_dir: str | Path = "results") -> pd.DataFrame:
 
 def leaderboard(results_dir: str | Path = "results") -> pd.DataFrame:
     """The leaderboard's numbers as a DataFrame: the table `harness leaderboard` writes to leaderboard.csv,
-    computed from the same summary and comparisons as leaderboard.md (harness/leaderboard.py: collect,
+    computed from the same summary and comparisons as leaderboard.md (harness/leaderboard/: collect,
     summarise, compare, csv_table).
 
     One line per (task, variant, data_source, method, config_id, metric): label, n_runs, n_failed, mean, std
@@ -231,7 +232,27 @@ def leaderboard(results_dir: str | Path = "results") -> pd.DataFrame:
     paired comparisons are joined as columns: vs_student_* (n pairs, delta, ci_low, ci_high, p_t, p_sign_flip,
     p_holm, significant, ...) and, when such runs exist, vs_pi_zeros_* / vs_pi_shuffle_*. Empty without records.
     """
-    from harness.leaderboard import collect, compare, csv_table, summarise
+    from harness.leaderboard.csvfile import csv_table
+    from harness.leaderboard.paired import compare
+    from harness.leaderboard.records import collect
+    from harness.leaderboard.summary import summarise
 
     runs = collect(results_dir)
     return csv_table(summarise(runs), compare(runs))
+
+
+def cross_task(results_dir: str | Path = "results") -> pd.DataFrame:
+    """The cross-task summary as a DataFrame: the table `harness leaderboard` writes to leaderboard_ranks.csv, from
+    the same records as leaderboard.md's "Cross-task summary" (harness/leaderboard/crosstask.py).
+
+    Per data source (never pooled across data sources): one line per section and method (kind=section: the
+    configuration chosen on validation, its test value of the section's primary metric and its rank, 1 = best),
+    then one line per method (kind=mean: mean_rank over the sections it ran on, n_sections, n_won and, for the
+    methods of the Friedman block, block_mean_rank, friedman_statistic, friedman_p, critical_difference).
+    """
+    from harness.leaderboard.crosstask import entrants, summary_table
+    from harness.leaderboard.records import collect
+    from harness.leaderboard.summary import summarise
+
+    runs = collect(results_dir)
+    return summary_table(entrants(runs, summarise(runs)))

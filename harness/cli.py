@@ -99,10 +99,11 @@ def cmd_list(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from harness.leaderboard import write_leaderboard
+    from harness.leaderboard import ranks_csv_path, write_leaderboard
 
     text, summary = write_leaderboard(args.results, args.out, args.csv, args.latex, strict=args.strict)
-    written = f"{args.out}, {args.csv} and {args.latex}" if args.latex else f"{args.out} and {args.csv}"
+    files = [args.out, args.csv, ranks_csv_path(args.csv), *([args.latex] if args.latex else [])]
+    written = ", ".join(map(str, files[:-1])) + f" and {files[-1]}"
     print(text if args.print else f"wrote {written} from {args.results}/ ({len(summary)} summary rows)")
     return 0
 

@@ -122,7 +122,7 @@ FAMILY_NAME_TEXT = "a name of letters, digits, _ or -"
 
 
 def is_family_name(v: Any) -> bool:
-    """A stats.family value (harness/leaderboard.py reads it from records with the same rule)."""
+    """A stats.family value (harness/leaderboard/records.py reads it from records with the same rule)."""
     return isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]+", v) is not None
 
 

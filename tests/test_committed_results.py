@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from harness.leaderboard import collect, render, summarise
+from harness.leaderboard.crosstask import entrants, summary_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = sorted((ROOT / "results").glob("*/*/*/record.json"))
@@ -81,3 +82,26 @@ def test_every_committed_record_keeps_its_run_key():
            if key != recorded or key != path.parent.name]
     assert n > 300
     assert not bad, f"{len(bad)} of {n} records re-key differently today, e.g. {bad[:3]}"
+
+
+def test_leaderboard_ranks_csv_is_generated_from_the_records():
+    ranks = ROOT / "leaderboard_ranks.csv"
+    if not RECORDS:
+        pytest.skip("no committed records")
+    df = collect(ROOT / "results")
+    assert ranks.read_text() == summary_table(entrants(df, summarise(df))).to_csv(index=False), \
+        "leaderboard_ranks.csv is stale: run `harness leaderboard`"
+
+
+MAX_LABEL = 24  # the longest short label today, `mtpkdot·e · PI zeros`, is 20 characters
+
+
+def test_committed_leaderboard_row_labels_are_short():
+    """Every table row of leaderboard.md starts with a short label (the method, a variant tag, a control), never
+    the overrides (they are listed once under each table): a table fits a screen."""
+    text = (ROOT / "leaderboard.md").read_text().split("## Published reference numbers")[0]
+    sections = [s for s in text.split("\n## ")[1:] if not s.startswith("Cross-task summary")]
+    labels = [line.split("|")[1].strip() for s in sections for line in s.splitlines()
+              if line.startswith("| ") and not line.startswith("| method")]
+    assert labels and max(map(len, labels)) <= MAX_LABEL, max(labels, key=len)
+    assert not any("[" in label or "=" in label for label in labels)

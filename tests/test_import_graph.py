@@ -19,7 +19,6 @@ import ast
 from pathlib import Path
 
 import networkx as nx
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("harness", "methods", "tasks")
@@ -138,17 +137,6 @@ def cycles() -> list[list[str]]:
     return sorted(out)
 
 
-# harness/latex.py <-> harness/leaderboard.py: broken on the branch that splits the leaderboard into a package.
-LEADERBOARD_SPLIT = ("harness.latex", "harness.leaderboard")
-
-
-def test_no_import_cycle_apart_from_latex_and_leaderboard():
-    others = [c for c in cycles() if not all(any(in_package(m, p) for p in LEADERBOARD_SPLIT) for m in c)]
-    assert others == []
-
-
-@pytest.mark.xfail(strict=True, reason="harness/latex.py <-> harness/leaderboard.py import each other until the "
-                                       "leaderboard-package branch is merged; remove this mark then")
 def test_no_import_cycle():
     assert cycles() == []
 

@@ -10,7 +10,7 @@ import pytest
 from test_leaderboard import METHODS, STUDENT, write
 
 from harness.cli import main
-from harness.latex import escape, render_latex
+from harness.leaderboard.latex import escape, render_latex
 from harness.leaderboard import collect, compare, summarise
 
 KD = METHODS["kd"]

@@ -12,7 +12,7 @@ from scipy.stats import ttest_rel
 from _records import control_overrides, hand_made_record
 
 from harness.errors import RecordError
-from harness.latex import render_latex
+from harness.leaderboard.latex import render_latex
 from harness.leaderboard import LeaderboardError, collect, compare, render, summarise, write_leaderboard
 
 
@@ -42,7 +42,7 @@ def test_mean_std_delta_bounds_and_failures(tmp_path):
     assert "f0-s3-x: ValueError: boom" in text
     assert "Synthetic data" in text
     # rows: lower bound first, upper bound last (the tasks' published numbers follow in their own table)
-    section = text.split("## Published reference numbers")[0]
+    section = text.split("## Published reference numbers")[0].split("\n## synthetic")[-1]  # not the cross-task table
     lines = [l for l in section.splitlines() if l.startswith("| ") and "method" not in l]
     assert lines[0].startswith("| student") and lines[-1].startswith("| teacher")
 
@@ -69,7 +69,8 @@ def test_row_labels_show_only_method_settings(tmp_path):
                         "teacher.modalities=privileged"]
     rec_path.write_text(json.dumps(rec))
     text = render(summarise(collect(tmp_path)), collect(tmp_path))
-    assert "| kd [method.temperature=2 train.lr=0.01 teacher.modalities=privileged]" in text
+    # the row is labelled by its method alone, its overrides listed once under the table
+    assert "| kd " in text and "- `kd`: `method.temperature=2 train.lr=0.01 teacher.modalities=privileged`" in text
     assert "results_dir" not in text and "+0.100" in text
 
 
@@ -163,8 +164,9 @@ def test_paired_delta_ci_p_values_and_holm_against_scipy(tmp_path):
     assert cell.startswith(f"{kd['mean']:+.3f} [{kd.ci_low:+.3f}, {kd.ci_high:+.3f}] p=")
     assert cell.endswith(" *") == bool(kd.significant)
     assert rows["teacher"]["Δ ccc_mean vs student [95% CI], paired t p"].endswith("p<0.001 *")
-    # 5 pairs: the header states the exact test's floor, 2/2^5
-    assert rows["kd"]["sign-flip p (exact; min 0.0625 at n=5)"] == "0.0625"
+    # 5 pairs: the line under the table states the exact test's floor, 2/2^5
+    assert rows["kd"]["sign-flip p"] == "0.0625"
+    assert "`sign-flip p`: exact two-sided sign-flip test; its floor is 0.0625 at n=5." in render(summarise(df), df)
     assert rows["kd"]["pairs"] == "5" and rows["student"]["pairs"] == ""
     text = render(summarise(df), df)
     assert "Holm's correction over the section's 3 comparisons with the student" in text
@@ -202,14 +204,16 @@ def test_a_study_declared_in_stats_family_is_corrected_apart_from_the_main_rows(
     text = render(summarise(df), df)
     rows = section_rows(text)
     if declared:
-        assert rows["kd [method.lr=0.05]"]["role"] == "Holm family lr_sensitivity" and rows["kd"]["role"] == ""
+        # kd·a: the defaults (fewest overrides), kd·b: the study's configuration, its override listed once
+        assert rows["kd·b"]["role"] == "Holm family lr_sensitivity" and rows["kd·a"]["role"] == ""
+        assert "- `kd·b`: `method.lr=0.05`" in text
         assert ("Holm's correction over each family of the section (stats.family), separately: main: 3 comparisons "
                 "with the student; lr_sensitivity: 2 comparisons with the student.") in text
         tex = render_latex(summarise(df), cmp)
         assert r"kd [method.lr=0.05] (Holm family lr\_sensitivity)" in tex
         assert r"main: 3 comparisons with the student; lr\_sensitivity: 2 comparisons with the student." in tex
     else:
-        assert rows["kd [method.lr=0.05]"]["role"] == ""
+        assert rows["kd·b"]["role"] == ""
         assert "Holm's correction over the section's 5 comparisons with the student." in text
 
 
@@ -244,7 +248,7 @@ def test_unpaired_runs_are_counted_named_and_left_out(tmp_path):
     assert "- kd vs student: kd f0-s5 (no student partner); student f0-s4 (no kd partner)" in text
     rows = section_rows(text)
     assert rows["kd"]["runs"] == "5" and rows["kd"]["pairs"] == "4"
-    assert "sign-flip p (exact; min 0.125 at n=4)" in rows["kd"]
+    assert "sign-flip p" in rows["kd"] and "its floor is 0.125 at n=4." in text
 
 
 def test_privileged_information_control_rows_and_method_minus_control(tmp_path):

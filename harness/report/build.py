@@ -13,8 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.leaderboard import (BOUND_LABEL, CONTROL_ROLE, REFERENCE, SELECTED_ON_TEST, SOURCE_NOTE, SectionLayout,
-                                 _delta_cell, _fmt, collect, compare, section_layouts, summarise, task_note)
+from harness.leaderboard.cells import _delta_cell, _fmt, _p
+from harness.leaderboard.crosstask import entrants, friedman, mean_ranks
+from harness.leaderboard.common import BOUND_LABEL, CONTROL_ROLE, REFERENCE, SELECTED_ON_TEST, SOURCE_NOTE
+from harness.leaderboard.layout import SectionLayout, section_layouts, task_note
+from harness.leaderboard.paired import compare
+from harness.leaderboard.records import collect
+from harness.leaderboard.summary import summarise
 from harness.metrics import higher_is_better
 from harness.records import git_sha, iter_records
 from harness.report import data, figures
@@ -86,7 +91,30 @@ def build(results_dir: Path, out: Path, command: str) -> dict:
             "n_records": len(records), "n_ok": statuses.get("ok", 0),
             "n_failed": len(records) - statuses.get("ok", 0),
             "git_counts": Counter(str(r.get("git", "unknown")) for r in records.values()).most_common(),
-            "sections": sections}
+            "sections": sections, "cross_task": _cross_task(runs, summary, out)}
+
+
+def _cross_task(runs: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[dict]:
+    """Per data source: leaderboard.md's cross-task mean ranks, its Friedman test and the critical-difference
+    diagram (crosstask.py: nothing recomputed here)."""
+    ranked = entrants(runs, summary)
+    blocks = []
+    for i, source in enumerate(sorted(set(ranked.data_source))):
+        test = friedman(ranked, source)
+        block = {"source": source, "note": SOURCE_NOTE.get(source, source), "figure": None, "friedman": None,
+                 "means": [{"method": r.method, "mean_rank": f"{r.mean_rank:.2f}", "n_sections": int(r.n_sections),
+                            "n_won": int(r.n_won),
+                            "block": f"{test.mean_ranks[r.method]:.2f}" if test and r.method in test.mean_ranks
+                            else ""} for r in mean_ranks(ranked[ranked.data_source == source]).itertuples()]}
+        if test is not None:
+            k, n = test.ranks.shape[1], len(test.ranks)
+            block["friedman"] = (f"Friedman test over the {n} sections where all of {', '.join(test.ranks.columns)} "
+                                 f"ran: χ²({k - 1}) = {test.statistic:.2f}, {_p(test.pvalue, 'p')}; Nemenyi critical "
+                                 f"difference of mean ranks at 0.05: {test.cd:.2f}.")
+            path = figures.critical_difference(test, out / f"cd-{i + 1}.png")
+            block["figure"] = path.name if path else None
+        blocks.append(block)
+    return blocks
 
 
 def _slug(text: str) -> str:
@@ -187,6 +215,6 @@ def _method(sid: str, first: pd.Series, recs: list[dict], primary: str | None, o
     summary = (f"{len(recs)} ok runs; {len(curves)} with a training log of the {model}"
                + (f"; selected epochs {', '.join(map(str, selected))}" if selected else "")
                + (f"; stop reasons: {', '.join(f'{k} ({n})' for k, n in stops.items())}" if curves else "") + ".")
-    if first.n_flagged:  # the leaderboard's own flag (harness/leaderboard.py _flags), not recomputed
+    if first.n_flagged:  # the leaderboard's own flag (harness/leaderboard/flags.py _flags), not recomputed
         summary += f" Possibly undertrained, {int(first.n_flagged)} of {int(first.n_runs)}: {first.flagged_runs}."
     return {"id": stem, "label": label, "summary": summary, "figures": figs}

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harness.leaderboard import EVALUATED_MODEL, REFERENCE, SectionLayout
+from harness.leaderboard.common import EVALUATED_MODEL, REFERENCE
+from harness.leaderboard.layout import SectionLayout
 
 
 @dataclass(frozen=True)

@@ -193,3 +193,22 @@ def teacher_choice(runs: list[tuple[str, dict]], label: str, path: Path) -> Path
     height = fig.get_figheight()
     fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.6 / height, bottom=0.5 / height, hspace=0.25)
     return _save(fig, path)
+
+
+def critical_difference(test, path: Path) -> Path | None:
+    """The critical-difference diagram of a Friedman block (harness/leaderboard/crosstask.py): each method at its
+    mean rank, methods the Nemenyi test does not tell apart at the block's alpha joined by a bar (scikit-posthocs'
+    critical_difference_diagram, fed the Nemenyi p values of the same rank matrix). None without scikit-posthocs."""
+    try:
+        import scikit_posthocs
+    except ImportError:
+        return None
+    k = test.ranks.shape[1]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.3 * k), dpi=DPI)
+    scikit_posthocs.critical_difference_diagram(test.mean_ranks, test.nemenyi(), ax=ax, alpha=0.05)
+    ax.set_title(f"{test.data_source} data: mean rank over {len(test.ranks)} sections (1 = best); "
+                 f"CD = {test.cd:.2f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

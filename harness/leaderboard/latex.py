@@ -1,7 +1,7 @@
 """LaTeX export of the leaderboard: one booktabs table per section, as a document pdflatex compiles.
 
-Rendered from the same summary and comparison DataFrames as leaderboard.md (harness.leaderboard.section_layouts
-gives both the same sections, metric columns and rows in the same order), never from a second computation.
+Rendered from the same summary and comparison DataFrames as leaderboard.md (section_layouts, harness/leaderboard/
+layout.py, gives both the same sections, metric columns and rows in the same order), never from a second computation.
 Each table: the rows' metrics (mean ± sample std, or a single run's bootstrap CI of the primary metric), the
 paired Δ vs the student and, when control runs exist, vs the privileged-information controls, with a dagger
 on the differences significant after Holm's correction; the best value of each metric among the methods (not bounds, not controls) in bold;
@@ -21,8 +21,8 @@ import unicodedata
 import pandas as pd
 
 from harness import stats
-from harness.leaderboard import (MAIN_FAMILY, REFERENCE, SELECTED_ON_TEST, SectionLayout, holm_families,
-                                 section_layouts, task_note)
+from harness.leaderboard.common import MAIN_FAMILY, REFERENCE, SELECTED_ON_TEST
+from harness.leaderboard.layout import SectionLayout, holm_families, section_layouts, task_note
 from harness.metrics import higher_is_better
 
 SIGNIFICANT_MARK = r"^{\dagger}"  # in math mode, after a Δ's mean

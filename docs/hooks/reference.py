@@ -435,12 +435,18 @@ def expand_markers(markdown: str) -> str:
     return MARKER.sub(replace, markdown)
 
 
+def root_leaderboard() -> str:
+    """The repository's leaderboard.md as a page at the site's root: its links into docs/ (written to work on the
+    repository, `docs/statistics.md`) become links within the site (`statistics.md`)."""
+    return re.sub(r"\]\(docs/", "](", (ROOT / "leaderboard.md").read_text())
+
+
 def on_files(files, config):
     from mkdocs.structure.files import File
 
     generated = {"reference/config.md": config_reference, "reference/cli.md": cli_reference}
     if files.get_file_from_path("leaderboard.md") is None and (ROOT / "leaderboard.md").exists():
-        generated["leaderboard.md"] = lambda: (ROOT / "leaderboard.md").read_text()
+        generated["leaderboard.md"] = root_leaderboard
     for uri, make in generated.items():
         if files.get_file_from_path(uri) is None:
             files.append(File.generated(config, uri, content=make()))

@@ -12,8 +12,9 @@
   and the optional feature cache (harness/cache.py).
 - The mimic writers: MMSA `aligned_50.pkl` / `unaligned_50.pkl` and MulT `iemocap_data*.pkl` in the
   real layouts with a planted learnable relation, generated into memory-mapped scratch files and pickled
-  from them (`dump_pickle`), so a MOSEI-sized mimic never holds the whole tree in memory. Every mimic tree carries a `MIMIC_DATA.txt` beside
-  the pickle and a `__mimic__` key inside it, so its numbers are always labelled mimic.
+  from them (`dump_pickle`), so a MOSEI-sized mimic never holds the whole tree in memory. Every mimic tree
+  carries a `MIMIC_DATA.txt` beside the pickle and a `__mimic__` key inside it, so its numbers are always
+  labelled mimic.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ class _Restricted:
 
     def _reconstruct_on_read(self, subtype, shape, dtype):
         if subtype is not np.ndarray:
-            raise RefusedPickleError(f"{self.path}: refused to rebuild an array of type {subtype!r} (only numpy.ndarray)")
+            raise RefusedPickleError(f"{self.path}: refused to rebuild an array of type {subtype!r} "
+                                     f"(only numpy.ndarray)")
         return _ArrayOnRead(self)
 
     def _frombuffer_on_read(self, buf, dtype, shape, order):  # how numpy pickles at protocol 5

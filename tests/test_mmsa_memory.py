@@ -171,3 +171,20 @@ def test_feature_cache_is_written_a_part_at_a_time(tmp_path):
     assert result["grow"] < 1.0, f"writing the cache grew RSS by {result['grow']:.2f}x the array"
     folder = next(p for p in (tmp_path / "cache" / "features" / "demo").iterdir() if p.is_dir())
     assert sorted(p.name for p in folder.iterdir()) == [f"part-{i:05d}" for i in range(12)]
+
+
+def test_a_cache_written_before_the_parts_is_still_read(tmp_path):
+    # caches written as one save_to_disk folder (before the parts) stay valid: same key, read as they are
+    import datasets
+
+    from harness.cache import cache_key, cached_arrays
+
+    source = tmp_path / "source"
+    source.write_text("x")
+    x = np.arange(24, dtype=np.float32).reshape(4, 2, 3)
+    folder = tmp_path / "cache" / "features" / "demo" / cache_key("demo", [source], {})
+    datasets.Dataset.from_dict({"x": x}, features=datasets.Features(
+        {"x": datasets.Array2D(shape=(2, 3), dtype="float32")})).save_to_disk(str(folder))
+    cols, hit = cached_arrays("demo", [source], {}, lambda: pytest.fail("rebuilt a valid cache"), tmp_path / "cache")
+    assert hit
+    np.testing.assert_array_equal(cols["x"], x)

@@ -63,26 +63,54 @@ def cached_arrays(name: str, sources: Iterable[Path | str], config: dict, build:
 
     datasets.disable_progress_bars()
     sources = list(sources)
-    folder = Path(cache_dir) / "features" / name / cache_key(name, sources, config)
+    key = cache_key(name, sources, config)
+    # written a part at a time under <key>.parts; code before the parts wrote one folder <key>, which is still read
+    # (and which that code, reading only <key>, never confuses with the parts)
+    folder, whole = Path(cache_dir) / "features" / name / f"{key}.parts", Path(cache_dir) / "features" / name / key
     make_dirs(folder.parent)
     with FileLock(str(folder) + ".lock"):
+        if not folder.exists() and whole.is_dir():
+            return _read(whole), True
         if not folder.exists():
             arrays = build()
             # whole or not at all; a full disk: DiskFullError naming the cache folder and the arrays' size
             with atomic_folder(folder, f"the {name} feature cache", needed=_nbytes(arrays)) as tmp:
                 _save(arrays, tmp)
             return {k: _as_array(v) for k, v in arrays.items()}, False
-    return {k: _restack(v) for k, v in _load(folder).with_format("numpy")[:].items()}, True
+    return _read(folder), True
 
 
-def _load(folder: Path):
-    """The cached Dataset: one save_to_disk folder (caches written before the parts), or its parts in order."""
+def _read(folder: Path) -> dict[str, object]:
+    """The cached columns. Parts are read one at a time into arrays of the whole size, each part's memory-mapped
+    file dropped before the next: reading the whole Dataset at once held every mapped page beside the arrays
+    made from them (MOSEI: a cache hit peaked at 1.44x the inputs). One save_to_disk folder (caches written before
+    the parts), or parts whose columns do not stack alike, are read whole."""
     import datasets
 
-    if (folder / "state.json").is_file():
-        return datasets.load_from_disk(str(folder))
-    parts = [datasets.load_from_disk(str(p)) for p in sorted(folder.glob("part-*"))]
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    paths = sorted(folder.glob("part-*"))
+    if not paths:  # one save_to_disk folder
+        return _columns(datasets.load_from_disk(str(folder)))
+    sizes = [datasets.load_from_disk(str(p)).num_rows for p in paths]  # metadata only
+    out: dict[str, object] = {}
+    row = 0
+    for path, size in zip(paths, sizes):
+        for k, v in _columns(datasets.load_from_disk(str(path))).items():
+            if isinstance(v, list) and isinstance(out.get(k, []), list):
+                out.setdefault(k, []).extend(v)
+            elif isinstance(v, np.ndarray) and (k not in out or (isinstance(out[k], np.ndarray)
+                                                                  and out[k].shape[1:] == v.shape[1:]
+                                                                  and out[k].dtype == v.dtype)):
+                if k not in out:
+                    out[k] = np.empty((sum(sizes), *v.shape[1:]), v.dtype)
+                out[k][row:row + size] = v
+            else:  # a column ragged in one part and stacked in another: read the parts as one Dataset
+                return _columns(datasets.concatenate_datasets([datasets.load_from_disk(str(p)) for p in paths]))
+        row += size
+    return out
+
+
+def _columns(ds) -> dict[str, object]:
+    return {k: _restack(v) for k, v in ds.with_format("numpy")[:].items()}
 
 
 def _feature_of(v):

@@ -81,32 +81,14 @@ def cached_arrays(name: str, sources: Iterable[Path | str], config: dict, build:
 
 
 def _read(folder: Path) -> dict[str, object]:
-    """The cached columns. Parts are read one at a time into arrays of the whole size, each part's memory-mapped
-    file dropped before the next: reading the whole Dataset at once held every mapped page beside the arrays
-    made from them (MOSEI: a cache hit peaked at 1.44x the inputs). One save_to_disk folder (caches written before
-    the parts), or parts whose columns do not stack alike, are read whole."""
+    """The cached columns: one save_to_disk folder (caches written before the parts), or its parts in order."""
     import datasets
 
     paths = sorted(folder.glob("part-*"))
-    if not paths:  # one save_to_disk folder
+    if not paths:
         return _columns(datasets.load_from_disk(str(folder)))
-    sizes = [datasets.load_from_disk(str(p)).num_rows for p in paths]  # metadata only
-    out: dict[str, object] = {}
-    row = 0
-    for path, size in zip(paths, sizes):
-        for k, v in _columns(datasets.load_from_disk(str(path))).items():
-            if isinstance(v, list) and isinstance(out.get(k, []), list):
-                out.setdefault(k, []).extend(v)
-            elif isinstance(v, np.ndarray) and (k not in out or (isinstance(out[k], np.ndarray)
-                                                                  and out[k].shape[1:] == v.shape[1:]
-                                                                  and out[k].dtype == v.dtype)):
-                if k not in out:
-                    out[k] = np.empty((sum(sizes), *v.shape[1:]), v.dtype)
-                out[k][row:row + size] = v
-            else:  # a column ragged in one part and stacked in another: read the parts as one Dataset
-                return _columns(datasets.concatenate_datasets([datasets.load_from_disk(str(p)) for p in paths]))
-        row += size
-    return out
+    parts = [datasets.load_from_disk(str(p)) for p in paths]
+    return _columns(parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts))
 
 
 def _columns(ds) -> dict[str, object]:

@@ -3,6 +3,8 @@
     python benchmarks/bench_scale.py --scale 0.02                              # 2 % of each dataset, every method
     python benchmarks/bench_scale.py --scale 0.02 --tasks affwild2 --stride 32 8 --compare-to HEAD~3
     python benchmarks/bench_scale.py --scale 1 --workdir /scratch/bench        # full size: an idle 24 GiB machine
+    python benchmarks/bench_scale.py --scale 1 --compare-to 74ce559 --max-rss-gb 12   # the full-size table of
+                                                          # docs/benchmarks/scale.md (the old code stops at the guard)
 
 Writes MIMIC trees (the real on-disk formats, NOT real data) with the tasks' own writers (`harness data mimic`),
 one track / sample at a time, sized as the real datasets times --scale:

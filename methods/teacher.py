@@ -75,8 +75,15 @@ def frozen_outputs(fn: Callable[[dict, dict], tuple[torch.Tensor, ...]], split: 
     if not bool(OmegaConf.select(ctx.cfg, "teacher.cache_outputs", default=True)):
         return per_batch
     data = SplitTensors(split, ctx.device, ctx.spec.target.kind == "classification")
-    parts = [per_batch(batch) for batch in data.batches(int(ctx.cfg.train.eval_batch_size))]
-    table = tuple(torch.cat(column) for column in zip(*parts))
+    table, n = None, len(split)
+    for batch in data.batches(int(ctx.cfg.train.eval_batch_size)):  # in order: rows index..index+len
+        part = per_batch(batch)
+        if table is None:  # filled in place: a list of parts and their concatenation would hold it twice
+            table = tuple(column.new_empty((n, *column.shape[1:])) for column in part)
+        start = int(batch.index[0])
+        for column, values in zip(table, part):
+            column[start:start + len(values)] = values
+    table = table or ()  # an empty split: no rows to read
 
     def cached(batch: Batch) -> tuple[torch.Tensor, ...]:
         index = batch.index.to(ctx.device)

@@ -3,14 +3,18 @@
 - `load_pickle`: a restricted unpickler. These files come from third parties and `pickle.load` runs
   whatever a pickle names; ours builds only numpy arrays, dtypes and builtin containers and refuses
   any other global, naming the file and the global. Always `encoding="latin1"` (Python-2 pickles).
+  With `cast=` the loaders have float64 inputs (MOSEI's audio) cast to float32 as each array is read
+  (`CastOnRead`), so a float64 array never sits in memory beside the rest of the file.
 - `as_float32`: the cast to float32 first, then NaN/±inf -> 0, counted (MOSEI audio overflows in the
   cast; COVAREP has -inf; docs/datasets.md#general and #mmsa-cleaning).
 - `PickleTask`: what the three tasks share: `task.source=real|mimic`, the file lookup with one clear
   error, the mimic marker, `protocol=full|privileged`, the pickles' own train/valid/test as fold 0,
   and the optional feature cache (harness/cache.py).
 - The mimic writers: MMSA `aligned_50.pkl` / `unaligned_50.pkl` and MulT `iemocap_data*.pkl` in the
-  real layouts with a planted learnable relation. Every mimic tree carries a `MIMIC_DATA.txt` beside
-  the pickle and a `__mimic__` key inside it, so its numbers are always labelled mimic.
+  real layouts with a planted learnable relation, generated into memory-mapped scratch files and pickled
+  from them (`dump_pickle`), so a MOSEI-sized mimic never holds the whole tree in memory. Every mimic tree
+  carries a `MIMIC_DATA.txt` beside the pickle and a `__mimic__` key inside it, so its numbers are always
+  labelled mimic.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import codecs
 import json
 import pickle
 import re
+import struct
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,16 +63,71 @@ class RefusedPickleError(TaskError):
     """A pickle names something other than numpy arrays, dtypes and builtin containers."""
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """pickle.Unpickler whose find_class admits only ALLOWED_GLOBALS (plus latin1 `_codecs.encode`)."""
+class CastOnRead:
+    """A float64 array of a pickle that the loader reads as float32 (`cast` of load_pickle): cast and cleaned by
+    `as_float32` the moment the unpickler built it, while the file's later arrays are not read yet, so its float64
+    original (MOSEI's audio: twice its float32 size) is freed before the next array is read. `array` is the
+    float32 result, `counts` as_float32's counts (the overflow count needs the float64 values); `as_float32`
+    hands both back unchanged, and `np.asarray` gives the array."""
 
-    def __init__(self, file, path: Path | str):
-        super().__init__(file, encoding="latin1")
-        self.path = str(path)
+    __slots__ = ("array", "counts")
+
+    def __init__(self, array: np.ndarray, where: str):
+        self.array, self.counts = as_float32(array, where)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.array if dtype is None else self.array.astype(dtype, copy=False)
+
+
+class _ArrayOnRead:
+    """What the restricted unpickler builds for numpy's `_reconstruct`: an empty object that numpy's pickled
+    state (BUILD) fills. It builds the array the way numpy does (the array keeps the pickle's bytes, no copy),
+    then casts it to float32 at once when `cast(array)` says so and has the unpickler forget the float64 bytes
+    (its memo would hold them to the end of the file); `_resolve` swaps it for the array after loading."""
+
+    __slots__ = ("value", "unpickler")
+
+    def __init__(self, unpickler: "CastingUnpickler"):
+        self.value, self.unpickler = None, unpickler
+
+    def __setstate__(self, state):
+        if isinstance(state[-1], list):  # an object array: its elements (maybe arrays) are built already
+            state = (*state[:-1], [_resolve(v) for v in state[-1]])
+        array = _reconstruct(np.ndarray, (0,), b"b")
+        array.__setstate__(state)
+        u, self.unpickler = self.unpickler, None
+        if array.dtype == np.float64 and u.cast(array):
+            self.value = CastOnRead(array, f"{u.path} (an array cast to float32 as it was read)")
+            u.forget(state, state[-1])
+        else:
+            self.value = array
+
+
+def _resolve(obj: Any) -> Any:
+    """The unpickled tree with every _ArrayOnRead replaced by its array (or CastOnRead), in place."""
+    if isinstance(obj, _ArrayOnRead):
+        return obj.value
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = _resolve(v)
+    elif isinstance(obj, list):
+        obj[:] = [_resolve(v) for v in obj]
+    elif isinstance(obj, tuple):
+        return tuple(_resolve(v) for v in obj)
+    return obj
+
+
+class _Restricted:
+    """find_class of the two unpicklers below: only ALLOWED_GLOBALS (plus latin1 `_codecs.encode`)."""
+
+    path: str
+    cast: Callable[[np.ndarray], bool] | None = None
 
     def find_class(self, module: str, name: str):
         if (module, name) == ("_codecs", "encode"):
             return self._latin1_encode  # how Python 3 writes bytes at protocol 2
+        if self.cast is not None and name in ("_reconstruct", "_frombuffer") and (module, name) in ALLOWED_GLOBALS:
+            return self._reconstruct_on_read if name == "_reconstruct" else self._frombuffer_on_read
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -75,6 +136,18 @@ class RestrictedUnpickler(pickle.Unpickler):
                 f"containers are loaded from third-party pickles (running anything else could execute code). "
                 f"This file is not a plain MMSA/MulT feature pickle: check where it came from.") from None
 
+    def _reconstruct_on_read(self, subtype, shape, dtype):
+        if subtype is not np.ndarray:
+            raise RefusedPickleError(f"{self.path}: refused to rebuild an array of type {subtype!r} "
+                                     f"(only numpy.ndarray)")
+        return _ArrayOnRead(self)
+
+    def _frombuffer_on_read(self, buf, dtype, shape, order):  # how numpy pickles at protocol 5
+        array = _frombuffer(buf, dtype, shape, order)
+        if array.dtype == np.float64 and self.cast(array):
+            return CastOnRead(array, f"{self.path} (an array cast to float32 as it was read)")
+        return array
+
     def _latin1_encode(self, text: str, encoding: str = "utf-8"):
         if codecs.lookup(encoding).name != "iso8859-1":
             raise RefusedPickleError(f"{self.path}: refused _codecs.encode with encoding {encoding!r} (only latin1 "
@@ -82,9 +155,37 @@ class RestrictedUnpickler(pickle.Unpickler):
         return text.encode("latin1")
 
 
-def load_pickle(path: Path | str) -> Any:
+class RestrictedUnpickler(_Restricted, pickle.Unpickler):
+    """pickle.Unpickler whose find_class admits only ALLOWED_GLOBALS (plus latin1 `_codecs.encode`)."""
+
+    def __init__(self, file, path: Path | str):
+        pickle.Unpickler.__init__(self, file, encoding="latin1")
+        self.path = str(path)
+
+
+class CastingUnpickler(_Restricted, pickle._Unpickler):
+    """RestrictedUnpickler that reads a float64 array for which cast(array) is true as a CastOnRead (float32,
+    cleaned), see there. Python's own pure-Python unpickler: its memo is a dict from which a cast array's float64
+    bytes can be dropped mid-file (the C unpickler's memo cannot be edited while it reads); the big arrays are
+    single reads of their bytes either way."""
+
+    def __init__(self, file, path: Path | str, cast: Callable[[np.ndarray], bool]):
+        pickle._Unpickler.__init__(self, file, encoding="latin1")
+        self.path, self.cast = str(path), cast
+
+    def forget(self, *objects) -> None:
+        """Drop these objects from the memo (an array's state and bytes, which numpy's pickles never refer to
+        again), so they are freed now rather than when the file is read to its end."""
+        for key in [k for k, v in self.memo.items() if any(v is o for o in objects)]:
+            self.memo[key] = None  # not deleted: MEMOIZE numbers the next entry len(memo)
+
+
+def load_pickle(path: Path | str, cast: Callable[[np.ndarray], bool] | None = None) -> Any:
     """Unpickle a third-party file with RestrictedUnpickler; TaskError naming the file on any failure, and before
-    reading, when the machine has not even the file's size free (its arrays alone take that much)."""
+    reading, when the machine has not even the file's size free (its arrays alone take that much).
+
+    cast: float64 arrays for which cast(array) is true come back as CastOnRead (float32, cleaned as they were read;
+    the loaders pass their inputs' test); None: every array as the file has it."""
     path = Path(path)
     if path.is_file():
         from tasks._common import check_memory  # tasks._common imports pandas: only when a file is read
@@ -93,7 +194,12 @@ def load_pickle(path: Path | str) -> Any:
                                           f"inputs made from them take up to as much again)")
     try:
         with open(path, "rb") as f:
-            return RestrictedUnpickler(f, path).load()
+            unpickler = RestrictedUnpickler(f, path) if cast is None else CastingUnpickler(f, path, cast)
+            try:
+                data = unpickler.load()
+            finally:  # the memo holds every object, and bound methods in it make a cycle: free it now, not at gc
+                unpickler.memo.clear()
+        return data if cast is None else _resolve(data)
     except TaskError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
@@ -111,6 +217,8 @@ def as_float32(x: Any, where: str, in_place: bool = False, chunk_rows: int = 512
     in_place: clean a float32 input in place instead of copying it (the loader owns what it unpickled).
     Works in row chunks so the temporaries stay small on MOSEI-sized arrays.
     """
+    if isinstance(x, CastOnRead):  # cast and cleaned already, as the file was read
+        return x.array, dict(x.counts)
     src = np.asarray(x)
     if not (np.issubdtype(src.dtype, np.number) or src.dtype == bool):
         raise TaskError(f"{where}: expected a numeric array, got dtype {src.dtype}")
@@ -308,6 +416,12 @@ class PickleTask(Task):
     def read(self, data: dict, path: Path) -> tuple[dict[str, Split], dict]:
         raise NotImplementedError
 
+    @staticmethod
+    def cast_on_read(array: np.ndarray) -> bool:
+        """Which float64 arrays of the file are inputs, cast to float32 as they are read (load_pickle's cast):
+        the [N, T, D] sequences (and MMSA's text_bert [N, 3, L], read as float32 anyway)."""
+        return array.ndim == 3
+
     def source_files(self) -> list[Path]:
         """The one pickle every split comes from."""
         return [self.data_file()]
@@ -319,7 +433,7 @@ class PickleTask(Task):
             if self.cfg.get("feature_cache", False):
                 splits, info = self._read_cached(path)
             else:
-                splits, info = self._read_marked(load_pickle(path), path)
+                splits, info = self._read_marked(load_pickle(path, self.cast_on_read), path)
             info = {"file": str(path), "split": "the file's own train/valid/test (fold 0); seeds vary "
                                                 "initialisation only", **info, **audit_ids(splits)}
             self._dims = {m: int(splits["train"].inputs[m].shape[-1]) for m in self.modality_order}
@@ -341,7 +455,7 @@ class PickleTask(Task):
 
         def parsed():
             if not memo:
-                memo["splits"], memo["info"] = self._read_marked(load_pickle(path), path)
+                memo["splits"], memo["info"] = self._read_marked(load_pickle(path, self.cast_on_read), path)
             return memo["splits"], memo["info"]
 
         def build_split(name: str) -> Callable[[], dict]:
@@ -519,6 +633,11 @@ class MMSATask(PickleTask):
         y + 2·(own noise), so text is the strong privileged modality and A+V a weaker student.
         Quirks of the real files: -inf and a NaN in audio, float64 audio overflowing float32 (MOSEI).
         """
+        with ScratchArrays(folder) as scratch:
+            return cls._write_mimic_pickles(folder, cfg, scratch)
+
+    @classmethod
+    def _write_mimic_pickles(cls, folder: Path, cfg, scratch: ScratchArrays) -> list[Path]:
         rng = np.random.default_rng(int(cfg.mimic.seed))
         dims, T_un = cls.mimic_dims, cls.mimic_unaligned_T
         W = mixing_matrices(rng, 1, dims)
@@ -537,7 +656,7 @@ class MMSATask(PickleTask):
             y[: len(edge)] = edge
             text_lengths[key] = text_len = rng.integers(10, T_text + 1, n)
             text = planted_sequences(rng, (y + 0.2 * rng.standard_normal(n))[:, None] / 2, W["text"], text_len, T_text,
-                                     pad_noise=0.5)
+                                     pad_noise=0.5, alloc=scratch)
             bert = np.zeros((n, 3, T_text), np.float32)
             tokens = np.arange(T_text)[None, :] < text_len[:, None]
             bert[:, 0] = np.where(tokens, rng.integers(1000, 30000, (n, T_text)), 0)
@@ -550,7 +669,7 @@ class MMSATask(PickleTask):
                                                    dtype=object)[np.sign(y).astype(int) + 1],
                            "classification_labels": (np.sign(y) + 1).astype(np.float32)}
         written = []
-        for layout in ("aligned", "unaligned"):  # one file at a time: MOSEI-sized mimics stay within memory
+        for layout in ("aligned", "unaligned"):  # one file at a time, its arrays in scratch files
             out = {MIMIC_MARKER_KEY: "mimic data written by pkd-harness: not real data"}
             for key, c in common.items():
                 n, y = len(c["id"]), c["regression_labels"]
@@ -561,8 +680,9 @@ class MMSATask(PickleTask):
                     T, lens = T_un, {m: rng.integers(T_un[m] // 4, T_un[m] + 1, n) for m in T_un}
                 signal = {m: (y + 2.0 * rng.standard_normal(n))[:, None] / 2 for m in ("audio", "vision")}
                 audio = planted_sequences(rng, signal["audio"], W["audio"], lens["audio"], T["audio"],
-                                          dtype=np.float64 if cls.mimic_mosei_quirks else np.float32)
-                vision = planted_sequences(rng, signal["vision"], W["vision"], lens["vision"], T["vision"])
+                                          dtype=np.float64 if cls.mimic_mosei_quirks else np.float32, alloc=scratch)
+                vision = planted_sequences(rng, signal["vision"], W["vision"], lens["vision"], T["vision"],
+                                           alloc=scratch)
                 audio[0, 0, 0] = -np.inf  # COVAREP -inf
                 if key == "train":
                     audio[1, 0, 0] = np.nan
@@ -576,12 +696,58 @@ class MMSATask(PickleTask):
         return written
 
 
+class _StreamingPickler(pickle._Pickler):
+    """Protocol 4 with numpy's own layout for arrays (`_reconstruct` and the state BUILD sets, as `pickle.dump`
+    writes them), except that a numeric array's bytes go to the file straight from its buffer (a np.memmap's
+    pages) instead of through the bytes copy of the whole array that ndarray.__reduce__ makes. The pure-Python
+    pickler: the C one has no hook for writing a buffer at protocol 4."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def reducer_override(self, obj):
+        if isinstance(obj, np.ndarray) and obj.dtype.kind in "biuf" and obj.flags.c_contiguous and obj.size:
+            data = memoryview(np.asarray(obj).reshape(-1).view(np.uint8))
+            return _reconstruct, (np.ndarray, (0,), b"b"), (1, obj.shape, obj.dtype, False, data)
+        return NotImplemented
+
+    def _save_buffer(self, data: memoryview):  # what save_bytes writes for a bytes object of these contents
+        n = data.nbytes
+        if n < self.framer._FRAME_SIZE_TARGET:  # small: inside the current frame, as a bytes object
+            self.save_bytes(data.tobytes())
+            return
+        header = pickle.BINBYTES8 + struct.pack("<Q", n) if n > 0xFFFFFFFF else pickle.BINBYTES + struct.pack("<I", n)
+        self._write_large_bytes(header, data)
+        self.memoize(data)
+
+    dispatch[memoryview] = _save_buffer
+
+
 def dump_pickle(obj: Any, path: Path) -> Path:
+    """obj pickled (protocol 4, read back by pickle.load and load_pickle alike) to path, through a temporary file."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=4)
+        _StreamingPickler(f, protocol=4).dump(obj)
     tmp.replace(path)
     return path
+
+
+class ScratchArrays:
+    """Arrays in memory-mapped files of a temporary folder (removed on exit): a mimic's large arrays are generated
+    into files the kernel can write out, not into memory, and dump_pickle writes them from there."""
+
+    def __init__(self, beside: Path):
+        self._dir = tempfile.TemporaryDirectory(prefix=".mimic-scratch-", dir=beside)
+        self._n = 0
+
+    def __call__(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        self._n += 1
+        return np.memmap(Path(self._dir.name) / f"{self._n}.bin", dtype=dtype, mode="w+", shape=shape)
+
+    def __enter__(self) -> "ScratchArrays":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._dir.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -605,12 +771,13 @@ def mixing_matrices(rng: np.random.Generator, signal_dim: int, dims: dict[str, i
 
 def planted_sequences(rng: np.random.Generator, signal: np.ndarray, W: np.ndarray, lengths: np.ndarray, T: int,
                       noise: float = 1.0, dtype=np.float32, pad_noise: float = 0.0,
-                      chunk_rows: int = 1024) -> np.ndarray:
+                      chunk_rows: int = 1024, alloc: Callable[[tuple, Any], np.ndarray] = np.empty) -> np.ndarray:
     """[N, T, D]: `signal` [N, S] mapped through W [S, D] at every valid step (the first lengths[n] steps)
     plus noise; steps after the length are zeros, or `pad_noise` noise (BERT outputs at padding tokens).
-    Generated in row chunks so a MOSEI-sized array needs no float64 temporaries of its full size."""
+    Generated in row chunks so a MOSEI-sized array needs no float64 temporaries of its full size, into
+    alloc(shape, dtype) (a ScratchArrays: a memory-mapped file)."""
     n, D = len(signal), W.shape[1]
-    out = np.empty((n, T, D), dtype)
+    out = alloc((n, T, D), dtype)
     steps = np.arange(T)
     for i in range(0, n, chunk_rows):
         j = min(n, i + chunk_rows)

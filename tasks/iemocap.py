@@ -57,6 +57,11 @@ class IEMOCAP(PickleTask):
     def file_name(self) -> str:
         return "iemocap_data.pkl" if self.cfg.aligned else "iemocap_data_noalign.pkl"
 
+    @staticmethod
+    def cast_on_read(array: np.ndarray) -> bool:
+        """The [N, T, D] inputs; `labels` [N, 4, 2] are read as the file has them."""
+        return array.ndim == 3 and array.shape[1:] != (len(EMOTIONS), 2)
+
     def metric_names(self) -> tuple[str, ...]:
         return ("f1_weighted_mean", "accuracy_mean", *self.per_emotion,
                 *(FOUR_CLASS if self.cfg.four_class_metrics else ()))

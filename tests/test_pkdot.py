@@ -21,7 +21,7 @@ from harness.training import SplitTensors
 from methods.blocks import TemporalEncoder, separable_conv_steps
 from methods.mtpkdot import per_sample_task_loss, select_teacher, select_teacher_per_sample
 from methods.ot import sinkhorn_divergence
-from methods.pkdot import PrivilegedStudent, TNet, centroid_loss, frozen_path, mmd_multi_kernel, pooled_features, structural_clouds, structural_ot_loss
+from methods.pkdot import PrivilegedStudent, TNet, centroid_loss, frozen_path, mmd_multi_kernel, mmd_multi_kernel_value, pooled_features, structural_clouds, structural_ot_loss
 
 
 def np_cos(z):
@@ -179,6 +179,20 @@ def test_mmd_matches_the_official_formula_by_hand():
     expected = kern[:5, :5].mean() + kern[5:, 5:].mean() - kern[:5, 5:].mean() - kern[5:, :5].mean()
     assert float(mmd_multi_kernel(torch.tensor(x), torch.tensor(y))) == pytest.approx(expected, rel=1e-10)
     assert float(mmd_multi_kernel(torch.tensor(x), torch.tensor(x))) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_mmd_value_in_row_blocks_equals_the_whole_matrix_formula(dtype):
+    # the T-Net's validation MMD (mmd_multi_kernel_value) over a split of 700 rows in blocks of 2-3 rows, straddling
+    # neither x's nor y's end, against mmd_multi_kernel's whole matrices: the same terms summed in another order,
+    # so equal to float64 round-off (1e-10) and, in float32, to the round-off of sums of 490,000 terms (1e-4 relative)
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.normal(size=(400, 16)), dtype=dtype)
+    y = torch.tensor(rng.normal(size=(300, 16)) + 0.3, dtype=dtype)
+    want = float(mmd_multi_kernel(x, y))
+    got = mmd_multi_kernel_value(x, y, block_elements=2000)
+    assert got == pytest.approx(want, rel=1e-10 if dtype == torch.float64 else 1e-4)
+    assert mmd_multi_kernel_value(x, x, block_elements=2000) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_teacher_selection_argmin_with_spec_tie_order():

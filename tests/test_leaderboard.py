@@ -368,6 +368,23 @@ def test_frozen_parts_that_ran_to_their_epoch_cap_are_named_apart(tmp_path):
     assert text.count("runs: tnet in") == 1  # not the no-validation row
 
 
+def test_a_part_at_its_cap_in_every_run_of_a_row_is_counted_not_listed(tmp_path):
+    """More than 3 runs, all with the part at its cap: `tnet in all 4`, not the four names (footnote lines of
+    hundreds of characters said nothing more); fewer, or not all: the names."""
+    config = {"method": {"name": "pkdot", "tnet": {"epochs": 60, "patience": 10}},
+              "task": {"name": "synthetic", "target": "regression"}}
+    for seed in range(4):
+        hand_made_record(tmp_path / "all", "pkdot", seed, {"ccc_mean": 0.3, "mae_mean": 0.7}, config=config,
+                         extra={"training": {"tnet": {"stop_reason": "max_epochs", "selected_epoch": 59}}})
+    for seed in range(4):
+        stop = "max_epochs" if seed < 3 else "patience"
+        hand_made_record(tmp_path / "some", "pkdot", seed, {"ccc_mean": 0.3, "mae_mean": 0.7}, config=config,
+                         extra={"training": {"tnet": {"stop_reason": stop, "selected_epoch": 30}}})
+    df_all, df_some = collect(tmp_path / "all"), collect(tmp_path / "some")
+    assert "- pkdot: 4 of 4 runs: tnet in all 4" in render(summarise(df_all), df_all)
+    assert "- pkdot: 3 of 4 runs: tnet in 3 (f0-s0, f0-s1, f0-s2)" in render(summarise(df_some), df_some)
+
+
 def test_bad_training_summary_names_the_file_and_field(tmp_path):
     path = write(tmp_path, "student", 0, 0.3,
                  extra={"training": {"student": {"stop_reason": "tired", "selected_epoch": 3}}})

@@ -88,4 +88,12 @@ def _flags(ok: pd.DataFrame) -> dict:
     return {"n_flagged": len(flagged), "n_selected_early": len(early), "n_few_updates": len(few_updates),
             "n_max_epochs": len(capped), "flagged_runs": "; ".join(parts),
             "n_parts_at_cap": len({run for runs in by_part.values() for run in runs}),
-            "parts_at_cap": "; ".join(f"{part} in {len(runs)} ({', '.join(runs)})" for part, runs in by_part.items())}
+            "parts_at_cap": "; ".join(_part_runs(part, runs, len(ok)) for part, runs in by_part.items())}
+
+
+def _part_runs(part: str, runs: list[str], n_ok: int) -> str:
+    """`tnet in 2 (f0-s0, f0-s3)`; a part at its cap in every one of more than 3 runs is `tnet in all 20`: a list
+    of every run of the row says nothing more and made footnote lines of hundreds of characters."""
+    if len(runs) == n_ok > 3:
+        return f"{part} in all {n_ok}"
+    return f"{part} in {len(runs)} ({', '.join(runs)})"

@@ -599,7 +599,9 @@ def teacher_choice(cell: Cell) -> dict | None:
         for name, n in (tc.get("total") or {}).items():
             total[name] = total.get(name, 0) + int(n)
     units = sorted({str(tc.get("unit", "?")) for tc in found})
-    selections = sorted({str(tc.get("selection", "?")) for tc in found})
+    # the granularity (method.selection) and where the heads are scored (method.selection_on; records made before
+    # that option scored on the training batch)
+    selections = sorted({f"{tc.get('selection', '?')} on {tc.get('selection_on', 'batch')}" for tc in found})
     return {"n": len(found), "total": total, "unit": "/".join(units), "selection": "/".join(selections)}
 
 

@@ -335,6 +335,7 @@ def test_tnet_medians_teacher_choices_and_flags_are_the_records(hand_made):
     total = [v for k, v in hand_made["choices"].items() if k[:3] == ("classes", "M", "none")]
     x, joint = sum(c["x"] for c in total), sum(c["joint"] for c in total)
     assert row["arm"] == "M"
+    assert row["selection"] == "batch on batch"  # records without selection_on were scored on the training batch
     assert f"x {x} ({100 * x / (x + joint):.1f} %)" in row["teacher choices (total over runs, share)"]
 
 

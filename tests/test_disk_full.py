@@ -324,7 +324,7 @@ def test_the_outputs_of_leaderboard_report_and_scaling_are_whole_or_untouched(co
     m = MESSAGE.fullmatch(err.strip())
     assert m and len(err.splitlines()) == 1, err
     assert m["folder"] == str(out)
-    assert m["what"] == {"leaderboard": "writing lb.md and lb.csv and lb.tex", "report": "writing the report report",
+    assert m["what"] == {"leaderboard": "writing lb.md and lb.csv and lb_ranks.csv and lb.tex", "report": "writing the report report",
                          "scaling": "writing scaling.png"}[command]
     assert files(out) == before and files(two_records) == records
     assert temporaries(tmp_path) == [] and sorted(p.name for p in out.iterdir()) == sorted(

@@ -154,21 +154,28 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
                               f"{', '.join(names) or 'none'}){hint}; `harness reproduce --list` shows them")
         path = recipe_dir() / f"{name_or_path}.yaml"
     where = _display(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{where}: cannot read the recipe: {str(e).splitlines()[0]}") from None
-    problems = recipe_problems(data)
-    if problems:
-        lines = [f"{where}: {p}" for p in problems]
-        raise ConfigError("\n".join(lines), lines=lines)
-    recipe = _build(path.stem, where, data)
+    recipe = _build(path.stem, where, read_definition(path, where, "recipe", recipe_problems))
     recipe.ref = path.stem if path.resolve().parent == recipe_dir().resolve() else str(name_or_path)
     return recipe
 
 
-def _check(d: Any, table: dict[str, Field], prefix: str, out: list[str]) -> bool:
-    """Unknown, missing and invalid keys of one mapping (harness/validate.py's checker), paths prefixed."""
+def read_definition(path: Path, where: str, kind: str, problems_of) -> dict:
+    """A recipe's or study's YAML (kind names it in messages), every problem problems_of finds said at once, each
+    line naming the file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{where}: cannot read the {kind}: {str(e).splitlines()[0]}") from None
+    problems = problems_of(data)
+    if problems:
+        lines = [f"{where}: {p}" for p in problems]
+        raise ConfigError("\n".join(lines), lines=lines)
+    return data
+
+
+def _check(d: Any, table: dict[str, Field], prefix: str, out: list[str], kind: str = "recipe") -> bool:
+    """Unknown, missing and invalid keys of one mapping (harness/validate.py's checker), paths prefixed; kind: what
+    the file is (a recipe, a study), for the message's list of keys."""
     from harness.validate import check_against
 
     if not isinstance(d, dict):
@@ -176,7 +183,7 @@ def _check(d: Any, table: dict[str, Field], prefix: str, out: list[str]) -> bool
         return False
     # nested under its prefix ("arms[1].name"), so that every message names the whole path
     nested = {prefix.rstrip("."): d} if prefix else d
-    found = [p.replace(" (see `harness run --cfg` for all keys)", f" (a recipe's keys here: {', '.join(table)})")
+    found = [p.replace(" (see `harness run --cfg` for all keys)", f" (a {kind}'s keys here: {', '.join(table)})")
              for p in check_against(nested, {prefix + k: f for k, f in table.items()})]
     out += found
     return not found

@@ -51,9 +51,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.errors import ConfigError
+from harness.reproduce import _check as check_definition  # the recipes' checker and reader serve studies too
+from harness.reproduce import read_definition
 from harness.schema import Field, choice, int_, is_family_name, list_of, optional, show, str_
 
 STUDY_MODULE = "harness.conf"
@@ -173,31 +173,14 @@ def load_study(name_or_path: str | Path) -> Study:
                                                                   else "") + "; `harness study --list` shows them")
         path = study_dir() / f"{name_or_path}.yaml"
     where = _display(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{where}: cannot read the study: {str(e).splitlines()[0]}") from None
-    problems = study_problems(data)
-    if problems:
-        lines = [f"{where}: {p}" for p in problems]
-        raise ConfigError("\n".join(lines), lines=lines)
-    study = _build(path.stem, where, data)
+    study = _build(path.stem, where, read_definition(path, where, "study", study_problems))
     study.ref = path.stem if path.resolve().parent == study_dir().resolve() else str(name_or_path)
     return study
 
 
 def _check(d: Any, fields: dict[str, Field], prefix: str, out: list[str]) -> bool:
-    """Unknown, missing and invalid keys of one mapping (harness/validate.py's checker), paths prefixed."""
-    from harness.validate import check_against
-
-    if not isinstance(d, dict):
-        out.append(f"{prefix.rstrip('.') or 'the file'}: expected a mapping, got {show(d)}")
-        return False
-    nested = {prefix.rstrip("."): d} if prefix else d
-    found = [p.replace(" (see `harness run --cfg` for all keys)", f" (a study's keys here: {', '.join(fields)})")
-             for p in check_against(nested, {prefix + k: f for k, f in fields.items()})]
-    out += found
-    return not found
+    """Unknown, missing and invalid keys of one mapping, paths prefixed: the recipes' checker."""
+    return check_definition(d, fields, prefix, out, kind="study")
 
 
 def _check_overrides(overrides: list, where: str, out: list[str]) -> None:

@@ -141,18 +141,24 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+def definition_path(name_or_path: str | Path, folder: Path, names: list[str], kind: str, command: str) -> Path:
+    """The YAML of a recipe or study given by name (one of `names`, in `folder`) or path; an unknown name is a
+    ConfigError naming the known ones, the close ones and the command that lists them."""
+    path = Path(name_or_path)
+    if path.suffix == ".yaml":
+        return path
+    if str(name_or_path) not in names:
+        close = difflib.get_close_matches(str(name_or_path), names, n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"no {kind} '{name_or_path}' in {_display(folder)} (known: "
+                          f"{', '.join(names) or 'none'}){hint}; `{command}` shows them")
+    return folder / f"{name_or_path}.yaml"
+
+
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A recipe by name (harness/conf/recipe/<name>.yaml) or path, every field checked: ConfigError with one line
     per problem, each naming the file, the field and what to write instead."""
-    path = Path(name_or_path)
-    if path.suffix != ".yaml":
-        names = recipe_names()
-        if str(name_or_path) not in names:
-            close = difflib.get_close_matches(str(name_or_path), names, n=2, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise ConfigError(f"no recipe '{name_or_path}' in {_display(recipe_dir())} (known: "
-                              f"{', '.join(names) or 'none'}){hint}; `harness reproduce --list` shows them")
-        path = recipe_dir() / f"{name_or_path}.yaml"
+    path = definition_path(name_or_path, recipe_dir(), recipe_names(), "recipe", "harness reproduce --list")
     where = _display(path)
     recipe = _build(path.stem, where, read_definition(path, where, "recipe", recipe_problems))
     recipe.ref = path.stem if path.resolve().parent == recipe_dir().resolve() else str(name_or_path)

@@ -53,7 +53,7 @@ from typing import Any
 
 from harness.errors import ConfigError
 from harness.reproduce import _check as check_definition  # the recipes' checker and reader serve studies too
-from harness.reproduce import read_definition
+from harness.reproduce import _display, definition_path, read_definition
 from harness.schema import Field, choice, int_, is_family_name, list_of, optional, show, str_
 
 STUDY_MODULE = "harness.conf"
@@ -153,25 +153,10 @@ def study_names() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
 def load_study(name_or_path: str | Path) -> Study:
     """A study by name (harness/conf/study/<name>.yaml) or path, every field checked: ConfigError with one line
     per problem, each naming the file, the field and what to write instead."""
-    path = Path(name_or_path)
-    if path.suffix != ".yaml":
-        names = study_names()
-        if str(name_or_path) not in names:
-            close = difflib.get_close_matches(str(name_or_path), names, n=2, cutoff=0.5)
-            raise ConfigError(f"no study '{name_or_path}' in {_display(study_dir())} (known: "
-                              f"{', '.join(names) or 'none'})" + (f"; did you mean {' or '.join(close)}?" if close
-                                                                  else "") + "; `harness study --list` shows them")
-        path = study_dir() / f"{name_or_path}.yaml"
+    path = definition_path(name_or_path, study_dir(), study_names(), "study", "harness study --list")
     where = _display(path)
     study = _build(path.stem, where, read_definition(path, where, "study", study_problems))
     study.ref = path.stem if path.resolve().parent == study_dir().resolve() else str(name_or_path)

@@ -1,9 +1,11 @@
-"""Memory of the Aff-Wild2 data path grows with the frames stored, once, whatever the window stride.
+"""Memory of the data path grows with the frames stored, once: Aff-Wild2 whatever the window stride, BioVid.
 
 benchmarks/bench_scale.py's measurement (its `data` mode: a fresh process loads the fold and serves one epoch of
 training batches and the validation and test batches; peak RSS from VmHWM, reset after the imports) on two
-mimic trees of 512-d frames at the overlapping stride 8, where the copies the loader used to make took 12.6x the
-inputs. The speed side (epoch time vs the old code) is measured in benchmarks/, not asserted here: timings on a
+mimic trees: Aff-Wild2's of 512-d frames at the overlapping stride 8, where the copies the loader used to make
+took 12.6x the inputs; BioVid's of 512-d visual frames and the physio features, where the loader before #28 held
+4.1x its inputs at full size (docs/benchmarks/scale.md). MOSEI's loader and feature cache are measured by
+tests/test_mmsa_memory.py. The speed side (epoch time vs the old code) is measured in benchmarks/, not asserted here: timings on a
 shared machine are too noisy for a test.
 """
 
@@ -53,3 +55,28 @@ def test_memory_grows_with_the_stored_frames_not_the_windows(bench, tmp_path):
     intercept = grow["small"] - slope * inputs["small"]
     assert -0.03 <= intercept <= 0.1, (intercept, slope, grow, inputs)
     assert grow["large"] / inputs["large"] <= 1.5 + 0.1 / inputs["large"], (grow, inputs)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/status (VmHWM)")
+def test_biovid_memory_grows_with_its_stored_frames(bench, tmp_path):
+    # 160 and 640 samples of 138 frames x 512 visual dims (with the physio cache, read as a second run reads it):
+    # 0.047 and 0.19 GB of inputs. The frames are stored once per modality and the splits are rows of those stores;
+    # one batch, the physio cache's parts and the allocator are the constant.
+    grow, inputs = {}, {}
+    for name, per_class in {"small": 8, "large": 32}.items():
+        tree = tmp_path / name
+        mimic = {"n_subjects": 10, "samples_per_class": per_class, "visual_dim": 512, "n_frames": 138,
+                 "write_raw": False, "seed": 1}
+        bench.write_mimic_tree("biovid", mimic, tree, ROOT)
+        inputs[name], _ = bench.inputs_gb("biovid", tree)
+        overrides = bench.task_overrides("biovid", tree, tmp_path / "cache", None) + ["method=student"]
+        bench.run_child(ROOT, overrides, "warm", max_rss_gb=2.0)
+        r = bench.run_child(ROOT, overrides, "data", max_rss_gb=2.0)
+        assert "error" not in r, r
+        grow[name] = r["peak_gb"] - r["floor_gb"]
+    # measured: slope 1.09, intercept 0.04 GB (the train split's batches of 64 at both sizes; the test fold's
+    # 32 and 128 samples make the small tree's last batch smaller, which the slope counts)
+    slope = (grow["large"] - grow["small"]) / (inputs["large"] - inputs["small"])
+    assert slope <= 1.5, (slope, grow, inputs)
+    intercept = grow["small"] - slope * inputs["small"]
+    assert -0.03 <= intercept <= 0.1, (intercept, slope, grow, inputs)

@@ -1,8 +1,10 @@
 """Epoch time on gathered windows vs on copies, in one process, interleaved: only the data path differs.
 
     python benchmarks/bench_window_epoch.py TREE STRIDE [REPEATS [CACHE_DIR]]   # TREE: an Aff-Wild2 (mimic) data root
+    python benchmarks/bench_window_epoch.py TREE - [REPEATS [CACHE_DIR]] --task biovid   # a BioVid (mimic) data root
 
-The same student net (model defaults: hidden 64, 2 layers) trains one epoch (batches of 64, shuffled) and
+The same net on every modality of the task (model defaults: hidden 64, 2 layers) trains one epoch (batches of
+64, shuffled) and
 predicts the validation split (batches of 512) on the fold's splits as loaded (FrameWindows: rows gathered from
 the frames stored once) and on the same splits materialised (np.asarray: the copies the loader made before).
 Old and new run in turn, REPEATS times after one warm-up round of each; the medians and their ratio are printed
@@ -11,7 +13,7 @@ processes on a shared machine move less than wall time. The losses and the valid
 bench_scale.py measures whole runs in fresh processes, where a shared machine's load moves single runs by more
 than the difference measured here.
 """
-import sys, time, statistics, warnings
+import argparse, statistics, time, warnings
 import numpy as np, torch
 torch.set_num_threads(1)
 warnings.simplefilter("ignore")
@@ -20,11 +22,19 @@ from harness.config import compose_one
 from harness.registry import TASKS
 from harness.training import SplitTensors, predict_in_batches
 from methods.blocks import MultimodalNet, task_loss
-tree, stride = sys.argv[1], sys.argv[2]
-repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 5
-cache = sys.argv[4] if len(sys.argv) > 4 else ".cache"
-cfg = compose_one(["task=affwild2", f"task.data_root={tree}", f"task.cache_dir={cache}", f"task.train_stride={stride}"])
-task = TASKS.get("affwild2")(cfg.task)
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("tree")
+ap.add_argument("stride", help="Aff-Wild2's task.train_stride; - for BioVid")
+ap.add_argument("repeats", nargs="?", type=int, default=5)
+ap.add_argument("cache", nargs="?", default=".cache")
+ap.add_argument("--task", choices=["affwild2", "biovid"], default="affwild2")
+args = ap.parse_args()
+tree, stride, repeats, cache = args.tree, args.stride, args.repeats, args.cache
+overrides = [f"task={args.task}", f"task.data_root={tree}", f"task.cache_dir={cache}"]
+if args.task == "affwild2":
+    overrides.append(f"task.train_stride={stride}")
+cfg = compose_one(overrides)
+task = TASKS.get(args.task)(cfg.task)
 fd = task.load_fold(0)
 copy = lambda s: replace(s, inputs={k: np.asarray(v) for k, v in s.inputs.items()})
 variants = {"gather": (fd.train, fd.val), "copies": (copy(fd.train), copy(fd.val))}
@@ -51,6 +61,6 @@ for r in range(repeats + 1):
         times[k].append(s); res[k] = (l, out)
     assert res["gather"][0] == res["copies"][0] and np.array_equal(res["gather"][1], res["copies"][1])
 med = {k: statistics.median(v[1:]) for k, v in times.items()}
-print(f"stride {stride}: {len(fd.train)} training windows; epoch CPU seconds, median of {repeats} after a warm-up: "
+print(f"{args.task} stride {stride}: {len(fd.train)} training rows; epoch CPU seconds, median of {repeats} after a warm-up: "
       f"gather {med['gather']:.2f}, copies {med['copies']:.2f}, ratio {med['gather'] / med['copies']:.3f} "
       f"(each: {[round(t, 2) for t in times['gather'][1:]]} vs {[round(t, 2) for t in times['copies'][1:]]})")

@@ -643,7 +643,7 @@ def render(study: Study, p: Plan, not_run: list[str] | None = None, pending_note
     from tabulate import tabulate
 
     from harness import stats
-    from harness.leaderboard import SOURCE_NOTE
+    from harness.leaderboard import SOURCE_NOTE, UNDERTRAINED_RULE
     from harness.metrics import higher_is_better
 
     cells = read_cells(study, p)
@@ -824,8 +824,7 @@ def render(study: Study, p: Plan, not_run: list[str] | None = None, pending_note
             out += ["**Teacher choice** (MT-PKDOT, the records' extra.teacher_choice, summed over the runs and "
                     "their epochs):", "",
                     tabulate(choice_rows, headers="keys", tablefmt="github", disable_numparse=True), ""]
-        out += ["Possibly undertrained (the leaderboard's flags: evaluated model selected at epoch ≤ 1, after "
-                "fewer than 100 optimizer updates, or stopped at max_epochs):", *(flagged or ["- none"]), "",
+        out += [f"Possibly undertrained (the leaderboard's flags: {UNDERTRAINED_RULE}):", *(flagged or ["- none"]), "",
                 "Frozen parts whose own training ran to its epoch cap:", *(capped or ["- none"]), ""]
         if notes_failed:
             out += ["Failed runs (records with status failed; not in any mean or test):", *notes_failed, ""]

@@ -32,7 +32,7 @@ from harness.leaderboard.common import (BOUND_LABEL, CONTROL_KEY, CONTROL_ROLE, 
                                         EVALUATED_MODEL, FAMILY_KEY, LABEL_PREFIXES, MAIN_FAMILY, REFERENCE, ROW,
                                         SECTION, SELECTED_ON_TEST, SOURCE_NOTE, VARIANT, LeaderboardError)
 from harness.leaderboard.csvfile import csv_table
-from harness.leaderboard.flags import EARLY_EPOCH, MIN_UPDATES, STOP_REASONS, tnet_ran_to_cap
+from harness.leaderboard.flags import EARLY_EPOCH, MIN_UPDATES, STOP_REASONS, UNDERTRAINED_RULE, tnet_ran_to_cap
 from harness.leaderboard.layout import SectionLayout, holm_families, natural_key, role_of, section_layouts, task_note
 from harness.leaderboard.markdown import HEADER, render
 from harness.leaderboard.paired import _recipe, _values, compare
@@ -43,7 +43,7 @@ from harness.leaderboard.write import ranks_csv_path, write_leaderboard
 __all__ = [
     "BOUND_LABEL", "CONTROL_KEY", "CONTROL_ROLE", "CONTROLS", "DATA_UNKNOWN", "EARLY_EPOCH", "EVALUATED_MODEL",
     "FAMILY_KEY", "HEADER", "LABEL_PREFIXES", "MAIN_FAMILY", "MIN_UPDATES", "REFERENCE", "ROW", "SECTION",
-    "SELECTED_ON_TEST", "SOURCE_NOTE", "STOP_REASONS", "VARIANT", "LeaderboardError", "SectionLayout",
+    "SELECTED_ON_TEST", "SOURCE_NOTE", "STOP_REASONS", "UNDERTRAINED_RULE", "VARIANT", "LeaderboardError", "SectionLayout",
     "_delta_cell", "_fmt", "_p", "_recipe", "_values", "collect", "collect_records", "compare", "csv_table",
     "data_versions", "holm_families", "label_of", "mixed_data", "natural_key", "random_features", "render",
     "role_of", "section_layouts", "summarise", "task_note", "tnet_ran_to_cap", "write_leaderboard", "ranks_csv_path",

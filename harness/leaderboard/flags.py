@@ -15,6 +15,9 @@ EARLY_EPOCH = 1  # selected at epoch <= 1 (epochs counted from 0): possibly unde
 # can stop on validation noise after a few dozen updates, at any selected epoch (lupi's n_train=200 at B=128:
 # one update an epoch). Selected after fewer optimizer updates than this: possibly undertrained.
 MIN_UPDATES = 100
+# the rule in words, for every table that shows the flags (leaderboard sections, study reports)
+UNDERTRAINED_RULE = (f"evaluated model selected at epoch ≤ {EARLY_EPOCH}, counted from 0, or after fewer than "
+                     f"{MIN_UPDATES} optimizer updates, or stopped at max_epochs")
 
 
 def _parts_at_cap(rec: dict) -> str:

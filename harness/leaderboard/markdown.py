@@ -12,7 +12,7 @@ from harness.leaderboard.cells import _delta_cell, _fmt, _p
 from harness.leaderboard.crosstask import entrants, friedman, mean_ranks
 from harness.leaderboard.common import (DATA_UNKNOWN, REFERENCE, ROW, SELECTED_ON_TEST, SOURCE_NOTE,
                                         _runs)
-from harness.leaderboard.flags import EARLY_EPOCH, MIN_UPDATES
+from harness.leaderboard.flags import UNDERTRAINED_RULE
 from harness.leaderboard.layout import SectionLabels, holm_families, role_of, section_labels, section_layouts, task_note
 from harness.leaderboard.paired import compare
 from harness.leaderboard.records import same_data_conflicts
@@ -132,9 +132,7 @@ def render(summary: pd.DataFrame, df: pd.DataFrame, comparisons: pd.DataFrame | 
         if flagged:
             n_ok = int(sec.drop_duplicates(ROW).n_runs.sum())
             n_flag = int(sec.drop_duplicates(ROW).n_flagged.sum())
-            lines += [f"Possibly undertrained: {n_flag} of {n_ok} runs (evaluated model selected at epoch ≤ "
-                      f"{EARLY_EPOCH}, counted from 0, or after fewer than {MIN_UPDATES} optimizer updates, or "
-                      f"stopped at max_epochs):", *flagged, ""]
+            lines += [f"Possibly undertrained: {n_flag} of {n_ok} runs ({UNDERTRAINED_RULE}):", *flagged, ""]
         if parts_capped:
             lines += ["Frozen parts whose own training ran to its epoch cap, not stopped by patience (still improving "
                       "when it ended: possibly undertrained; the flags above judge the evaluated model only):",

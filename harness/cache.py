@@ -146,7 +146,9 @@ def _kind(feature) -> str:
 
 
 def _columns(ds) -> dict[str, object]:
-    return {k: _restack(v) for k, v in ds.with_format("numpy")[:].items()}
+    # dtype=None: the stored dtypes. datasets' numpy formatter otherwise casts every float column to float32 and
+    # every integer column to int64 (datasets 5.2), and a hit would not give back what the build returned.
+    return {k: _restack(v) for k, v in ds.with_format("numpy", dtype=None)[:].items()}
 
 
 def _feature_of(v):

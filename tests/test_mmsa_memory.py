@@ -201,7 +201,7 @@ def test_a_cache_read_a_part_at_a_time_gives_what_one_read_of_all_parts_gives(tm
     import harness.cache
     from harness.cache import _columns, cached_arrays
 
-    monkeypatch.setattr(harness.cache, "PART_BYTES", 400)  # rows of ~110 bytes: parts of 3 rows
+    monkeypatch.setattr(harness.cache, "PART_BYTES", 400)  # rows of ~140 bytes: parts of 2 rows
     rng = np.random.default_rng(0)
     n = 11
     arrays = {
@@ -211,6 +211,9 @@ def test_a_cache_read_a_part_at_a_time_gives_what_one_read_of_all_parts_gives(tm
         "vec": rng.standard_normal((n, 5)).astype(np.float32),
         "ragged": [rng.standard_normal((1 + i % 4, 2)).astype(np.float32) for i in range(n)],
         "equal": [rng.standard_normal((3, 2)).astype(np.float32) for _ in range(n)],
+        "fs": rng.uniform(511.0, 513.0, n),  # float64 and int32 come back as stored, not as float32 / int64
+        "count": np.arange(n, dtype=np.int32),
+        "ragged64": [rng.standard_normal((1 + i % 3, 2)) for i in range(n)],
     }
     source = tmp_path / "source"
     source.write_text("x")
@@ -229,6 +232,7 @@ def test_a_cache_read_a_part_at_a_time_gives_what_one_read_of_all_parts_gives(tm
             for a, b, c in zip(back[k], whole[k], arrays[k]):
                 assert a.dtype == b.dtype == c.dtype and np.array_equal(a, b) and np.array_equal(a, c)
         else:
-            assert back[k].dtype == whole[k].dtype and back[k].shape == whole[k].shape, k
+            assert back[k].dtype == whole[k].dtype == np.asarray(arrays[k]).dtype, k
+            assert back[k].shape == whole[k].shape, k
             assert np.array_equal(back[k], whole[k]) and np.array_equal(back[k], np.asarray(arrays[k])), k
     assert isinstance(back["ragged"], list) and back["equal"].shape == (n, 3, 2)  # stacked, as one read gives it

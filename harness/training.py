@@ -299,7 +299,8 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
         ctx: RunContext, train_cfg: DictConfig | dict, params: list | None = None,
         checkpoint_path: Path | None = None, evaluate: Callable[[], dict] | None = None,
         epoch_hook: Callable[[int, int], dict] | None = None, batch_seed: int | None = None,
-        config_key: str = "train", select_initial: bool = False) -> list[dict]:
+        config_key: str = "train", select_initial: bool = False,
+        caller_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None) -> list[dict]:
     """Train `module` (its parameters, or `params`: tensors or param groups) with loss_fn; select on val.
 
     `train` is a Split (its rows as SplitTensors batches) or any BatchSource (TensorRows: precomputed tensors).
@@ -312,6 +313,9 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
     `config_key` is where train_cfg's values come from (DMD: method.training), for the record's `adjusted`.
     `select_initial`: the state before training is scored on validation too and competes with the epochs (it is
     kept, selected epoch -1, when no epoch beats it; its validation fields go to the summary as `val_before`).
+    `caller_state`: (get, put) for state the caller's loss_fn carries across batches (its own generators, what it
+    accumulates): get() is saved with every checkpoint (tensors, numbers and plain containers), put(saved) gives
+    it back on resume, so a resumed run draws and counts as an uninterrupted one.
     The selected state (best validation score; the last epoch under stop=budget) is restored at the end.
     Returns the per-epoch log, also stored in ctx.logs[name]; the summary goes to ctx.extra["training"][name].
     Each log entry goes to the run's live logger (ctx.live: logger=tensorboard|mlflow) as soon as it is made.
@@ -407,6 +411,8 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
             sched.load_state_dict(ck["scheduler"])
         gen.set_state(ck["generator"])
         restore_rng_state(ck, device)  # dropout: a resumed run equals an uninterrupted one
+        if caller_state is not None and "caller_state" in ck:
+            caller_state[1](ck["caller_state"])
         best, log, start_epoch = ck["best"], ck["log"], ck["epoch"] + 1
         val_before = ck.get("val_before")
         stop_reason = ck.get("stop_reason")  # a checkpoint of the stopping epoch must not train further
@@ -475,7 +481,9 @@ def fit(name: str, module: torch.nn.Module, loss_fn: Callable[[Batch], tuple[tor
             atomic_torch_save({"module": module.state_dict(), "optimizer": opt.state_dict(),
                                "scheduler": None if sched is None else sched.state_dict(),
                                "generator": gen.get_state(), "best": best, "log": log, "epoch": epoch,
-                               "stop_reason": stop_reason, "val_before": val_before, **rng_state(device)}, ckpt_path)
+                               "stop_reason": stop_reason, "val_before": val_before, **rng_state(device),
+                               **({"caller_state": caller_state[0]()} if caller_state is not None else {})},
+                              ckpt_path)
         if stop_reason:
             break
     if bar is not None:

@@ -379,8 +379,15 @@ class MTPKDOT(Method):
             share = {f"choice_{n}": c / max(sum(counts), 1) for n, c in zip(names, counts)}
             return loss, {**parts, **share}
 
+        def saved_state() -> dict:
+            return {"heldout_generator": halves_gen.get_state(), "choices": [list(c) for c in choices]}
+
+        def put_state(saved: dict) -> None:  # a resumed run draws the same halves and counts every epoch's choices
+            halves_gen.set_state(saved["heldout_generator"])
+            choices[:] = [list(c) for c in saved["choices"]]
+
         log = fit("student", self.student.net, loss_fn, validation_predictor(self.student, val, ctx), train, val, ctx,
-                  loop)
+                  loop, caller_state=(saved_state, put_state))
         nb = batches_per_epoch(len(train), int(loop.batch_size))
         per_epoch = [np.sum(choices[e * nb:(e + 1) * nb], axis=0).astype(int).tolist() for e in range(len(log))]
         ctx.extra["teacher_choice"] = {

@@ -166,6 +166,30 @@ def test_resumed_training_equals_uninterrupted_training(tiny_cfg, tmp_path, monk
     assert not list(folder.glob("checkpoint_*"))  # a finished run keeps no checkpoint
 
 
+@pytest.mark.parametrize("selection_on", ["batch", "heldout_half"])
+def test_a_resumed_mtpkdot_draws_the_same_held_out_halves_and_counts_every_epochs_choices(tiny_cfg, tmp_path,
+                                                                                          monkeypatch, selection_on):
+    # The teacher choices are counted per batch across epochs, and selection_on=heldout_half draws each batch's
+    # halves from the method's own generator: both are the method's state, saved with the student's checkpoint.
+    # Before, a resumed mtpkdot run failed (its per-epoch choice counts lost the epochs before the resume).
+    knobs = ["method=mtpkdot", f"method.selection_on={selection_on}", "train.checkpoint=true", "train.max_epochs=5",
+             "train.patience=5"]
+    ref_cfg = compose_one([*TINY, *knobs, f"results_dir={tmp_path}/ref", f"cache_dir={tmp_path}/c"])
+    reference = execute(ref_cfg)
+    assert reference["status"] == "ok", reference.get("traceback")
+    cfg = tiny_cfg(*knobs)
+    preempt_after(monkeypatch, lambda path, state: path.name == "checkpoint_student.pt" and state["epoch"] == 2)
+    with pytest.raises(Preempted):
+        execute(cfg)
+    resumed = execute(cfg)
+    assert resumed["status"] == "ok", resumed.get("traceback")
+    assert resumed["extra"]["resumed_from_epoch"] == {"student": 3}
+    assert resumed["extra"]["teacher_choice"] == reference["extra"]["teacher_choice"]
+    untimed = [[{k: v for k, v in e.items() if k != "seconds"} for e in r["logs"]["student"]] for r in (resumed, reference)]
+    assert untimed[0] == untimed[1]  # every epoch's losses: the epochs after the resume trained on the same halves
+    assert resumed["metrics"] == reference["metrics"]  # the same halves, weights and RNG streams: bit-identical
+
+
 def test_a_checkpoint_taken_at_early_stopping_does_not_train_further(tiny_cfg, monkeypatch):
     # min_delta=10: no epoch beats epoch 0 by that much, so patience=2 stops training after epoch 2 of 8.
     knobs = ["method=student", "train.checkpoint=true", "train.max_epochs=8", "train.patience=2", "train.min_delta=10"]

@@ -4,13 +4,13 @@
 
 One line per task variant, training recipe of the teacher (train.max_epochs / train.patience), T-Net budget
 (method.tnet.epochs / .patience), T-Net loss (method.tnet.loss: its validation value is what is shown; `both`
-is val_mmd + val_mse, what its selection used) and privileged-information control, over the ok pkdot and mtpkdot records whose
-T-Net selected on a validation split. A stored T-Net is shared by the runs that use it: each is counted once
-(its store path). Columns: runs, median selected epoch, runs whose
-T-Net ran to its cap (the leaderboard's rule: the log reaches the last epoch with patience not run out), and
-the median validation loss (method.tnet.loss) before training, at epoch --at and at the selected epoch, with the
-share of the whole reduction (before -> selected) still to come after epoch --at (a T-Net that stopped before
---at contributes its last epoch, past its selection: that share then measures overfitting, not what was left).
+is val_mmd + val_mse, what its selection used) and privileged-information control, over the ok pkdot and
+mtpkdot records whose T-Net selected on a validation split. A stored T-Net is shared by the runs that use it:
+each is counted once (its store path). Columns: runs, median selected epoch, runs whose T-Net ran to its cap
+(the leaderboard's rule: the log reaches the last epoch with patience not run out), and the median validation
+loss before training, at epoch --at and at the selected epoch, with the share of the whole reduction (before ->
+selected) still to come after epoch --at (a T-Net that stopped before --at contributes its last epoch, past its
+selection: that share then measures overfitting, not what was left).
 Read from logs.tnet; nothing is trained here.
 """
 

@@ -152,7 +152,8 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak RSS to the current RSS
 floor = status("VmRSS")
 cols, hit = cached_arrays("demo", [source], {}, lambda: {"x": x}, sys.argv[1] + "/cache")
-print(json.dumps({"grow": (status("VmHWM") - floor) / x.nbytes, "hit": hit, "same": bool(np.array_equal(cols["x"], x))}))
+print(json.dumps({"grow": (status("VmHWM") - floor) / x.nbytes, "hit": hit,
+                  "same": bool(np.array_equal(cols["x"], x))}))
 """
 
 

@@ -63,7 +63,8 @@ def test_a_tnet_trained_on_both_losses_is_read_on_their_sum_in_its_own_row(tmp_p
                      primary_metric="accuracy", config=config,
                      extra={"tnet": {"selected_epoch": 20, "selection": "lowest validation loss", "loss": "both",
                                      "store_path": "/store/both", "val_before": {"val_mmd": 9.0, "val_mse": 1.0}}},
-                     logs={"tnet": [{"epoch": e, "val_mmd": a, "val_mse": b} for e, (a, b) in enumerate(zip(mmd, mse))]})
+                     logs={"tnet": [{"epoch": e, "val_mmd": a, "val_mse": b}
+                                    for e, (a, b) in enumerate(zip(mmd, mse))]})
     assert load().main(["--results", str(tmp_path), "--at", "10"]) == 0
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| experiment 1")]

@@ -100,7 +100,7 @@ def _read(folder: Path) -> dict[str, object]:
     del heads
     if len(paths) == 1 or sum(rows) == 0:
         return _columns(datasets.concatenate_datasets([datasets.load_from_disk(str(p)) for p in paths]))
-    kinds = {k: _kind(f) for k, f in features.items()}
+    kinds, total = {k: _kind(f) for k, f in features.items()}, sum(rows)
     stacked: dict[str, np.ndarray] = {}
     pieces: dict[str, list] = {k: [] for k, kind in kinds.items() if kind != "fixed"}
     start = 0
@@ -109,7 +109,7 @@ def _read(folder: Path) -> dict[str, object]:
         for k, v in part.items():
             if kinds[k] == "fixed":
                 if k not in stacked:
-                    stacked[k] = np.empty((sum(rows), *v.shape[1:]), v.dtype)
+                    stacked[k] = np.empty((total, *v.shape[1:]), v.dtype)
                 stacked[k][start:start + n] = v
             elif kinds[k] == "ragged":
                 pieces[k].extend(np.array(a) for a in v)  # copies of the rows: the part's map can close

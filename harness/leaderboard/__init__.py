@@ -43,7 +43,8 @@ from harness.leaderboard.write import ranks_csv_path, write_leaderboard
 __all__ = [
     "BOUND_LABEL", "CONTROL_KEY", "CONTROL_ROLE", "CONTROLS", "DATA_UNKNOWN", "EARLY_EPOCH", "EVALUATED_MODEL",
     "FAMILY_KEY", "HEADER", "LABEL_PREFIXES", "MAIN_FAMILY", "MIN_UPDATES", "REFERENCE", "ROW", "SECTION",
-    "SELECTED_ON_TEST", "SOURCE_NOTE", "STOP_REASONS", "UNDERTRAINED_RULE", "VARIANT", "LeaderboardError", "SectionLayout",
+    "SELECTED_ON_TEST", "SOURCE_NOTE", "STOP_REASONS", "UNDERTRAINED_RULE", "VARIANT", "LeaderboardError",
+    "SectionLayout",
     "_delta_cell", "_fmt", "_p", "_recipe", "_values", "collect", "collect_records", "compare", "csv_table",
     "data_versions", "holm_families", "label_of", "mixed_data", "natural_key", "random_features", "render",
     "role_of", "section_layouts", "summarise", "task_note", "tnet_ran_to_cap", "write_leaderboard", "ranks_csv_path",
